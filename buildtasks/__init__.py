@@ -1,0 +1,29 @@
+"""buildtasks: Invoke task collections and nox sessions for containerised Python services.
+
+Importing this package stays cheap: the docker SDK, yaml and the engine are touched only
+when a task runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+__version__ = "0.1.0"
+
+
+def namespace(root: str | os.PathLike[str] = "."):
+    """The invoke Collection for the project whose pyproject.toml is in root.
+
+    A broken configuration ends the program with its one-line error (exit 2), since no
+    task list can be shown without it.
+    """
+    from buildtasks import config
+    from buildtasks.errors import ConfigError
+    from buildtasks.tasks import collection
+
+    try:
+        return collection(config.load(root))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None

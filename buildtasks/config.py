@@ -1,0 +1,217 @@
+"""Project settings from ``[tool.buildtasks]`` in pyproject.toml.
+
+Values may use ``${VAR}`` and ``${VAR:-default}``, resolved from the process environment over
+the ``.env`` files named in ``env_files`` (later files override earlier ones; the real
+environment wins). Settings are frozen dataclasses; unknown keys, wrong types and unset
+variables are ConfigErrors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildtasks.errors import ConfigError
+
+CHECKS = ("non-root", "healthcheck", "size", "dockerignore")
+DEFAULT_TAGS = ("{target}", "{target}-{short_sha}")
+_TARGET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image the project builds: ``[tool.buildtasks.targets.<name>]``."""
+
+    name: str
+    dockerfile: str = "Dockerfile"
+    stage: str = ""
+    tags: tuple[str, ...] = DEFAULT_TAGS
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()  # push/release platforms; local builds use the native one
+    size_budget: str = ""
+    checks: tuple[str, ...] | None = None  # None: every check for "prod", none otherwise
+    cache_from: tuple[str, ...] = ()
+    cache_to: tuple[str, ...] = ()
+
+    @property
+    def enabled_checks(self) -> tuple[str, ...]:
+        if self.checks is not None:
+            return self.checks
+        return CHECKS if self.name == "prod" else ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything buildtasks knows about one project."""
+
+    root: Path
+    image: str
+    context: str = "."
+    env_files: tuple[str, ...] = (".env",)
+    mirror: str = ""
+    version: str = ""
+    source: str = ""
+    targets: Mapping[str, Target] = field(default_factory=dict)
+    dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
+
+    @property
+    def context_dir(self) -> Path:
+        return self.root / self.context
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """What commands see: .env values under the real environment."""
+        return {**self.dotenv, **os.environ}
+
+
+def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
+    """Resolve ``${VAR}``, ``${VAR:-default}`` and ``$$`` in value."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, has_default, default = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if has_default is not None:
+            return default
+        raise ConfigError(
+            f"{where} uses ${{{name}}}, which is not set; set {name} in the environment or "
+            f"an env file, or write ${{{name}:-default}}"
+        )
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def read_env_files(root: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """Merge the .env files that exist (a missing one is not an error), later over earlier."""
+    from dotenv import dotenv_values
+
+    merged: dict[str, str] = {}
+    for name in names:
+        path = root / name
+        if path.is_file():
+            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    return merged
+
+
+def load(root: str | os.PathLike[str] = ".") -> Settings:
+    """Read the settings of the project whose pyproject.toml is in root."""
+    root = Path(root).resolve()
+    pyproject = root / "pyproject.toml"
+    try:
+        document = tomllib.loads(pyproject.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no pyproject.toml in {root}; run from the project's root directory"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
+    table = document.get("tool", {}).get("buildtasks")
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"{pyproject}: no [tool.buildtasks] table; add one with at least `image = ...`"
+        )
+    return parse(table, root=root, project=document.get("project", {}), file=pyproject.name)
+
+
+def parse(
+    table: dict,
+    *,
+    root: Path,
+    project: Mapping | None = None,
+    file: str = "pyproject.toml",
+) -> Settings:
+    """Validate and interpolate a ``[tool.buildtasks]`` table."""
+    project = project or {}
+    where = f"{file}: tool.buildtasks"
+    raw = dict(table)
+    targets_table = raw.pop("targets", {})
+    env_files = _convert(raw.get("env_files", [".env"]), tuple[str, ...], f"{where}.env_files")
+    dotenv = read_env_files(root, env_files)
+    env = {**dotenv, **os.environ}
+
+    raw.setdefault("image", project.get("name", ""))
+    raw.setdefault("version", project.get("version", ""))
+    values = _build(Settings, raw, where, env, skip={"root", "targets", "dotenv"})
+    if not values["image"]:
+        raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
+    if not isinstance(targets_table, dict):
+        raise ConfigError(f"{where}.targets must be a table of [tool.buildtasks.targets.NAME]")
+    targets = {}
+    for name, target_table in targets_table.items():
+        target_where = f"{where}.targets.{name}"
+        if not _TARGET_NAME.match(name):
+            raise ConfigError(
+                f"{target_where}: target names are lowercase letters, digits, - and _"
+            )
+        if not isinstance(target_table, dict):
+            raise ConfigError(f"{target_where} must be a table")
+        target = Target(name=name, **_build(Target, target_table, target_where, env, {"name"}))
+        unknown = set(target.enabled_checks) - set(CHECKS)
+        if unknown:
+            raise ConfigError(
+                f"{target_where}.checks: unknown check {min(unknown)!r}; "
+                f"known checks: {', '.join(CHECKS)}"
+            )
+        targets[name] = target
+    return Settings(root=root, targets=targets, dotenv=dotenv, **values)
+
+
+def _build(cls: type, table: Mapping, where: str, env: Mapping[str, str], skip: set[str]) -> dict:
+    """Check table against the fields of dataclass cls; return converted values."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)} - skip
+    values = {}
+    for key, value in table.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = (
+                f" (did you mean `{close[0]}`?)"
+                if close
+                else f"; known keys: {', '.join(sorted(fields))}"
+            )
+            raise ConfigError(f"{where}: unknown key `{key}`{hint}")
+        values[key] = _convert(value, hints[key], f"{where}.{key}", env)
+    return values
+
+
+def _convert(value: object, hint: object, where: str, env: Mapping[str, str] | None = None):
+    """Type-check one value against its annotation and interpolate its strings."""
+    env = os.environ if env is None else env
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (
+        types.UnionType,
+        typing.Union,
+    ):  # `X | None`: None only as the default
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {_kind(value)}")
+        return interpolate(value, env, where)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {_kind(value)}")
+        return tuple(interpolate(v, env, where) for v in value)
+    if origin is Mapping:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f"{where} must be a table of strings, got {_kind(value)}")
+        return {k: interpolate(v, env, f"{where}.{k}") for k, v in value.items()}
+    raise TypeError(f"no conversion for {hint}")  # a field type this module does not handle
+
+
+def _kind(value: object) -> str:
+    return {str: "a string", list: "a list", dict: "a table", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,84 @@
+"""Image checks after a build: pure functions over what the engine reports."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildtasks.errors import ConfigError
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the checks need from an image's inspect data."""
+
+    ref: str
+    id: str = ""
+    user: str = ""
+    healthcheck: tuple[str, ...] = ()
+    size: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in '250MB', '1.5 GiB', '900kb', '1024'. Decimal units are powers of 10."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _UNITS:
+        raise ConfigError(f"size {text!r}: write a number with B, KB, MB, GB, KiB, MiB or GiB")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def human_size(size: int) -> str:
+    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} B"
+
+
+def runs_as_root(user: str) -> bool:
+    name = user.split(":", 1)[0]
+    return name in ("", "root", "0")
+
+
+def has_dockerignore(context: Path, dockerfile: Path) -> bool:
+    """BuildKit reads <Dockerfile>.dockerignore beside the Dockerfile, else the context's."""
+    return (context / ".dockerignore").is_file() or dockerfile.with_name(
+        dockerfile.name + ".dockerignore"
+    ).is_file()
+
+
+def violations(
+    facts: ImageFacts, checks: Iterable[str], size_budget: str, dockerignore: bool
+) -> list[str]:
+    """One sentence per failed check, in the order the checks are configured."""
+    found = []
+    for check in checks:
+        if check == "non-root" and runs_as_root(facts.user):
+            found.append(
+                f"non-root: runs as {facts.user or 'root (no USER)'}; "
+                "add `USER 1000` or another non-root user"
+            )
+        elif check == "healthcheck" and (not facts.healthcheck or facts.healthcheck[0] == "NONE"):
+            found.append("healthcheck: the image has no HEALTHCHECK; add one")
+        elif check == "size" and size_budget and facts.size > parse_size(size_budget):
+            found.append(
+                f"size: {human_size(facts.size)} is over the budget of {size_budget}; "
+                "slim the image or raise size_budget"
+            )
+        elif check == "dockerignore" and not dockerignore:
+            found.append("dockerignore: the build context has no .dockerignore; add one")
+    return found

@@ -1,0 +1,126 @@
+"""`inv doctor`: can this machine build, run and push the configured targets?"""
+
+from __future__ import annotations
+
+import platform
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildtasks.config import Settings
+from buildtasks.docker.engine import ENGINE_FIX, Engine
+from buildtasks.errors import EngineError
+from buildtasks.shell import Shell
+
+INSTALL = "run scripts/install-docker"
+_QEMU_ARCH = {
+    "arm64": "aarch64",
+    "amd64": "x86_64",
+    "arm": "arm",
+    "ppc64le": "ppc64le",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "386": "i386",
+}
+_NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    blocking: bool = True  # a gap here stops the configured targets from building
+
+    def line(self) -> str:
+        status = "ok  " if self.ok else ("FAIL" if self.blocking else "warn")
+        fix = f"  -> {self.fix}" if not self.ok and self.fix else ""
+        return f"{status} {self.name:<15} {self.detail}{fix}"
+
+
+def registry_host(reference: str) -> str:
+    """The registry part of an image reference (docker.io when there is none)."""
+    first, _, rest = reference.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def registry_reachable(host: str, timeout: float = 5.0) -> tuple[bool, str]:
+    """GET /v2/ over https, and over http for loopback registries; 200 or 401 means up."""
+    api = "registry-1.docker.io" if host == "docker.io" else host
+    schemes = ["http", "https"] if api.startswith(("127.", "localhost")) else ["https"]
+    reason = ""
+    for scheme in schemes:
+        try:
+            urllib.request.urlopen(f"{scheme}://{api}/v2/", timeout=timeout)
+            return True, f"{scheme}://{api} answers"
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                return True, f"{scheme}://{api} answers (login required)"
+            reason = f"HTTP {exc.code}"
+        except (OSError, ValueError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+    return False, f"{api} unreachable ({reason})"
+
+
+def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
+    findings = []
+    try:
+        version = Engine().client.version().get("Version", "?")
+        findings.append(Finding("engine", True, f"Docker Engine {version}"))
+    except EngineError as exc:
+        findings.append(Finding("engine", False, str(exc).split(";")[0], ENGINE_FIX))
+    buildx = sh.run(["docker", "buildx", "version"], query=True, check=False)
+    findings.append(
+        Finding("buildx", buildx.returncode == 0, buildx.stdout.strip() or "not installed", INSTALL)
+    )
+    compose = sh.run(["docker", "compose", "version", "--short"], query=True, check=False)
+    findings.append(
+        Finding(
+            "compose",
+            compose.returncode == 0,
+            compose.stdout.strip() or "not installed",
+            INSTALL,
+            blocking=False,
+        )
+    )
+    platforms = sorted({p for t in settings.targets.values() for p in t.platforms})
+    multi = len(platforms) > 1
+    info = sh.run(["docker", "info", "--format", "{{json .DriverStatus}}"], query=True, check=False)
+    store = "io.containerd.snapshotter" in info.stdout
+    findings.append(
+        Finding(
+            "multi-platform",
+            store,
+            "containerd image store" if store else "classic image store",
+            'set {"features": {"containerd-snapshotter": true}} in /etc/docker/daemon.json '
+            "and restart dockerd",
+            blocking=multi,
+        )
+    )
+    native = _NATIVE.get(platform.machine(), platform.machine())
+    for name in platforms:
+        arch = name.split("/")[1] if "/" in name else name
+        if arch == native:
+            continue
+        handler = Path("/proc/sys/fs/binfmt_misc") / f"qemu-{_QEMU_ARCH.get(arch, arch)}"
+        enabled = handler.is_file() and handler.read_text().startswith("enabled")
+        findings.append(
+            Finding(
+                f"binfmt {arch}",
+                enabled,
+                "QEMU registered" if enabled else "no QEMU handler",
+                f"{INSTALL} (installs qemu-user-static and registers binfmt)",
+            )
+        )
+    for role, reference, blocking in (
+        ("registry", settings.image, False),
+        ("mirror", settings.mirror, True),
+    ):
+        if reference:
+            ok, detail = registry_reachable(registry_host(reference))
+            findings.append(Finding(role, ok, detail, f"{INSTALL} or check {reference}", blocking))
+    return findings

@@ -1,0 +1,42 @@
+"""What the build needs to know about the git checkout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from buildtasks.shell import Shell
+
+
+@dataclass(frozen=True)
+class GitState:
+    sha: str = ""
+    branch: str = ""
+    dirty: bool = False
+    commit_time: str = ""  # ISO 8601 UTC of HEAD; a reproducible `created` label
+    remote_url: str = ""
+
+    @property
+    def short_sha(self) -> str:
+        return self.sha[:7]
+
+
+def state(sh: Shell, root: Path) -> GitState:
+    """The checkout's HEAD, branch and dirtiness; an empty state outside a git repository."""
+
+    def git(*args: str) -> str:
+        result = sh.run(["git", "-C", str(root), *args], query=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    sha = git("rev-parse", "--verify", "-q", "HEAD")
+    if not sha:
+        return GitState()
+    epoch = git("show", "-s", "--format=%ct", "HEAD")
+    return GitState(
+        sha=sha,
+        branch=git("rev-parse", "--abbrev-ref", "HEAD"),
+        dirty=bool(git("status", "--porcelain", "--untracked-files=normal")),
+        commit_time=datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        remote_url=git("remote", "get-url", "origin"),
+    )

@@ -1,0 +1,90 @@
+"""The one place that runs external commands.
+
+Every command is printed as run (``shlex.join``, secrets replaced by ``***``) to stderr, so
+stdout stays clean for ``--json`` and ``--print`` output. Under dry-run, commands that change
+things are printed and skipped; read-only queries still run so the plan is accurate.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from buildtasks.errors import CommandError
+
+REDACTED = "***"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value in text, longest first so overlapping values stay hidden."""
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+@dataclass
+class Shell:
+    dry: bool = False
+    echo: bool = True
+    secrets: frozenset[str] = frozenset()
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the process environment
+
+    def show(self, argv: Sequence[str]) -> str:
+        return redact(shlex.join(argv), self.secrets)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        query: bool = False,
+        capture: bool = False,
+        check: bool = True,
+        cwd: str | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv. ``query=True`` marks a read-only command that also runs under dry-run
+        (and is not echoed); ``capture=True`` returns stdout instead of streaming it."""
+        if self.echo and not query:
+            print(
+                ("[dry] " if self.dry else "") + self.show(argv),
+                file=sys.stderr,
+                flush=True,
+            )
+        if self.dry and not query:
+            return subprocess.CompletedProcess(list(argv), 0, "", "")
+        try:
+            result = subprocess.run(
+                list(argv),
+                check=False,
+                cwd=cwd,
+                env={**os.environ, **self.env},
+                text=True,
+                input=input,
+                capture_output=capture or query,
+            )
+        except FileNotFoundError:
+            raise CommandError(
+                f"{argv[0]}: command not found; install it or add it to PATH "
+                "(scripts/install-docker installs docker, buildx and compose)",
+                127,
+            ) from None
+        if check and result.returncode != 0:
+            detail = redact(_last_line(result.stderr or ""), self.secrets) or "see the output above"
+            raise CommandError(
+                f"`{self.show(argv[:3])}` failed with exit {result.returncode}: {detail}",
+                result.returncode,
+            )
+        return result
+
+    def output(self, argv: Sequence[str], *, check: bool = True) -> str:
+        """stdout of a read-only query, stripped."""
+        return self.run(argv, query=True, check=check).stdout.strip()

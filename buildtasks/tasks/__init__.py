@@ -1,0 +1,20 @@
+"""Thin invoke tasks: flags in, domain calls out, errors as one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Collection
+
+from buildtasks.config import Settings
+from buildtasks.tasks import build, doctor
+
+
+def collection(settings: Settings) -> Collection:
+    ns = Collection()
+    for target in settings.targets.values():
+        ns.add_task(build.target_task(target), name=f"build-{target.name}")
+    ns.add_task(build.build_all, name="build")
+    ns.add_task(doctor.doctor, name="doctor")
+    ns.configure({"buildtasks": {"root": str(Path(settings.root))}})
+    return ns

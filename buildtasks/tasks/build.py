@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+import sys
+
+from invoke import Context, Task, task
+
+from buildtasks.config import Target
+from buildtasks.docker import builder
+from buildtasks.docker.build import BuildRequest, bake_definition
+from buildtasks.errors import ConfigError
+from buildtasks.tasks.common import one_line_errors, settings, shell
+
+FLAG_HELP = {
+    "tag": "image tag or full reference, replaces the configured tags (repeatable)",
+    "platform": "comma-separated platforms, e.g. linux/amd64,linux/arm64 (default: native, "
+    "or the configured platforms with --push)",
+    "push": "push to the registry instead of loading into the engine",
+    "no_cache": "build without BuildKit's cache",
+    "build_arg": "KEY=VALUE build argument, over the configured ones (repeatable)",
+    "no_check": "skip the image checks (non-root, healthcheck, size, .dockerignore)",
+}
+
+
+def _request(tag, platform, push, no_cache, build_arg) -> BuildRequest:
+    build_args = {}
+    for item in build_arg or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--build-arg {item!r}: write KEY=VALUE")
+        build_args[key] = value
+    platforms = tuple(p.strip() for p in (platform or "").split(",") if p.strip())
+    return BuildRequest(tuple(tag or ()), platforms, build_args, push, no_cache)
+
+
+def target_task(target: Target) -> Task:
+    """The `build-<name>` task of one configured target."""
+
+    @one_line_errors
+    def build_target(
+        c: Context,
+        tag=None,
+        platform="",
+        push=False,
+        no_cache=False,
+        build_arg=None,
+        no_check=False,
+    ):
+        project = settings(c)
+        sh = shell(c, project)
+        request = _request(tag, platform, push, no_cache, build_arg)
+        (build_plan,) = builder.plans(project, [target.name], request, sh)
+        built = builder.build(sh, project, build_plan, check=not no_check)
+        if built:
+            print(built.summary())
+
+    build_target.__doc__ = f"Build the {target.name} image from {target.dockerfile}."
+    return Task(build_target, help=FLAG_HELP, iterable=["tag", "build_arg"])
+
+
+@task(
+    name="build",
+    help={
+        "print": "print the generated bake JSON and build nothing",
+        "only": "comma-separated targets to build (default: all)",
+        **{k: v for k, v in FLAG_HELP.items() if k not in ("tag", "platform")},
+    },
+    iterable=["build_arg"],
+)
+@one_line_errors
+def build_all(
+    c: Context, print=False, only="", push=False, no_cache=False, build_arg=None, no_check=False
+):
+    """Build every target at once with `docker buildx bake` (generated bake JSON)."""
+    project = settings(c)
+    names = [n.strip() for n in only.split(",") if n.strip()] or list(project.targets)
+    unknown = [n for n in names if n not in project.targets]
+    if unknown:
+        raise ConfigError(
+            f"--only: no target {unknown[0]!r}; targets: {', '.join(project.targets)}"
+        )
+    sh = shell(c, project)
+    build_plans = builder.plans(project, names, _request(None, "", push, no_cache, build_arg), sh)
+    if print:
+        sys.stdout.write(json.dumps(bake_definition(build_plans), indent=2) + "\n")
+        return
+    for built in builder.bake(sh, project, build_plans, check=not no_check):
+        sys.stdout.write(built.summary() + "\n")

@@ -1,0 +1,37 @@
+"""What every task shares: settings from the project root, the shell, one-line errors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from invoke import Context
+from invoke.exceptions import Exit
+
+from buildtasks import config
+from buildtasks.config import Settings
+from buildtasks.docker import builder
+from buildtasks.errors import BuildtasksError, CommandError
+from buildtasks.shell import Shell
+
+
+def one_line_errors(body: Callable) -> Callable:
+    """Expected failures end the task with their message and exit code, not a traceback."""
+
+    @functools.wraps(body)
+    def wrapper(c: Context, *args, **kwargs):
+        try:
+            return body(c, *args, **kwargs)
+        except BuildtasksError as exc:
+            code = exc.returncode if isinstance(exc, CommandError) else exc.exit_code
+            raise Exit(f"error: {exc}", code=code or 1) from None
+
+    return wrapper
+
+
+def settings(c: Context) -> Settings:
+    return config.load(c.config.buildtasks.root)
+
+
+def shell(c: Context, project: Settings) -> Shell:
+    return builder.shell(project, dry=bool(c.config.run.dry))

@@ -1,0 +1,5 @@
+"""This repository's tasks: buildtasks on the example service."""
+
+from buildtasks import namespace
+
+ns = namespace()
