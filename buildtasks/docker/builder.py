@@ -95,6 +95,8 @@ def build(sh: Shell, settings: Settings, build_plan: BuildPlan, check: bool) -> 
     """One `docker buildx build`; the image checks run unless check is False."""
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
+        if not sh.dry:
+            Engine().require()
         sh.run(buildx_argv(build_plan, str(metadata_file)))
         if sh.dry:
             return None

@@ -24,6 +24,10 @@ class Engine:
             ) from None
         return client
 
+    def require(self) -> None:
+        """Fail with EngineError now, before a command that needs the engine starts."""
+        _ = self.client
+
     def image(self, ref: str) -> ImageFacts:
         import docker
 

@@ -1,0 +1,23 @@
+"""This repository's sessions: lint, tests (unit + integration on the real engine)."""
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests; the integration tests need scripts/setup to have run."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", *(session.posargs or ["tests"]))
