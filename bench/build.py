@@ -1,0 +1,66 @@
+"""Build benchmarks (issue: foundation). Run: .venv/bin/python bench/build.py
+
+Every figure is measured in this run against its anchor: bare invoke, the raw buildx command
+buildtasks prints, three sequential builds as a Makefile runs them, and a cold build.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import INV, REPO, example_copy, planned_command, report, timed
+
+TARGETS = ("dev", "prod", "apify")
+
+
+def main() -> None:
+    empty = Path(tempfile.mkdtemp(prefix="buildtasks-bench-empty-"))
+    # invoke refuses to list a collection without tasks: the anchor holds one no-op task.
+    (empty / "tasks.py").write_text("from invoke import task\n\n\n@task\ndef noop(c):\n    pass\n")
+    report(
+        "inv --list vs bare invoke on a one-task tasks.py",
+        timed([*INV, "--list"], REPO, runs=15),
+        timed([*INV, "--list"], empty, runs=15),
+        1.3,
+    )
+
+    root = example_copy()
+    env = {"REGISTRY": "127.0.0.1:5000/bench"}
+    subprocess.run([*INV, "build-prod"], cwd=root, check=True, capture_output=True, env=env)
+    raw = planned_command(root, "build-prod", env)
+    report(
+        "warm no-op inv build-prod vs the raw buildx command",
+        timed([*INV, "build-prod"], root, runs=5, env=env),
+        timed(raw, root, runs=5, env=env),
+        1.15,
+    )
+
+    sequential = [[*planned_command(root, f"build-{t}", env), "--no-cache"] for t in TARGETS]
+    makefile = Path(tempfile.mkdtemp(prefix="buildtasks-bench-make-")) / "Makefile"
+    makefile.write_text(
+        "all:\n" + "".join("\t" + " ".join(f"'{a}'" for a in argv) + "\n" for argv in sequential)
+    )
+    report(
+        "cold inv build (bake, 3 targets) vs 3 sequential builds (make)",
+        timed([*INV, "build", "--no-cache"], root, env=env),
+        timed(["make", "-f", str(makefile)], root, env=env),
+        0.7,
+    )
+
+    cold = timed([*INV, "build-prod", "--no-cache"], root, env=env)
+    source = root / "example/src/jobsvc/__init__.py"
+    source.write_text(source.read_text() + "# bench: a source-only change\n")
+    report(
+        "prod rebuild after a source-only change vs cold build",
+        timed([*INV, "build-prod"], root, env=env),
+        cold,
+        0.25,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Helpers for the benchmarks: timing commands and printing ratios against their anchors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+INV = [sys.executable, "-m", "invoke"]
+
+
+def timed(argv: list[str], cwd: Path, runs: int = 1, env: dict | None = None) -> float:
+    """Median wall time of argv over runs; a failing command aborts the benchmark."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(
+            argv, cwd=cwd, check=True, capture_output=True, env={**os.environ, **(env or {})}
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(name: str, ours: float, anchor: float, target: float) -> None:
+    ratio = ours / anchor
+    verdict = "meets" if ratio <= target else "MISSES"
+    print(
+        f"{name:<58} ours {ours:7.2f}s  anchor {anchor:7.2f}s  "
+        f"ratio {ratio:5.2f}x  target <= {target}x  {verdict}",
+        flush=True,
+    )
+
+
+def example_copy() -> Path:
+    """A throwaway git checkout of the example project, so benchmarks never touch the repo."""
+    root = Path(tempfile.mkdtemp(prefix="buildtasks-bench-"))
+    shutil.copytree(REPO / "example", root / "example", ignore=shutil.ignore_patterns("data"))
+    for name in ("pyproject.toml", ".env", "tasks.py"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, root / name)
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "bench"]):
+        subprocess.run(
+            ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", *argv],
+            cwd=root,
+            check=True,
+        )
+    return root
+
+
+def planned_command(root: Path, task: str, env: dict | None = None) -> list[str]:
+    """The command a task would run, read from its --dry output."""
+    import shlex
+
+    result = subprocess.run(
+        [*INV, "--dry", task],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    line = next(x for x in result.stderr.splitlines() if x.startswith("[dry] "))
+    argv = shlex.split(line.removeprefix("[dry] "))
+    # The dry run's metadata file lives in a directory that no longer exists.
+    at = argv.index("--metadata-file")
+    return argv[:at] + argv[at + 2 :]
