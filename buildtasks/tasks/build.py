@@ -6,8 +6,6 @@ import sys
 from invoke import Context, Task, task
 
 from buildtasks.config import Target
-from buildtasks.docker import builder
-from buildtasks.docker.build import BuildRequest, bake_definition
 from buildtasks.errors import ConfigError
 from buildtasks.tasks.common import one_line_errors, settings, shell
 
@@ -22,7 +20,9 @@ FLAG_HELP = {
 }
 
 
-def _request(tag, platform, push, no_cache, build_arg) -> BuildRequest:
+def _request(tag, platform, push, no_cache, build_arg):
+    from buildtasks.docker.build import BuildRequest
+
     build_args = {}
     for item in build_arg or ():
         key, sep, value = item.partition("=")
@@ -46,6 +46,8 @@ def target_task(target: Target) -> Task:
         build_arg=None,
         no_check=False,
     ):
+        from buildtasks.docker import builder
+
         project = settings(c)
         sh = shell(c, project)
         request = _request(tag, platform, push, no_cache, build_arg)
@@ -72,6 +74,9 @@ def build_all(
     c: Context, print=False, only="", push=False, no_cache=False, build_arg=None, no_check=False
 ):
     """Build every target at once with `docker buildx bake` (generated bake JSON)."""
+    from buildtasks.docker import builder
+    from buildtasks.docker.build import bake_definition
+
     project = settings(c)
     names = [n.strip() for n in only.split(",") if n.strip()] or list(project.targets)
     unknown = [n for n in names if n not in project.targets]

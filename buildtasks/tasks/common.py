@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from invoke import Context
 from invoke.exceptions import Exit
 
 from buildtasks import config
 from buildtasks.config import Settings
-from buildtasks.docker import builder
 from buildtasks.errors import BuildtasksError, CommandError
-from buildtasks.shell import Shell
+
+if TYPE_CHECKING:
+    from buildtasks.shell import Shell
 
 
 def one_line_errors(body: Callable) -> Callable:
@@ -34,4 +36,6 @@ def settings(c: Context) -> Settings:
 
 
 def shell(c: Context, project: Settings) -> Shell:
+    from buildtasks.docker import builder
+
     return builder.shell(project, dry=bool(c.config.run.dry))

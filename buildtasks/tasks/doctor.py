@@ -3,7 +3,6 @@ from __future__ import annotations
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from buildtasks.doctor import diagnose
 from buildtasks.tasks.common import one_line_errors, settings, shell
 
 
@@ -11,6 +10,8 @@ from buildtasks.tasks.common import one_line_errors, settings, shell
 @one_line_errors
 def doctor(c: Context) -> None:
     """Check engine, buildx, compose, multi-platform, binfmt and registries; print fixes."""
+    from buildtasks.doctor import diagnose
+
     project = settings(c)
     findings = diagnose(project, shell(c, project))
     for finding in findings:
