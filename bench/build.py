@@ -6,13 +6,12 @@ buildtasks prints, three sequential builds as a Makefile runs them, and a cold b
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import INV, REPO, example_copy, planned_command, report, timed
+from common import INV, REPO, example_copy, planned_command, report, run, timed
 
 TARGETS = ("dev", "prod", "apify")
 
@@ -30,7 +29,7 @@ def main() -> None:
 
     root = example_copy()
     env = {"REGISTRY": "127.0.0.1:5000/bench"}
-    subprocess.run([*INV, "build-prod"], cwd=root, check=True, capture_output=True, env=env)
+    run([*INV, "build-prod"], root, env)
     raw = planned_command(root, "build-prod", env)
     report(
         "warm no-op inv build-prod vs the raw buildx command",

@@ -20,11 +20,20 @@ def timed(argv: list[str], cwd: Path, runs: int = 1, env: dict | None = None) ->
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run(
-            argv, cwd=cwd, check=True, capture_output=True, env={**os.environ, **(env or {})}
-        )
+        run(argv, cwd, env)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def run(argv: list[str], cwd: Path, env: dict | None = None) -> None:
+    """Run argv quietly; on failure show its output's tail and stop the benchmark."""
+    result = subprocess.run(
+        argv, cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
+    if result.returncode != 0:
+        sys.exit(
+            f"benchmark step failed (exit {result.returncode}): {argv}\n{result.stderr[-3000:]}"
+        )
 
 
 def report(name: str, ours: float, anchor: float, target: float) -> None:

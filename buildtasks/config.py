@@ -42,12 +42,26 @@ class Target:
     checks: tuple[str, ...] | None = None  # None: every check for "prod", none otherwise
     cache_from: tuple[str, ...] = ()
     cache_to: tuple[str, ...] = ()
+    # Extra named build contexts: a path (relative to the project), a URL such as
+    # docker-image://..., or "@buildtasks" for this package's source (`inv proto` in a build).
+    contexts: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
         if self.checks is not None:
             return self.checks
         return CHECKS if self.name == "prod" else ()
+
+
+@dataclass(frozen=True)
+class ProtoSettings:
+    """``[tool.buildtasks.proto]``: where specs live and where generated code goes."""
+
+    src: str
+    out: str
+    include: tuple[str, ...] = ()
+    grpc: bool = True
+    pyi: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,7 @@ class Settings:
     version: str = ""
     source: str = ""
     targets: Mapping[str, Target] = field(default_factory=dict)
+    proto: ProtoSettings | None = None
     dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
 
     @property
@@ -137,13 +152,14 @@ def parse(
     where = f"{file}: tool.buildtasks"
     raw = dict(table)
     targets_table = raw.pop("targets", {})
+    proto_table = raw.pop("proto", None)
     env_files = _convert(raw.get("env_files", [".env"]), tuple[str, ...], f"{where}.env_files")
     dotenv = read_env_files(root, env_files)
     env = {**dotenv, **os.environ}
 
     raw.setdefault("image", project.get("name", ""))
     raw.setdefault("version", project.get("version", ""))
-    values = _build(Settings, raw, where, env, skip={"root", "targets", "dotenv"})
+    values = _build(Settings, raw, where, env, skip={"root", "targets", "proto", "dotenv"})
     if not values["image"]:
         raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
     if not isinstance(targets_table, dict):
@@ -165,7 +181,25 @@ def parse(
                 f"known checks: {', '.join(CHECKS)}"
             )
         targets[name] = target
-    return Settings(root=root, targets=targets, dotenv=dotenv, **values)
+    proto = _section(ProtoSettings, proto_table, f"{where}.proto", env)
+    return Settings(root=root, targets=targets, proto=proto, dotenv=dotenv, **values)
+
+
+def _section(cls: type, table: object, where: str, env: Mapping[str, str]):
+    """An optional sub-table as dataclass cls, None when absent; required keys enforced."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [key for key in required if key not in table]
+    if missing:
+        raise ConfigError(f"{where}: `{missing[0]}` is required")
+    return cls(**_build(cls, table, where, env, set()))
 
 
 def _build(cls: type, table: Mapping, where: str, env: Mapping[str, str], skip: set[str]) -> dict:
@@ -196,6 +230,10 @@ def _convert(value: object, hint: object, where: str, env: Mapping[str, str] | N
     ):  # `X | None`: None only as the default
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {_kind(value)}")
+        return value
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {_kind(value)}")

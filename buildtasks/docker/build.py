@@ -133,6 +133,20 @@ def secret_spec(entry: str, root: Path, ca_bundle: str) -> str | None:
     raise ConfigError(f"secret {entry!r}: write ID, ID=env:VAR, ID=file:PATH or ID=ca-bundle")
 
 
+def named_contexts(contexts: Mapping[str, str], root: Path) -> dict[str, str]:
+    """Configured build contexts: URLs as they are, paths made absolute, and
+    ``@buildtasks`` as the directory of this package (so a build can run its generator)."""
+    resolved = {}
+    for name, value in contexts.items():
+        if value == "@buildtasks":
+            resolved[name] = str(Path(__file__).resolve().parent.parent)
+        elif "://" in value:
+            resolved[name] = value
+        else:
+            resolved[name] = str((root / value).resolve())
+    return resolved
+
+
 def plan(
     settings: Settings,
     target: Target,
@@ -161,7 +175,10 @@ def plan(
         labels=oci_labels(settings, git, now),
         build_args=build_args,
         secrets=secrets,
-        contexts=mirror_contexts(base_images(dockerfile_text, build_args), settings.mirror),
+        contexts={
+            **mirror_contexts(base_images(dockerfile_text, build_args), settings.mirror),
+            **named_contexts(target.contexts, settings.root),
+        },
         # Local builds are native; configured platforms apply to pushes.
         platforms=request.platforms or (target.platforms if request.push else ()),
         cache_from=target.cache_from,

@@ -21,7 +21,7 @@ from buildtasks.docker.build import (
 )
 from buildtasks.docker.checks import has_dockerignore, human_size, violations
 from buildtasks.docker.engine import Engine
-from buildtasks.errors import CheckError, ConfigError
+from buildtasks.errors import CheckError, CommandError, ConfigError
 from buildtasks.shell import Shell
 
 CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
@@ -95,13 +95,11 @@ def build(sh: Shell, settings: Settings, build_plan: BuildPlan, check: bool) -> 
     """One `docker buildx build`; the image checks run unless check is False."""
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
-        if not sh.dry:
-            Engine().require()
-        sh.run(buildx_argv(build_plan, str(metadata_file)))
+        engine = _run_with_engine(sh, buildx_argv(build_plan, str(metadata_file)))
         if sh.dry:
             return None
         metadata = json.loads(metadata_file.read_text())
-    return _finish(settings, build_plan, metadata, check)
+    return _finish(engine, settings, build_plan, metadata, check)
 
 
 def bake(sh: Shell, settings: Settings, build_plans: list[BuildPlan], check: bool) -> list[Built]:
@@ -109,28 +107,36 @@ def bake(sh: Shell, settings: Settings, build_plans: list[BuildPlan], check: boo
     definition = json.dumps(bake_definition(build_plans), indent=2)
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
-        argv = [
-            "docker",
-            "buildx",
-            "bake",
-            "--file",
-            "-",
-            "--metadata-file",
-            str(metadata_file),
-        ]
-        sh.run(argv, input=definition, cwd=str(settings.root))
+        argv = ["docker", "buildx", "bake", "--file", "-", "--metadata-file", str(metadata_file)]
+        engine = _run_with_engine(sh, argv, input=definition, cwd=str(settings.root))
         if sh.dry:
             return []
         metadata = json.loads(metadata_file.read_text())
-    return [_finish(settings, p, metadata.get(p.target, {}), check) for p in build_plans]
+    return [_finish(engine, settings, p, metadata.get(p.target, {}), check) for p in build_plans]
 
 
-def _finish(settings: Settings, build_plan: BuildPlan, metadata: dict, check: bool) -> Built:
+def _run_with_engine(sh: Shell, argv: list[str], **kwargs) -> Engine:
+    """Run a build command while connecting to the engine in the background; when the
+    command fails because the engine is unreachable, say that instead."""
+    engine = Engine()
+    if not sh.dry:
+        engine.warm_up()
+    try:
+        sh.run(argv, **kwargs)
+    except CommandError:
+        engine.require()
+        raise
+    return engine
+
+
+def _finish(
+    engine: Engine, settings: Settings, build_plan: BuildPlan, metadata: dict, check: bool
+) -> Built:
     ref = build_plan.tags[0]
     digest = metadata.get("containerimage.digest", "")
     if build_plan.push:
         return Built(build_plan.target, ref, digest, None)
-    facts = Engine().image(ref)
+    facts = engine.image(ref)
     target = settings.targets[build_plan.target]
     if check:
         found = violations(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cached_property
+import threading
 
 from buildtasks.docker.checks import ImageFacts
 from buildtasks.errors import EngineError
@@ -11,21 +11,43 @@ ENGINE_FIX = "start it (scripts/install-docker) or point DOCKER_HOST at a runnin
 
 
 class Engine:
-    @cached_property
-    def client(self):
+    """Connects on first use; ``warm_up`` connects in the background (importing the SDK
+    takes a noticeable fraction of a second) while a long command runs."""
+
+    def __init__(self):
+        self._client = None
+        self._error: EngineError | None = None
+        self._thread: threading.Thread | None = None
+
+    def warm_up(self) -> None:
+        self._thread = threading.Thread(target=self._connect, daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> None:
         import docker
 
         try:
             client = docker.from_env()
             client.ping()
+            self._client = client
         except docker.errors.DockerException as exc:
-            raise EngineError(
+            self._error = EngineError(
                 f"cannot reach the Docker engine ({_reason(exc)}); {ENGINE_FIX}"
-            ) from None
-        return client
+            )
+
+    @property
+    def client(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._client is None and self._error is None:
+            self._connect()
+        if self._error is not None:
+            raise self._error
+        return self._client
 
     def require(self) -> None:
-        """Fail with EngineError now, before a command that needs the engine starts."""
+        """Raise EngineError when the engine is unreachable."""
         _ = self.client
 
     def image(self, ref: str) -> ImageFacts:

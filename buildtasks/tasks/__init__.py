@@ -7,7 +7,7 @@ from pathlib import Path
 from invoke import Collection
 
 from buildtasks.config import Settings
-from buildtasks.tasks import build, doctor
+from buildtasks.tasks import build, doctor, proto
 
 
 def collection(settings: Settings) -> Collection:
@@ -16,5 +16,7 @@ def collection(settings: Settings) -> Collection:
         ns.add_task(build.target_task(target), name=f"build-{target.name}")
     ns.add_task(build.build_all, name="build")
     ns.add_task(doctor.doctor, name="doctor")
+    if settings.proto is not None:
+        ns.add_collection(proto.collection)
     ns.configure({"buildtasks": {"root": str(Path(settings.root))}})
     return ns

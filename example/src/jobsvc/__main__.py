@@ -1,9 +1,11 @@
-"""`python -m jobsvc [serve|worker|health]`; serve (the default) runs API and worker together
-when there is no Redis queue to hand jobs to a separate worker process."""
+"""`python -m jobsvc [serve|worker|health]`; serve (the default) runs the HTTP API, the gRPC
+JobService (GRPC_PORT, 0 turns it off) and, when there is no Redis queue to hand jobs to a
+separate worker process, the worker too."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import urllib.request
@@ -16,6 +18,8 @@ from jobsvc.worker import work
 
 
 def main(argv: list[str]) -> int:
+    # `docker stop` sends SIGTERM to PID 1: exit at once instead of waiting to be killed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     command = argv[0] if argv else "serve"
     port = int(os.environ.get("PORT", "8000"))
     if command == "health":
@@ -36,7 +40,17 @@ def main(argv: list[str]) -> int:
         return 2
     if not redis_url:
         threading.Thread(target=work, args=(store, queue, data_dir / "jobs"), daemon=True).start()
-    serve(store, queue, data_dir, os.environ.get("HOST", "0.0.0.0"), port)
+    grpc_port = os.environ.get("GRPC_PORT", "50051")
+    grpc_server = None  # held here: a collected grpc.Server stops serving
+    if grpc_port != "0":
+        from jobsvc.grpc_service import start
+
+        grpc_server, _ = start(store, queue, f"{os.environ.get('HOST', '0.0.0.0')}:{grpc_port}")
+    try:
+        serve(store, queue, data_dir, os.environ.get("HOST", "0.0.0.0"), port)
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(grace=2)
     return 0
 
 

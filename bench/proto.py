@@ -1,0 +1,59 @@
+"""Proto benchmarks (issue: inv proto). Run: .venv/bin/python bench/proto.py
+
+No-op `inv proto` against a full regeneration, and a full `inv proto` against the raw
+`python -m grpc_tools.protoc` call over the same specs: on the example's two specs, where
+process start-up dominates, and on a 200-spec tree, where generation does.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import INV, example_copy, report, run, timed
+
+RUNS = 5
+
+
+def synthetic_tree(specs: Path, packages: int = 40, per_package: int = 5) -> None:
+    """Nested packages, each spec importing its neighbour and a well-known type."""
+    for p in range(packages):
+        for n in range(per_package):
+            path = specs / f"pkg{p}/v1/m{n}.proto"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            imports = f'import "pkg{p}/v1/m{n - 1}.proto";\n' if n else ""
+            field = f"  M{n - 1} prev = 3;\n" if n else ""
+            path.write_text(
+                f'syntax = "proto3";\npackage pkg{p}.v1;\n{imports}'
+                'import "google/protobuf/timestamp.proto";\n'
+                f"message M{n} {{\n  string id = 1;\n"
+                f"  google.protobuf.Timestamp at = 2;\n{field}}}\n"
+                f"service S{n} {{ rpc Get(M{n}) returns (M{n}); }}\n"
+            )
+
+
+def compare(label: str, root: Path, specs: Path) -> None:
+    run([*INV, "proto"], root)
+    full = timed([*INV, "proto", "--force"], root, runs=RUNS)
+    noop = timed([*INV, "proto"], root, runs=RUNS)
+    report(f"{label}: no-op inv proto vs full regeneration", noop, full, 0.2)
+    out = Path(tempfile.mkdtemp(prefix="buildtasks-bench-protoc-"))
+    raw = [
+        sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={specs}",
+        f"--python_out={out}", f"--grpc_python_out={out}", f"--pyi_out={out}",
+        *(str(p) for p in sorted(specs.rglob("*.proto"))),
+    ]  # fmt: skip
+    report(f"{label}: full inv proto vs raw protoc", full, timed(raw, root, runs=RUNS), 1.2)
+
+
+def main() -> None:
+    root = example_copy()
+    compare("example, 2 specs", root, root / "example/specs")
+    synthetic_tree(root / "example/specs")
+    compare("202 specs", root, root / "example/specs")
+
+
+if __name__ == "__main__":
+    main()
