@@ -65,6 +65,21 @@ class ProtoSettings:
 
 
 @dataclass(frozen=True)
+class StackSettings:
+    """``[tool.buildtasks.stack]``: the compose stack `inv up/down/deploy/health` drive."""
+
+    compose: tuple[str, ...] = ("compose/prod.yml",)  # relative to the project root
+    project: str = ""  # compose project name; default: the image's repository name
+    app_service: str = "api"  # the service whose HTTP health endpoint `inv health` reads
+    app_port: int = 8000
+    health_path: str = "/health"
+    targets: tuple[str, ...] = ()  # built by `inv deploy` and `inv up --build`
+    wait_timeout: int = 120  # seconds `up --wait` may take
+    data_dirs: tuple[str, ...] = ()  # created in the app container by `inv deploy`
+    data_owner: str = "1000:1000"  # ... and chowned to the image's user
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything buildtasks knows about one project."""
 
@@ -77,6 +92,7 @@ class Settings:
     source: str = ""
     targets: Mapping[str, Target] = field(default_factory=dict)
     proto: ProtoSettings | None = None
+    stack: StackSettings = StackSettings()
     dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
 
     @property
@@ -153,13 +169,14 @@ def parse(
     raw = dict(table)
     targets_table = raw.pop("targets", {})
     proto_table = raw.pop("proto", None)
+    stack_table = raw.pop("stack", {})
     env_files = _convert(raw.get("env_files", [".env"]), tuple[str, ...], f"{where}.env_files")
     dotenv = read_env_files(root, env_files)
     env = {**dotenv, **os.environ}
 
     raw.setdefault("image", project.get("name", ""))
     raw.setdefault("version", project.get("version", ""))
-    values = _build(Settings, raw, where, env, skip={"root", "targets", "proto", "dotenv"})
+    values = _build(Settings, raw, where, env, skip={"root", "targets", "proto", "stack", "dotenv"})
     if not values["image"]:
         raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
     if not isinstance(targets_table, dict):
@@ -182,7 +199,14 @@ def parse(
             )
         targets[name] = target
     proto = _section(ProtoSettings, proto_table, f"{where}.proto", env)
-    return Settings(root=root, targets=targets, proto=proto, dotenv=dotenv, **values)
+    stack = _section(StackSettings, stack_table, f"{where}.stack", env)
+    unknown_targets = [t for t in stack.targets if t not in targets]
+    if unknown_targets:
+        raise ConfigError(
+            f"{where}.stack.targets: no target {unknown_targets[0]!r}; "
+            f"targets: {', '.join(targets) or 'none configured'}"
+        )
+    return Settings(root=root, targets=targets, proto=proto, stack=stack, dotenv=dotenv, **values)
 
 
 def _section(cls: type, table: object, where: str, env: Mapping[str, str]):
@@ -230,6 +254,10 @@ def _convert(value: object, hint: object, where: str, env: Mapping[str, str] | N
     ):  # `X | None`: None only as the default
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {_kind(value)}")
+        return value
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {_kind(value)}")

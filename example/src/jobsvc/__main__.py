@@ -1,6 +1,7 @@
-"""`python -m jobsvc [serve|worker|health]`; serve (the default) runs the HTTP API, the gRPC
-JobService (GRPC_PORT, 0 turns it off) and, when there is no Redis queue to hand jobs to a
-separate worker process, the worker too."""
+"""`python -m jobsvc [serve|worker|health [--worker]]`.
+
+serve (the default) runs the HTTP API, the gRPC JobService (GRPC_PORT, 0 turns it off) and,
+when there is no Redis queue to hand jobs to a separate worker process, the worker too."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     command = argv[0] if argv else "serve"
     port = int(os.environ.get("PORT", "8000"))
+    if command == "health" and argv[1:] == ["--worker"]:
+        from jobsvc.worker import alive
+
+        return 0 if alive() else 1
     if command == "health":
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as reply:

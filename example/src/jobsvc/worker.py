@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 
@@ -25,8 +26,26 @@ def run_job(store, jobs_dir: Path, job_id: str) -> None:
     store.finish(job_id, result)
 
 
+HEARTBEAT = Path("/tmp/jobsvc-worker.heartbeat")
+HEARTBEAT_MAX_AGE = 15.0  # seconds without a loop turn before the worker counts as stuck
+
+
+def alive() -> bool:
+    """The worker's health: its loop turned recently."""
+    try:
+        return time.time() - HEARTBEAT.stat().st_mtime < HEARTBEAT_MAX_AGE
+    except OSError:
+        return False
+
+
 def work(store, queue, jobs_dir: Path, stop=lambda: False) -> None:
     while not stop():
-        job_id = queue.take(timeout=1.0)
+        HEARTBEAT.touch()
+        try:
+            job_id = queue.take(timeout=1.0)
+        except Exception as exc:  # queue unreachable: keep trying, health shows it
+            print(f"worker: queue unavailable: {exc}", flush=True)
+            time.sleep(1.0)
+            continue
         if job_id:
             run_job(store, jobs_dir, job_id)

@@ -1,0 +1,73 @@
+"""`docker compose` command lines and the few queries buildtasks makes of a stack."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildtasks.shell import Shell
+
+PROJECT_LABEL = "com.docker.compose.project"
+
+
+@dataclass(frozen=True)
+class Compose:
+    project: str
+    files: tuple[Path, ...]
+
+    def argv(self, *args: str) -> list[str]:
+        argv = ["docker", "compose", "--project-name", self.project]
+        for path in self.files:
+            argv += ["--file", str(path)]
+        return [*argv, *args]
+
+    def up(self, wait_timeout: int, services: tuple[str, ...] = ()) -> list[str]:
+        # --wait and --wait-timeout exist since compose 2.17; install-docker brings 2.26.
+        return self.argv("up", "--detach", "--wait", "--wait-timeout", str(wait_timeout), *services)
+
+    def down(self, volumes: bool) -> list[str]:
+        return self.argv("down", "--remove-orphans", *(["--volumes"] if volumes else []))
+
+    def logs(self, service: str = "", follow: bool = False) -> list[str]:
+        flags = ["--timestamps", "--no-color", *(["--follow"] if follow else [])]
+        return self.argv("logs", *flags, *([service] if service else []))
+
+
+def parse_ps(output: str) -> list[dict]:
+    """`compose ps --format json`: a JSON array in some versions, one object a line in others."""
+    text = output.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        return json.loads(text)
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def containers(sh: Shell, compose: Compose) -> list[dict]:
+    return parse_ps(sh.output(compose.argv("ps", "--all", "--format", "json")))
+
+
+def services(sh: Shell, compose: Compose) -> list[str]:
+    return sh.output(compose.argv("config", "--services")).split()
+
+
+def published_ports(sh: Shell, compose: Compose) -> dict[tuple[str, int], str]:
+    """{(service, container port): "host:port"} for every published port of the stack."""
+    config = json.loads(sh.output(compose.argv("config", "--format", "json")))
+    endpoints = {}
+    for service, definition in config.get("services", {}).items():
+        for port in definition.get("ports", []):  # every `ports` entry is published
+            target = int(port["target"])
+            address = sh.output(compose.argv("port", service, str(target)), check=False)
+            if address:
+                endpoints[(service, target)] = address.splitlines()[0]
+    return endpoints
+
+
+def endpoint_variables(endpoints: dict[tuple[str, int], str], prefix: str) -> dict[str, str]:
+    """Environment for tests: PREFIX_<SERVICE>_<PORT>=host:port."""
+    return {
+        f"{prefix}_{service.upper().replace('-', '_')}_{port}": address
+        for (service, port), address in sorted(endpoints.items())
+    }

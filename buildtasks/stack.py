@@ -1,0 +1,307 @@
+"""The project's compose stack: deploy, health, and integration runs that always clean up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildtasks import git
+from buildtasks.config import Settings
+from buildtasks.docker import builder, compose
+from buildtasks.docker.build import BuildRequest, render_tags, template_values
+from buildtasks.docker.compose import PROJECT_LABEL, Compose
+from buildtasks.errors import BuildtasksError, CommandError
+from buildtasks.shell import Shell
+
+OWNER_LABEL = "io.buildtasks.owner"  # host:pid of the run that started a stack
+ENDPOINT_PREFIX = "BUILDTASKS"
+
+
+class BuildFailed(BuildtasksError):
+    """An image the stack needs did not build."""
+
+
+class StackUnhealthy(BuildtasksError):
+    """The stack did not become healthy in time."""
+
+
+def stack_compose(settings: Settings, files: tuple[str, ...] = (), project: str = "") -> Compose:
+    paths = tuple(settings.root / f for f in (files or settings.stack.compose))
+    name = project or settings.stack.project or settings.image.rsplit("/", 1)[-1].split(":")[0]
+    return Compose(project=name, files=paths)
+
+
+def image_variables(settings: Settings, sh: Shell) -> dict[str, str]:
+    """BUILDTASKS_IMAGE_<TARGET> = the target's first tag, for the compose files to use."""
+    state = git.state(sh, settings.root)
+    variables = {}
+    for target in settings.targets.values():
+        values = template_values(target.name, settings.version, state)
+        tags = render_tags(target.tags, settings.image, values)
+        if tags:
+            variables[f"BUILDTASKS_IMAGE_{target.name.upper().replace('-', '_')}"] = tags[0]
+    return variables
+
+
+def stack_shell(settings: Settings, dry: bool) -> Shell:
+    sh = builder.shell(settings, dry)
+    sh.env = {**sh.env, **image_variables(settings, sh)}
+    return sh
+
+
+def build_targets(sh: Shell, settings: Settings, targets: tuple[str, ...]) -> None:
+    if not targets:
+        return
+    try:
+        for build_plan in builder.plans(settings, list(targets), BuildRequest(), sh):
+            built = builder.build(sh, settings, build_plan, check=False)
+            if built:
+                print(built.summary())
+    except CommandError as exc:
+        raise BuildFailed(f"image build failed, the stack was not started: {exc}") from None
+
+
+def up(sh: Shell, stack: Compose, wait_timeout: int) -> None:
+    try:
+        sh.run(stack.up(wait_timeout))
+    except CommandError:
+        unhealthy = [
+            f"{c.get('Service')} ({c.get('Health') or c.get('State')})"
+            for c in compose.containers(sh, stack)
+            if c.get("Health", "healthy") != "healthy" or c.get("State") != "running"
+        ]
+        raise StackUnhealthy(
+            f"stack {stack.project} did not become healthy within {wait_timeout}s: "
+            f"{', '.join(unhealthy) or 'see the compose output above'}"
+        ) from None
+
+
+def app_health(sh: Shell, settings: Settings, stack: Compose) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of the app's health endpoint through its published port."""
+    address = sh.output(
+        stack.argv("port", settings.stack.app_service, str(settings.stack.app_port)), check=False
+    )
+    if not address:
+        return 0, {
+            "error": f"{settings.stack.app_service} publishes no port {settings.stack.app_port}"
+        }
+    url = f"http://{address.splitlines()[0]}{settings.stack.health_path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, json.loads(reply.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+    except (OSError, ValueError) as exc:
+        return 0, {"error": f"{url}: {exc}"}
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    services: dict[str, str]  # service -> health or state
+    app_status: int
+    app_body: dict
+
+    @property
+    def healthy(self) -> bool:
+        return (
+            bool(self.services)
+            and all(state in ("healthy", "running") for state in self.services.values())
+            and self.app_status == 200
+        )
+
+
+def health(sh: Shell, settings: Settings, stack: Compose) -> HealthReport:
+    services = {
+        c["Service"]: (c.get("Health") or c.get("State") or "unknown")
+        if c.get("State") == "running"
+        else c.get("State", "unknown")
+        for c in compose.containers(sh, stack)
+    }
+    status, body = app_health(sh, settings, stack)
+    return HealthReport(services, status, body)
+
+
+def deploy(sh: Shell, settings: Settings, stack: Compose) -> HealthReport:
+    """Build the stack's targets, prepare data directories, start, and check health."""
+    build_targets(sh, settings, settings.stack.targets)
+    if settings.stack.data_dirs:
+        dirs = " ".join(settings.stack.data_dirs)
+        sh.run(
+            stack.argv(
+                "run", "--rm", "--no-deps", "--user", "0:0", "--entrypoint", "sh",
+                settings.stack.app_service, "-c",
+                f"mkdir -p {dirs} && chown -R {settings.stack.data_owner} {dirs}",
+            )
+        )  # fmt: skip
+    up(sh, stack, settings.stack.wait_timeout)
+    return health(sh, settings, stack)
+
+
+# --- integration runs -------------------------------------------------------------------
+
+
+def run_project_name(prefix: str, short_sha: str) -> str:
+    """Unique per run, so two runs on one machine never share a stack."""
+    return f"{prefix}-{short_sha or 'nogit'}-{secrets.token_hex(3)}"
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(label: str) -> bool:
+    host, _, pid = label.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def interrupts_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job) unwinds like Ctrl-C, so teardown runs."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Teardown must finish: a second Ctrl-C or SIGTERM waits until it has."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _owner_override(sh: Shell, stack: Compose, directory: Path, session: str) -> Path:
+    """A compose file that labels every service with this run's owner."""
+    labels = {OWNER_LABEL: owner(), "io.buildtasks.session": session}
+    override = {"services": {name: {"labels": labels} for name in compose.services(sh, stack)}}
+    path = directory / "buildtasks-owner.json"
+    path.write_text(json.dumps(override))
+    return path
+
+
+def collect_artifacts(sh: Shell, stack: Compose, directory: Path) -> None:
+    """Logs with timestamps, ps and health details of every container."""
+    directory.mkdir(parents=True, exist_ok=True)
+    logs = sh.run(stack.logs(), query=True, check=False)
+    (directory / "logs.txt").write_text(logs.stdout + logs.stderr)
+    ps = compose.containers(sh, stack)
+    (directory / "ps.json").write_text(json.dumps(ps, indent=2))
+    details = {}
+    for container in ps:
+        inspect = sh.run(["docker", "inspect", container["ID"]], query=True, check=False)
+        if inspect.returncode == 0:
+            state = json.loads(inspect.stdout)[0]["State"]
+            details[container["Service"]] = {
+                "state": state.get("Status"),
+                "health": state.get("Health"),
+            }
+    (directory / "health.json").write_text(json.dumps(details, indent=2))
+
+
+@dataclass(frozen=True)
+class IntegrationOptions:
+    session: str = "integration"
+    files: tuple[str, ...] = ("compose/integration.yml",)
+    targets: tuple[str, ...] | None = None  # None: the stack's configured targets
+    wait_timeout: int | None = None
+    artifacts: str = "artifacts"
+
+
+def integration(
+    sh: Shell,
+    settings: Settings,
+    options: IntegrationOptions,
+    run_tests: Callable[[dict[str, str], Path], None],
+) -> str:
+    """Build, start a uniquely named stack, wait for health, run the tests with the
+    endpoints in the environment; then always save artifacts and tear the stack down.
+    Returns the project name."""
+    targets = settings.stack.targets if options.targets is None else options.targets
+    build_targets(sh, settings, targets)
+    prefix = f"{stack_compose(settings).project}-{options.session}"
+    name = run_project_name(prefix, git.state(sh, settings.root).short_sha)
+    base = stack_compose(settings, options.files, name)
+    artifacts = settings.root / options.artifacts / name
+    with tempfile.TemporaryDirectory(prefix="buildtasks-stack-") as tmp, interrupts_on_sigterm():
+        stack = Compose(name, (*base.files, _owner_override(sh, base, Path(tmp), options.session)))
+        try:
+            up(sh, stack, options.wait_timeout or settings.stack.wait_timeout)
+            endpoints = compose.published_ports(sh, stack)
+            env = {
+                **compose.endpoint_variables(endpoints, ENDPOINT_PREFIX),
+                f"{ENDPOINT_PREFIX}_PROJECT": name,
+            }
+            print(f"stack {name} is healthy; endpoints: {env}", flush=True)
+            run_tests(env, artifacts)
+        finally:
+            with signals_deferred():
+                collect_artifacts(sh, stack, artifacts)
+                sh.run(stack.down(volumes=True), check=False)
+                print(f"stack {name} removed; artifacts in {artifacts}", flush=True)
+    return name
+
+
+def orphaned_projects(prefix: str) -> list[str]:
+    """Compose projects named PREFIX-… whose owning run is gone (killed with SIGKILL)."""
+    from buildtasks.docker.engine import Engine
+
+    client = Engine().client
+    owners: dict[str, set[str]] = {}
+    for container in client.containers.list(all=True, filters={"label": PROJECT_LABEL}):
+        project = container.labels[PROJECT_LABEL]
+        if project.startswith(prefix + "-"):
+            owners.setdefault(project, set()).add(container.labels.get(OWNER_LABEL, ""))
+    for resource in (*client.networks.list(), *client.volumes.list()):
+        project = (resource.attrs.get("Labels") or {}).get(PROJECT_LABEL, "")
+        if project.startswith(prefix + "-"):
+            owners.setdefault(project, set())
+    return sorted(p for p, labels in owners.items() if not any(map(owner_alive, labels)))
+
+
+def remove_project(project: str, dry: bool) -> list[str]:
+    """Remove a compose project's containers, networks and volumes by label."""
+    from buildtasks.docker.engine import Engine
+
+    client = Engine().client
+    selector = {"label": f"{PROJECT_LABEL}={project}"}
+    removed = []
+    for container in client.containers.list(all=True, filters=selector):
+        removed.append(f"container {container.name}")
+        if not dry:
+            container.remove(force=True, v=True)
+    for network in client.networks.list(filters=selector):
+        removed.append(f"network {network.name}")
+        if not dry:
+            network.remove()
+    for volume in client.volumes.list(filters=selector):
+        removed.append(f"volume {volume.name}")
+        if not dry:
+            volume.remove(force=True)
+    return removed
