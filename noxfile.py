@@ -1,9 +1,13 @@
-"""This repository's sessions: lint, tests (unit + integration on the real engine)."""
+"""This repository's sessions: lint, tests (unit + integration on the real engine), and
+`integration`: the example's end-to-end tests against its compose stack."""
 
 import nox
 
+from buildtasks.sessions import integration_session
+
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
 
 PYTHON = "3.11"
 
@@ -21,3 +25,6 @@ def tests(session: nox.Session) -> None:
     """Unit and integration tests; the integration tests need scripts/setup to have run."""
     session.install("-e", ".[dev]")
     session.run("pytest", *(session.posargs or ["tests"]))
+
+
+integration_session(python=PYTHON, pytest_args=("example/tests",))

@@ -1,0 +1,74 @@
+"""nox helpers: `integration_session()` registers `integration` and `integration-clean`.
+
+# noxfile.py
+from buildtasks.sessions import integration_session
+integration_session()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def integration_session(
+    name: str = "integration",
+    compose: Sequence[str] = ("compose/integration.yml",),
+    targets: Sequence[str] | None = None,
+    pytest_args: Sequence[str] = ("tests",),
+    wait_timeout: int | None = None,
+    artifacts: str = "artifacts",
+    install: Sequence[str] = ("-e", ".[dev]"),
+    python: str | bool | None = None,
+    venv_backend: str | None = None,
+    root: str = ".",
+) -> None:
+    """Register `nox -s NAME` (build, start a uniquely named stack, wait for health, run
+    pytest with the endpoints as BUILDTASKS_<SERVICE>_<PORT>, save logs, always tear down)
+    and `nox -s NAME-clean` (remove this project's stacks whose run was killed)."""
+    import nox
+
+    def run(session: nox.Session) -> None:
+        from buildtasks import config, stack
+        from buildtasks.errors import BuildtasksError
+
+        if install and venv_backend != "none" and python is not False:
+            session.install(*install)
+        try:
+            settings = config.load(root)
+            sh = stack.stack_shell(settings, dry=False)
+            options = stack.IntegrationOptions(
+                session=name,
+                files=tuple(compose),
+                targets=None if targets is None else tuple(targets),
+                wait_timeout=wait_timeout,
+                artifacts=artifacts,
+            )
+
+            def run_tests(env: dict[str, str], artifact_dir: Path) -> None:
+                junit = f"--junitxml={artifact_dir / 'junit.xml'}"
+                session.run("pytest", *pytest_args, junit, *session.posargs, env=env)
+
+            stack.integration(sh, settings, options, run_tests)
+        except BuildtasksError as exc:
+            session.error(str(exc))
+
+    def clean(session: nox.Session) -> None:
+        from buildtasks import config, stack
+        from buildtasks.errors import BuildtasksError
+
+        try:
+            settings = config.load(root)
+            prefix = f"{stack.stack_compose(settings).project}-{name}"
+            orphans = stack.orphaned_projects(prefix)
+            for project in orphans:
+                for item in stack.remove_project(project, dry=False):
+                    session.log(f"removed {item}")
+            session.log(f"{len(orphans)} orphaned {name} stack(s) removed")
+        except BuildtasksError as exc:
+            session.error(str(exc))
+
+    run.__doc__ = "Build, start the stack, wait for health, run pytest, always tear down."
+    clean.__doc__ = f"Remove {name} stacks left behind by killed runs (this project's only)."
+    nox.session(name=name, python=python, venv_backend=venv_backend)(run)
+    nox.session(name=f"{name}-clean", python=python, venv_backend=venv_backend)(clean)
