@@ -80,6 +80,20 @@ class StackSettings:
 
 
 @dataclass(frozen=True)
+class BackupSettings:
+    """``[tool.buildtasks.backup]``: what `inv backup` saves and how long sets are kept."""
+
+    dir: str = "backups"
+    keep_last: int = 7
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    sqlite: tuple[str, ...] = ()  # host paths, or SERVICE:/path inside a compose service
+    files: tuple[str, ...] = ()  # directories, same forms
+    redis: Mapping[str, str] = field(default_factory=dict)  # {service = "..."} or {url = "..."}
+    redis_timeout: int = 300  # seconds a BGSAVE may take
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything buildtasks knows about one project."""
 
@@ -93,6 +107,7 @@ class Settings:
     targets: Mapping[str, Target] = field(default_factory=dict)
     proto: ProtoSettings | None = None
     stack: StackSettings = StackSettings()
+    backup: BackupSettings = BackupSettings()
     dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
 
     @property
@@ -170,13 +185,16 @@ def parse(
     targets_table = raw.pop("targets", {})
     proto_table = raw.pop("proto", None)
     stack_table = raw.pop("stack", {})
+    backup_table = raw.pop("backup", {})
     env_files = _convert(raw.get("env_files", [".env"]), tuple[str, ...], f"{where}.env_files")
     dotenv = read_env_files(root, env_files)
     env = {**dotenv, **os.environ}
 
     raw.setdefault("image", project.get("name", ""))
     raw.setdefault("version", project.get("version", ""))
-    values = _build(Settings, raw, where, env, skip={"root", "targets", "proto", "stack", "dotenv"})
+    values = _build(
+        Settings, raw, where, env, skip={"root", "targets", "proto", "stack", "backup", "dotenv"}
+    )
     if not values["image"]:
         raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
     if not isinstance(targets_table, dict):
@@ -206,7 +224,20 @@ def parse(
             f"{where}.stack.targets: no target {unknown_targets[0]!r}; "
             f"targets: {', '.join(targets) or 'none configured'}"
         )
-    return Settings(root=root, targets=targets, proto=proto, stack=stack, dotenv=dotenv, **values)
+    backup = _section(BackupSettings, backup_table, f"{where}.backup", env)
+    if set(backup.redis) - {"service", "url"} or len(backup.redis) > 1:
+        raise ConfigError(
+            f'{where}.backup.redis: write {{ service = "NAME" }} or {{ url = "redis://..." }}'
+        )
+    return Settings(
+        root=root,
+        targets=targets,
+        proto=proto,
+        stack=stack,
+        backup=backup,
+        dotenv=dotenv,
+        **values,
+    )
 
 
 def _section(cls: type, table: object, where: str, env: Mapping[str, str]):

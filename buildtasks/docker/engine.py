@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from buildtasks.docker.checks import ImageFacts
 from buildtasks.errors import EngineError
@@ -66,6 +67,64 @@ class Engine:
             size=attrs.get("Size") or 0,
             labels=config.get("Labels") or {},
         )
+
+    def service_container(self, project: str, service: str):
+        """The container of a compose service (running or not)."""
+        labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
+        found = self.client.containers.list(all=True, filters={"label": labels})
+        if not found:
+            raise EngineError(
+                f"no container for service {service!r} of compose project {project!r}; "
+                "start the stack (inv up) or fix the service name"
+            )
+        return found[0]
+
+    def exec(self, container, argv: list[str], user: str = "") -> str:
+        """Run argv in a running container; its output, or EngineError on a non-zero exit."""
+        code, output = container.exec_run(argv, user=user, demux=False)
+        text = (output or b"").decode(errors="replace").strip()
+        if code != 0:
+            raise EngineError(
+                f"`{' '.join(argv[:3])}` in {container.name} failed (exit {code}): "
+                f"{text.splitlines()[-1] if text else 'no output'}"
+            )
+        return text
+
+    def copy_out(self, container, path: str, dest: Path) -> None:
+        """Write the engine's tar stream of a container path to dest."""
+        import docker
+
+        try:
+            stream, _ = container.get_archive(path)
+        except docker.errors.NotFound:
+            raise FileNotFoundError(f"{path} does not exist in {container.name}") from None
+        with open(dest, "wb") as handle:
+            for chunk in stream:
+                handle.write(chunk)
+
+    def run_helper(self, image: str, volumes_from: str, script: str, inputs: Path) -> str:
+        """Run `sh -c script` as root in a throwaway container sharing volumes_from's volumes,
+        with the files of the inputs directory under /restore; its output, or EngineError."""
+        import io
+        import tarfile
+
+        container = self.client.containers.create(
+            image, ["sh", "-c", script], user="0:0", entrypoint=[],
+            volumes_from=[volumes_from], network_mode="none",
+        )  # fmt: skip
+        try:
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w") as tar:
+                tar.add(inputs, arcname="restore")
+            container.put_archive("/", buffer.getvalue())
+            container.start()
+            code = container.wait()["StatusCode"]
+            output = container.logs().decode(errors="replace").strip()
+        finally:
+            container.remove(force=True)
+        if code != 0:
+            raise EngineError(f"restore helper failed (exit {code}): {output[-500:]}")
+        return output
 
     def image_ids(self) -> set[str]:
         return {image.id for image in self.client.images.list(all=True)}

@@ -7,7 +7,7 @@ from pathlib import Path
 from invoke import Collection
 
 from buildtasks.config import Settings
-from buildtasks.tasks import build, doctor, proto, stack
+from buildtasks.tasks import backup, build, doctor, proto, stack
 
 
 def collection(settings: Settings) -> Collection:
@@ -18,6 +18,8 @@ def collection(settings: Settings) -> Collection:
     ns.add_task(doctor.doctor, name="doctor")
     for stack_task in (stack.up, stack.down, stack.logs, stack.health, stack.deploy):
         ns.add_task(stack_task)
+    ns.add_collection(backup.collection)
+    ns.add_task(backup.restore)
     if settings.proto is not None:
         ns.add_collection(proto.collection)
     ns.configure({"buildtasks": {"root": str(Path(settings.root))}})

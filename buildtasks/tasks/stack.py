@@ -72,21 +72,21 @@ def _report(report, as_json: bool) -> None:
 
 @task(help={**STACK_HELP, "json": "print the report as JSON"}, iterable=["file"])
 @one_line_errors
-def health(c: Context, json=False, file=None, project=""):
+def health(c: Context, json_=False, file=None, project=""):
     """Each service's health and the app's /health JSON; non-zero when degraded."""
     from buildtasks import stack
 
     config, sh, compose = _stack(c, file, project)
-    _report(stack.health(sh, config, compose), json)
+    _report(stack.health(sh, config, compose), json_)
 
 
 @task(help={**STACK_HELP, "json": "print the health report as JSON"}, iterable=["file"])
 @one_line_errors
-def deploy(c: Context, json=False, file=None, project=""):
+def deploy(c: Context, json_=False, file=None, project=""):
     """Build the stack's targets, prepare data directories, start the stack, check health."""
     from buildtasks import stack
 
     config, sh, compose = _stack(c, file, project)
     report = stack.deploy(sh, config, compose)
     if not sh.dry:
-        _report(report, json)
+        _report(report, json_)
