@@ -53,10 +53,18 @@ def steps(found: Manifest) -> list[Step]:
     return [Step(a, sets.parse_location(a.source)) for a in found.artifacts]
 
 
+def needs_stack(settings: Settings, found: Manifest) -> bool:
+    """Whether any artifact lives in a compose service (the stack is stopped around it)."""
+    in_service = "service" in settings.backup.redis
+    return any(
+        s.location.service or (s.artifact.kind == "redis" and in_service) for s in steps(found)
+    )
+
+
 def plan_lines(settings: Settings, found: Manifest) -> list[str]:
     lines = [f"restore backup {found.id} ({found.created}):", "  1. verify the set"]
     lines.append("  2. take a safety backup of the current state")
-    in_stack = any(s.location.service or s.artifact.kind == "redis" for s in steps(found))
+    in_stack = needs_stack(settings, found)
     if in_stack:
         lines.append("  3. stop the compose stack")
     lines += [f"     {s.describe()}" for s in steps(found)]
@@ -80,7 +88,7 @@ def run(settings: Settings, sh: Shell, found: Manifest) -> Manifest:
     safety = sets.create(settings, sh, skip_missing=True)
     print(f"safety backup: {safety.id}", flush=True)
     restorer = Restorer(settings, sh, directory)
-    in_stack = any(s.location.service or s.artifact.kind == "redis" for s in steps(found))
+    in_stack = needs_stack(settings, found)
     if in_stack:
         sh.run(restorer.compose.argv("stop"))
     try:

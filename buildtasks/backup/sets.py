@@ -45,7 +45,7 @@ class Location:
 def parse_location(entry: str) -> Location:
     """`SERVICE:/abs/path` is inside a compose service's container, anything else is local."""
     service, sep, path = entry.partition(":")
-    if sep and path.startswith("/") and _SERVICE.match(service):
+    if sep and path.startswith("/") and not path.startswith("//") and _SERVICE.match(service):
         return Location(service, path)
     return Location("", entry)
 

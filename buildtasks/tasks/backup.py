@@ -84,6 +84,7 @@ def list_(c: Context, json_=False):
         )
 
 
+# IDs are flags (--id), not positionals: invoke has no optional positional arguments.
 @task(help={"id": "the set to verify (default: the newest)"})
 @one_line_errors
 def verify(c: Context, id=""):
@@ -103,7 +104,7 @@ def verify(c: Context, id=""):
     help={
         "id": "the set to restore (default: the newest)",
         "yes": "act; without it only the plan is shown",
-    }
+    },
 )
 @one_line_errors
 def restore(c: Context, id="", yes=False):
