@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import platform
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from buildtasks.config import Settings
 from buildtasks.docker.engine import ENGINE_FIX, Engine
+from buildtasks.docker.registry import logged_in, probe, registry_host
 from buildtasks.errors import EngineError
 from buildtasks.shell import Shell
 
@@ -38,32 +37,6 @@ class Finding:
         status = "ok  " if self.ok else ("FAIL" if self.blocking else "warn")
         fix = f"  -> {self.fix}" if not self.ok and self.fix else ""
         return f"{status} {self.name:<15} {self.detail}{fix}"
-
-
-def registry_host(reference: str) -> str:
-    """The registry part of an image reference (docker.io when there is none)."""
-    first, _, rest = reference.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
-
-
-def registry_reachable(host: str, timeout: float = 5.0) -> tuple[bool, str]:
-    """GET /v2/ over https, and over http for loopback registries; 200 or 401 means up."""
-    api = "registry-1.docker.io" if host == "docker.io" else host
-    schemes = ["http", "https"] if api.startswith(("127.", "localhost")) else ["https"]
-    reason = ""
-    for scheme in schemes:
-        try:
-            urllib.request.urlopen(f"{scheme}://{api}/v2/", timeout=timeout)
-            return True, f"{scheme}://{api} answers"
-        except urllib.error.HTTPError as exc:
-            if exc.code == 401:
-                return True, f"{scheme}://{api} answers (login required)"
-            reason = f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:
-            reason = str(getattr(exc, "reason", exc))
-    return False, f"{api} unreachable ({reason})"
 
 
 def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
@@ -120,7 +93,15 @@ def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
         ("registry", settings.image, False),
         ("mirror", settings.mirror, True),
     ):
-        if reference:
-            ok, detail = registry_reachable(registry_host(reference))
-            findings.append(Finding(role, ok, detail, f"{INSTALL} or check {reference}", blocking))
+        if not reference:
+            continue
+        host = registry_host(reference)
+        ok, needs_login, detail = probe(host)
+        findings.append(Finding(role, ok, detail, f"{INSTALL} or check {reference}", blocking))
+        if ok and needs_login and role == "registry":
+            login = logged_in(host)
+            state = "logged in" if login else "not logged in"
+            findings.append(
+                Finding("registry login", login, state, f"docker login {host}", blocking=False)
+            )
     return findings

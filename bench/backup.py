@@ -1,0 +1,111 @@
+"""Backup benchmarks (issue: inv backup). Run: .venv/bin/python bench/backup.py
+
+A 1 GB SQLite database against `sqlite3 .backup` and `cp` (the floor); Redis with 1M keys
+against `redis-cli --rdb`; a backup under a writer committing >= 200 times a second
+against the idle case.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import report, timed
+
+BT = [sys.executable, "-m", "buildtasks"]
+WRITER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+n, start = 0, time.monotonic()
+while True:
+    db.execute("INSERT INTO small VALUES (randomblob(200))")
+    n += 1
+    if n % 200 == 0:
+        open(sys.argv[2], "w").write(str(n / (time.monotonic() - start)))
+"""
+
+
+def project(root: Path, backup: str) -> Path:
+    (root / "pyproject.toml").write_text(
+        f'[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.backup]\nkeep_last = 1\n{backup}\n'
+    )
+    return root
+
+
+def sqlite_bench(root: Path) -> None:
+    db_path = root / "big.db"
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE big (x BLOB)")
+    db.execute("CREATE TABLE small (x BLOB)")
+    for _ in range(10):
+        db.executemany("INSERT INTO big VALUES (randomblob(4000))", [()] * 25_000)
+        db.commit()
+    db.close()
+    print(f"sqlite database: {db_path.stat().st_size / 1e9:.2f} GB", flush=True)
+    proj = project(root, 'sqlite = ["big.db"]')
+    ours = timed([*BT, "backup"], proj, runs=3)
+    cli = timed(["sqlite3", str(db_path), f".backup {root / 'cli.db'}"], root, runs=3)
+    floor = timed(["cp", str(db_path), str(root / "cp.db")], root, runs=3)
+    report("sqlite 1 GB: inv backup vs sqlite3 .backup", ours, cli, 1.3)
+    report("sqlite 1 GB: inv backup vs cp of the idle file (floor)", ours, floor)
+    rate_file = root / "rate"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db_path), str(rate_file)])
+    try:
+        while not rate_file.exists():
+            time.sleep(0.1)
+        busy = timed([*BT, "backup"], proj, runs=3)
+        rate = float(rate_file.read_text())
+    finally:
+        writer.kill()
+        writer.wait()
+    print(f"writer committed {rate:.0f} commits/s during the busy backups", flush=True)
+    report("sqlite 1 GB: backup under the writer vs idle", busy, ours)
+
+
+def redis_bench(root: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "redis"
+    data.mkdir()
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    cli = ["redis-cli", "-p", str(port)]
+    try:
+        while subprocess.run([*cli, "ping"], capture_output=True).returncode != 0:
+            time.sleep(0.05)
+        fill = "for i = 1, 1000000 do redis.call('SET', 'key:' .. i, 'value:' .. i) end"
+        subprocess.run([*cli, "EVAL", fill, "0"], check=True, capture_output=True)
+        proj = project(root / "redisproj", f'redis = {{ url = "redis://127.0.0.1:{port}/0" }}')
+        ours = timed([*BT, "backup"], proj, runs=3)
+        raw = timed([*cli, "--rdb", str(root / "raw.rdb")], root, runs=3)
+        report("redis 1M keys: inv backup vs redis-cli --rdb", ours, raw, 1.3)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="buildtasks-bench-backup-"))
+    (root / "redisproj").mkdir()
+    try:
+        sqlite_bench(root)
+        redis_bench(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
