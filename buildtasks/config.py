@@ -45,6 +45,8 @@ class Target:
     # Extra named build contexts: a path (relative to the project), a URL such as
     # docker-image://..., or "@buildtasks" for this package's source (`inv proto` in a build).
     contexts: Mapping[str, str] = field(default_factory=dict)
+    attest: tuple[str, ...] = ()  # "provenance" and/or "sbom"; none by default
+    cache: str = ""  # "registry": share BuildKit cache as {image}:buildcache-{target}
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
@@ -94,6 +96,20 @@ class BackupSettings:
 
 
 @dataclass(frozen=True)
+class ReleaseSettings:
+    """``[tool.buildtasks.release]``: what `inv release` bumps, records, builds and pushes."""
+
+    version_file: str = "pyproject.toml"  # [project] version, or a file with __version__
+    changelog: str = "CHANGELOG.md"  # Keep a Changelog format
+    branch: str = "main"
+    remote: str = "origin"
+    targets: tuple[str, ...] = ()  # default: every target with platforms
+    platforms: tuple[str, ...] = ()  # default: each target's own
+    latest: bool = False  # also move `latest` on stable releases
+    tag_prefix: str = "v"
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything buildtasks knows about one project."""
 
@@ -108,6 +124,7 @@ class Settings:
     proto: ProtoSettings | None = None
     stack: StackSettings = StackSettings()
     backup: BackupSettings = BackupSettings()
+    release: ReleaseSettings = ReleaseSettings()
     dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
 
     @property
@@ -186,15 +203,16 @@ def parse(
     proto_table = raw.pop("proto", None)
     stack_table = raw.pop("stack", {})
     backup_table = raw.pop("backup", {})
+    release_table = raw.pop("release", {})
     env_files = _convert(raw.get("env_files", [".env"]), tuple[str, ...], f"{where}.env_files")
     dotenv = read_env_files(root, env_files)
     env = {**dotenv, **os.environ}
 
+    release = _section(ReleaseSettings, release_table, f"{where}.release", env)
     raw.setdefault("image", project.get("name", ""))
-    raw.setdefault("version", project.get("version", ""))
-    values = _build(
-        Settings, raw, where, env, skip={"root", "targets", "proto", "stack", "backup", "dotenv"}
-    )
+    raw.setdefault("version", _release_version(root, release) or project.get("version", ""))
+    sections = {"root", "targets", "proto", "stack", "backup", "release", "dotenv"}
+    values = _build(Settings, raw, where, env, skip=sections)
     if not values["image"]:
         raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
     if not isinstance(targets_table, dict):
@@ -209,6 +227,10 @@ def parse(
         if not isinstance(target_table, dict):
             raise ConfigError(f"{target_where} must be a table")
         target = Target(name=name, **_build(Target, target_table, target_where, env, {"name"}))
+        if set(target.attest) - {"provenance", "sbom"} or target.cache not in ("", "registry"):
+            raise ConfigError(
+                f'{target_where}: attest takes "provenance" and "sbom"; cache takes "registry"'
+            )
         unknown = set(target.enabled_checks) - set(CHECKS)
         if unknown:
             raise ConfigError(
@@ -235,9 +257,19 @@ def parse(
         proto=proto,
         stack=stack,
         backup=backup,
+        release=release,
         dotenv=dotenv,
         **values,
     )
+
+
+def _release_version(root: Path, release: ReleaseSettings) -> str:
+    """The version in the release's version file when it is not pyproject.toml."""
+    path = root / release.version_file
+    if path.name == "pyproject.toml" or not path.is_file():
+        return ""
+    match = re.search(r"""^__version__\s*=\s*["']([^"']*)["']""", path.read_text(), re.MULTILINE)
+    return match.group(1) if match else ""
 
 
 def _section(cls: type, table: object, where: str, env: Mapping[str, str]):

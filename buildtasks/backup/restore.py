@@ -10,8 +10,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildtasks.atomic import fsync_dir, fsync_file
 from buildtasks.backup import archive, redis, sets, sqlite
-from buildtasks.backup.atomic import fsync_dir, fsync_file
 from buildtasks.backup.manifest import Artifact, Manifest
 from buildtasks.config import Settings
 from buildtasks.errors import BuildtasksError

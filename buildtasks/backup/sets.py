@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from buildtasks import __version__
+from buildtasks.atomic import fsync_dir, fsync_file, sha256, write_text
 from buildtasks.backup import archive, manifest, redis, sqlite
-from buildtasks.backup.atomic import fsync_dir, fsync_file, sha256, write_text
 from buildtasks.backup.manifest import Artifact, InvalidManifest, Manifest
 from buildtasks.config import Settings
 from buildtasks.errors import BuildtasksError, ConfigError

@@ -26,6 +26,7 @@ class BuildRequest:
     build_args: Mapping[str, str] = field(default_factory=dict)
     push: bool = False
     no_cache: bool = False
+    by_digest: bool = False  # push without tags; the digest is promoted to tags later
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class BuildPlan:
     cache_to: tuple[str, ...]
     push: bool
     no_cache: bool
+    attest: tuple[str, ...] = ()
+    by_digest: bool = False
 
 
 def sanitize_tag(tag: str) -> str:
@@ -166,6 +169,11 @@ def plan(
     secrets = tuple(
         spec for entry in target.secrets if (spec := secret_spec(entry, settings.root, ca_bundle))
     )
+    registry_cache, registry_cache_to = (), ()
+    if target.cache == "registry":
+        ref = f"{settings.image}:buildcache-{target.name}"
+        registry_cache = (f"type=registry,ref={ref}",)
+        registry_cache_to = (f"type=registry,ref={ref},mode=max",)
     return BuildPlan(
         target=target.name,
         context=settings.context_dir,
@@ -181,10 +189,12 @@ def plan(
         },
         # Local builds are native; configured platforms apply to pushes.
         platforms=request.platforms or (target.platforms if request.push else ()),
-        cache_from=target.cache_from,
-        cache_to=target.cache_to,
+        cache_from=target.cache_from + registry_cache,
+        cache_to=target.cache_to + (registry_cache_to if request.push else ()),
         push=request.push,
         no_cache=request.no_cache,
+        attest=target.attest,
+        by_digest=request.by_digest,
     )
 
 
@@ -193,7 +203,7 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
     argv = ["docker", "buildx", "build", "--file", str(build.dockerfile)]
     if build.stage:
         argv += ["--target", build.stage]
-    for tag in build.tags:
+    for tag in () if build.by_digest else build.tags:
         argv += ["--tag", tag]
     for key, value in build.labels.items():
         argv += ["--label", f"{key}={value}"]
@@ -211,9 +221,28 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
         argv += ["--cache-to", cache]
     if build.no_cache:
         argv.append("--no-cache")
-    argv += ["--metadata-file", metadata_file, "--push" if build.push else "--load"]
+    argv += attest_flags(build.attest)
+    argv += ["--metadata-file", metadata_file, *output_flags(build)]
     argv.append(str(build.context))
     return argv
+
+
+def attest_flags(attest: tuple[str, ...]) -> list[str]:
+    """Attestations are explicit: off unless configured (some runtimes reject indexes)."""
+    flags = ["--provenance=mode=max" if "provenance" in attest else "--provenance=false"]
+    if "sbom" in attest:
+        flags.append("--sbom=true")
+    return flags
+
+
+def output_flags(build: BuildPlan) -> list[str]:
+    if build.by_digest:
+        name = build.tags[0].rsplit(":", 1)[0]
+        return [
+            "--output",
+            f"type=image,name={name},push-by-digest=true,name-canonical=true,push=true",
+        ]
+    return ["--push" if build.push else "--load"]
 
 
 def bake_definition(builds: list[BuildPlan]) -> dict:
@@ -238,6 +267,12 @@ def bake_definition(builds: list[BuildPlan]) -> dict:
         definition.update({key: value for key, value in optional.items() if value})
         if build.no_cache:
             definition["no-cache"] = True
+        definition["attest"] = [
+            "type=provenance,mode=max"
+            if "provenance" in build.attest
+            else "type=provenance,disabled=true",
+            *(["type=sbom"] if "sbom" in build.attest else []),
+        ]
         definition["output"] = ["type=registry" if build.push else "type=docker"]
         targets[build.target] = definition
     return {"group": {"default": {"targets": list(targets)}}, "target": targets}

@@ -75,6 +75,7 @@ def test_buildx_argv_of_prod(monkeypatch):
         "--secret", "id=key,src=/proj/keys/k.pem",
         "--build-context", "python:3.11-slim=docker-image://reg:5000/mirror/python:3.11-slim",
         "--cache-from", "type=registry,ref=reg:5000/team/svc:buildcache-prod",
+        "--provenance=false",
         "--metadata-file", "/tmp/m.json",
         "--load",
         "/proj/app",
@@ -92,7 +93,14 @@ def test_request_overrides_and_push_uses_configured_platforms(monkeypatch):
     assert build.build_args == {"MODE": "debug"}
     assert build.secrets == ("id=token,env=TOKEN_VALUE", "id=key,src=/proj/keys/k.pem")
     assert argv[argv.index("--platform") + 1] == "linux/amd64,linux/arm64"
-    assert argv[-5:] == ["--no-cache", "--metadata-file", "m.json", "--push", "/proj/app"]
+    assert argv[-6:] == [
+        "--no-cache",
+        "--provenance=false",
+        "--metadata-file",
+        "m.json",
+        "--push",
+        "/proj/app",
+    ]
 
 
 def test_dirty_tree_and_branch_templates(monkeypatch):
@@ -127,6 +135,7 @@ def test_bake_definition_of_two_targets(monkeypatch):
                 ],
                 "contexts": mirror,
                 "cache-from": ["type=registry,ref=reg:5000/team/svc:buildcache-prod"],
+                "attest": ["type=provenance,disabled=true"],
                 "output": ["type=docker"],
             },
             "dev": {
@@ -135,6 +144,7 @@ def test_bake_definition_of_two_targets(monkeypatch):
                 "tags": ["reg:5000/team/svc:dev", "reg:5000/team/svc:feature-x-0123456"],
                 "labels": LABELS,
                 "contexts": mirror,
+                "attest": ["type=provenance,disabled=true"],
                 "output": ["type=docker"],
             },
         },
@@ -157,3 +167,25 @@ def test_bad_secret_spec(monkeypatch):
     target = config.Target(name="x", secrets=("a=vault:b",))
     with pytest.raises(ConfigError, match="write ID, ID=env:VAR, ID=file:PATH or ID=ca-bundle"):
         plan(project, target, GIT, "FROM a\n")
+
+
+def test_registry_cache_preset_attestations_and_push_by_digest(monkeypatch):
+    project = settings(monkeypatch)
+    target = config.Target(name="api", cache="registry", attest=("provenance", "sbom"))
+    local = plan(project, target, GIT, "FROM scratch\n", now="unused")
+    assert local.cache_from == ("type=registry,ref=reg:5000/team/svc:buildcache-api",)
+    assert local.cache_to == ()
+    request = BuildRequest(push=True, by_digest=True, platforms=("linux/amd64",))
+    pushed = plan(project, target, GIT, "FROM scratch\n", request, now="unused")
+    assert pushed.cache_to == ("type=registry,ref=reg:5000/team/svc:buildcache-api,mode=max",)
+    argv = buildx_argv(pushed, "m.json")
+    assert "--tag" not in argv
+    assert argv[-7:] == [
+        "--provenance=mode=max",
+        "--sbom=true",
+        "--metadata-file",
+        "m.json",
+        "--output",
+        "type=image,name=reg:5000/team/svc,push-by-digest=true,name-canonical=true,push=true",
+        "/proj/app",
+    ]

@@ -1,0 +1,250 @@
+"""`inv release`: pre-flight, bump, changelog, commit and tag, push by digest, verify,
+promote tags, and only then push git. Progress is recorded in .git so `--resume` skips
+finished steps; a failure before the git push rolls the local commit and tag back."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import platform as host_platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from buildtasks import config
+from buildtasks.atomic import write_text
+from buildtasks.config import Settings
+from buildtasks.docker import registry
+from buildtasks.errors import BuildtasksError
+from buildtasks.release import changelog, publish, version
+from buildtasks.shell import Shell
+
+STEPS = ("commit", "images", "promote", "git-push")
+_QEMU = {"arm64": "aarch64", "amd64": "x86_64", "arm": "arm", "ppc64le": "ppc64le",
+         "s390x": "s390x", "riscv64": "riscv64"}  # fmt: skip
+
+
+class PreflightFailed(BuildtasksError):
+    """The release cannot start; nothing was changed."""
+
+
+@dataclass
+class Progress:
+    version: str
+    tag: str
+    previous: str  # the commit before the release commit, for rollback
+    image_tags: dict[str, list[str]] = field(default_factory=dict)  # target -> references
+    files: dict[str, str] = field(default_factory=dict)  # path -> released text
+    commit: str = ""
+    done: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)  # target -> repository@digest
+
+
+def progress_path(settings: Settings) -> Path:
+    return settings.root / ".git" / "buildtasks-release.json"
+
+
+def _git(sh: Shell, settings: Settings, *args: str, query: bool = False, check: bool = True):
+    return sh.run(["git", "-C", str(settings.root), *args], query=query, check=check, capture=True)
+
+
+def _out(sh: Shell, settings: Settings, *args: str) -> str:
+    result = _git(sh, settings, *args, query=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def release_targets(settings: Settings) -> list[str]:
+    names = list(settings.release.targets) or [
+        n for n, t in settings.targets.items() if t.platforms
+    ]
+    if not names:
+        raise PreflightFailed("no release targets: set [tool.buildtasks.release] targets")
+    return names
+
+
+def platforms_of(settings: Settings, name: str) -> tuple[str, ...]:
+    return settings.release.platforms or settings.targets[name].platforms
+
+
+@dataclass(frozen=True)
+class Plan:
+    current: str
+    new: str
+    tag: str
+    version_file: Path
+    version_text: str
+    changelog_file: Path
+    changelog_text: str
+    image_tags: dict[str, list[str]]  # target -> full references to promote
+
+    def diff(self) -> str:
+        lines = []
+        for path, old, new in (
+            (self.version_file, self.version_file.read_text(), self.version_text),
+            (self.changelog_file, self.changelog_file.read_text(), self.changelog_text),
+        ):
+            lines += difflib.unified_diff(
+                old.splitlines(keepends=True), new.splitlines(keepends=True),
+                f"a/{path.name}", f"b/{path.name}",
+            )  # fmt: skip
+        return "".join(lines)
+
+
+def make_plan(settings: Settings, bump: str = "", explicit: str = "") -> Plan:
+    release = settings.release
+    version_file = settings.root / release.version_file
+    changelog_file = settings.root / release.changelog
+    for path in (version_file, changelog_file):
+        if not path.is_file():
+            raise PreflightFailed(f"{path} does not exist; fix [tool.buildtasks.release]")
+    current = version.read(version_file)
+    new = version.next_version(current, bump, explicit)
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    tags = version.image_tags(new, release.latest)
+    names = release_targets(settings)
+    suffix = (lambda n: "") if len(names) == 1 else (lambda n: f"-{n}")
+    image_tags = {n: [f"{settings.image}:{t}{suffix(n)}" for t in tags] for n in names}
+    return Plan(
+        current=current,
+        new=new,
+        tag=f"{release.tag_prefix}{new}",
+        version_file=version_file,
+        version_text=version.rewrite(version_file, version_file.read_text(), new),
+        changelog_file=changelog_file,
+        changelog_text=changelog.release(changelog_file.read_text(), new, today),
+        image_tags=image_tags,
+    )
+
+
+def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: bool) -> None:
+    """Every reason the release cannot start, reported together."""
+    release = settings.release
+    problems = []
+    branch = _out(sh, settings, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch != release.branch:
+        problems.append(f"on branch {branch or '?'}, releases are made from {release.branch}")
+    if _out(sh, settings, "status", "--porcelain"):
+        problems.append("the working tree has uncommitted changes; commit or stash them")
+    fetched = _git(sh, settings, "fetch", "--quiet", release.remote, release.branch,
+                   query=True, check=False)  # fmt: skip
+    if fetched.returncode != 0:
+        reason = (fetched.stderr.strip().splitlines() or ["no output"])[0]
+        problems.append(f"cannot fetch {release.remote}/{release.branch}: {reason}")
+    elif _out(sh, settings, "rev-parse", "HEAD") != _out(sh, settings, "rev-parse", "FETCH_HEAD"):
+        problems.append(
+            f"{release.branch} differs from {release.remote}/{release.branch}; pull or push first"
+        )
+    if _out(sh, settings, "rev-parse", "-q", "--verify", f"refs/tags/{plan.tag}"):
+        problems.append(f"tag {plan.tag} already exists locally")
+    if _out(sh, settings, "ls-remote", "--tags", release.remote, f"refs/tags/{plan.tag}"):
+        problems.append(f"tag {plan.tag} already exists on {release.remote}")
+    if not allow_empty_changelog and not changelog.unreleased_notes(
+        plan.changelog_file.read_text()
+    ):
+        problems.append(
+            f"{plan.changelog_file.name}: the Unreleased section is empty; "
+            "describe the release or pass --allow-empty-changelog"
+        )
+    for name in plan.image_tags:
+        try:
+            registry.require_push_access(plan.image_tags[name][0])
+        except registry.RegistryError as exc:
+            problems.append(str(exc))
+        for wanted in platforms_of(settings, name):
+            problems += _platform_problem(wanted)
+    if problems:
+        listing = "".join(f"\n  - {p}" for p in dict.fromkeys(problems))
+        raise PreflightFailed(f"release {plan.new} cannot start:{listing}\nnothing was changed")
+
+
+def _platform_problem(wanted: str) -> list[str]:
+    arch = wanted.split("/")[1] if "/" in wanted else wanted
+    native = {"x86_64": "amd64", "aarch64": "arm64"}.get(host_platform.machine())
+    handler = Path("/proc/sys/fs/binfmt_misc") / f"qemu-{_QEMU.get(arch, arch)}"
+    if arch == native or handler.is_file():
+        return []
+    return [f"this engine cannot build {wanted}: no QEMU binfmt handler (scripts/install-docker)"]
+
+
+def save(settings: Settings, progress: Progress) -> None:
+    write_text(progress_path(settings), json.dumps(progress.__dict__, indent=2))
+
+
+def load_progress(settings: Settings) -> Progress:
+    try:
+        return Progress(**json.loads(progress_path(settings).read_text()))
+    except (OSError, ValueError, TypeError):
+        raise BuildtasksError(
+            "no release to resume (no progress in .git); start one with --bump"
+        ) from None
+
+
+def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
+    """Record what the release will do, then do it."""
+    progress = Progress(
+        version=plan.new,
+        tag=plan.tag,
+        previous=_out(sh, settings, "rev-parse", "HEAD"),
+        image_tags=plan.image_tags,
+        files={
+            str(plan.version_file): plan.version_text,
+            str(plan.changelog_file): plan.changelog_text,
+        },
+    )
+    return run(settings, sh, progress)
+
+
+def run(settings: Settings, sh: Shell, progress: Progress) -> Progress:
+    """Carry out the release from wherever progress says it stopped."""
+    try:
+        if "commit" not in progress.done:
+            for path, text in progress.files.items():
+                write_text(Path(path), text)
+            _git(sh, settings, "add", *progress.files)
+            _git(sh, settings, "commit", "--quiet", "-m", f"Release {progress.version}")
+            _git(sh, settings, "tag", "-a", progress.tag, "-m", f"Release {progress.version}")
+            progress.commit = _out(sh, settings, "rev-parse", "HEAD")
+            progress.done.append("commit")
+            save(settings, progress)
+        fresh = config.load(settings.root)  # labels carry the new version
+        if "images" not in progress.done:
+            for name in progress.image_tags:
+                platforms = platforms_of(fresh, name)
+                (pushed,) = publish.push(fresh, sh, [name], platforms, by_digest=True)
+                progress.digests[name] = pushed.ref
+            progress.done.append("images")
+            save(settings, progress)
+        if "promote" not in progress.done:
+            for name, refs in progress.image_tags.items():
+                tags = [arg for ref in refs for arg in ("--tag", ref)]
+                sh.run(["docker", "buildx", "imagetools", "create", *tags, progress.digests[name]])
+            progress.done.append("promote")
+            save(settings, progress)
+    except BaseException:
+        rollback(settings, sh, progress)
+        raise
+    release = settings.release
+    pushed = _git(sh, settings, "push", "--atomic", release.remote,
+                  f"{progress.commit}:refs/heads/{release.branch}", f"refs/tags/{progress.tag}",
+                  check=False)  # fmt: skip
+    if pushed.returncode != 0:
+        raise BuildtasksError(
+            f"git push to {release.remote} failed ({pushed.stderr.strip().splitlines()[-1:]}); "
+            f"the images of {progress.version} are published and verified; "
+            "fix the remote and run `inv release --resume` (nothing is rebuilt)"
+        )
+    progress.done.append("git-push")
+    progress_path(settings).unlink(missing_ok=True)
+    return progress
+
+
+def rollback(settings: Settings, sh: Shell, progress: Progress) -> None:
+    """Undo the local commit and tag; the tree was clean, so a hard reset restores it."""
+    if _out(sh, settings, "rev-parse", "-q", "--verify", f"refs/tags/{progress.tag}"):
+        _git(sh, settings, "tag", "-d", progress.tag, check=False)
+    if progress.previous and _out(sh, settings, "rev-parse", "HEAD") != progress.previous:
+        _git(sh, settings, "reset", "--quiet", "--hard", progress.previous, check=False)
+    else:
+        _git(sh, settings, "checkout", "--quiet", "--", ".", check=False)
+    progress_path(settings).unlink(missing_ok=True)
+    print(f"release {progress.version} rolled back: no local commit or tag remains", flush=True)

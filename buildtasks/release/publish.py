@@ -1,0 +1,70 @@
+"""Multi-platform pushes that are read back from the registry before they count."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from buildtasks.atomic import write_text
+from buildtasks.config import Settings
+from buildtasks.docker import builder, registry
+from buildtasks.docker.build import BuildRequest
+from buildtasks.docker.registry import RegistryError
+from buildtasks.shell import Shell
+
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+@dataclass(frozen=True)
+class Pushed:
+    target: str
+    repository: str
+    digest: str
+    platforms: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+def native_platform() -> str:
+    return f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
+
+
+def push(
+    settings: Settings,
+    sh: Shell,
+    names: list[str],
+    platforms: tuple[str, ...] = (),
+    by_digest: bool = False,
+) -> list[Pushed]:
+    """Build and push each target for its platforms, then check the registry holds an
+    index with every one of them. Access to every registry is checked before any build."""
+    request = BuildRequest(platforms=platforms, push=True, by_digest=by_digest)
+    plans = builder.plans(settings, names, request, sh)
+    for build_plan in plans:
+        registry.require_push_access(build_plan.tags[0])
+    pushed = []
+    for build_plan in plans:
+        built = builder.build(sh, settings, build_plan, check=False)
+        if built is None:  # dry run
+            continue
+        repository = build_plan.tags[0].rsplit(":", 1)[0]
+        wanted = set(build_plan.platforms or (native_platform(),))
+        found = registry.platforms(sh, f"{repository}@{built.digest}")
+        missing = sorted(wanted - set(found))
+        if missing:
+            raise RegistryError(
+                f"{repository}@{built.digest} lacks {', '.join(missing)} in the registry "
+                f"(it holds {', '.join(found) or 'nothing'}); the push is incomplete"
+            )
+        pushed.append(Pushed(build_plan.target, repository, built.digest, tuple(sorted(found))))
+    return pushed
+
+
+def write_digests(path: Path, pushed: list[Pushed]) -> None:
+    """{target: {repository, digest, ref, platforms}} for signing or promotion."""
+    body = {p.target: {**asdict(p), "ref": p.ref} for p in pushed}
+    write_text(path, json.dumps(body, indent=2) + "\n")

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Context, task
+
+from buildtasks.errors import ConfigError
+from buildtasks.tasks.common import one_line_errors, settings, shell
+
+
+@task(
+    iterable=["target"],
+    help={
+        "target": "target to push (repeatable; default: every target with platforms)",
+        "platform": "comma-separated platforms, over the configured ones",
+        "digests_file": "write {target: digest, platforms} JSON here",
+    },
+)
+@one_line_errors
+def push(c: Context, target=None, platform="", digests_file=""):
+    """Build and push targets for every platform; verify the index in the registry."""
+    from buildtasks.release import publish
+
+    project = settings(c)
+    names = list(target or [n for n, t in project.targets.items() if t.platforms])
+    unknown = [n for n in names if n not in project.targets]
+    if unknown or not names:
+        raise ConfigError(
+            f"--target: no target {unknown[0]!r}" if unknown else "no target to push; pass --target"
+        )
+    platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
+    sh = shell(c, project)
+    pushed = publish.push(project, sh, names, platforms)
+    for item in pushed:
+        print(f"{item.target}: pushed {item.ref}  [{', '.join(item.platforms)}]")
+    if digests_file and not sh.dry:
+        publish.write_digests(Path(digests_file), pushed)
+        print(f"digests written to {digests_file}")
+
+
+@task(
+    help={
+        "bump": "major, minor, patch or pre (1.2.0 -> 1.3.0rc1 -> 1.3.0rc2 -> 1.3.0)",
+        "version": "the exact new version instead of --bump",
+        "allow_empty_changelog": "release even if the Unreleased section is empty",
+        "resume": "finish a release that stopped after publishing (does not rebuild)",
+    }
+)
+@one_line_errors
+def release(c: Context, bump="", version="", allow_empty_changelog=False, resume=False):
+    """Bump, changelog, commit + tag, push images by digest, verify, promote tags, push git."""
+    from buildtasks.release import flow
+
+    project = settings(c)
+    sh = shell(c, project)
+    if resume:
+        progress = flow.run(project, sh, flow.load_progress(project))
+        print(f"released {progress.version} ({progress.tag})")
+        return
+    plan = flow.make_plan(project, bump, version)
+    if sh.dry:
+        print(f"release {plan.current} -> {plan.new}, git tag {plan.tag}")
+        print(plan.diff(), end="")
+        for name, refs in plan.image_tags.items():
+            print(f"{name}: push by digest, then tag {', '.join(refs)}")
+    flow.preflight(project, sh, plan, allow_empty_changelog)
+    if sh.dry:
+        from buildtasks.release import publish
+
+        for name in plan.image_tags:
+            publish.push(project, sh, [name], flow.platforms_of(project, name), by_digest=True)
+        print(f"nothing changed (dry run); `inv release --bump ...` makes release {plan.new}")
+        return
+    progress = flow.start(project, sh, plan)
+    for name, ref in progress.digests.items():
+        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}")
+    print(
+        f"released {progress.version}: commit {progress.commit[:12]} and tag {progress.tag} pushed"
+    )
