@@ -26,7 +26,6 @@ class BuildRequest:
     build_args: Mapping[str, str] = field(default_factory=dict)
     push: bool = False
     no_cache: bool = False
-    by_digest: bool = False  # push without tags; the digest is promoted to tags later
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,6 @@ class BuildPlan:
     push: bool
     no_cache: bool
     attest: tuple[str, ...] = ()
-    by_digest: bool = False
 
 
 def sanitize_tag(tag: str) -> str:
@@ -194,7 +192,6 @@ def plan(
         push=request.push,
         no_cache=request.no_cache,
         attest=target.attest,
-        by_digest=request.by_digest,
     )
 
 
@@ -203,7 +200,7 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
     argv = ["docker", "buildx", "build", "--file", str(build.dockerfile)]
     if build.stage:
         argv += ["--target", build.stage]
-    for tag in () if build.by_digest else build.tags:
+    for tag in build.tags:
         argv += ["--tag", tag]
     for key, value in build.labels.items():
         argv += ["--label", f"{key}={value}"]
@@ -222,7 +219,7 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
     if build.no_cache:
         argv.append("--no-cache")
     argv += attest_flags(build.attest)
-    argv += ["--metadata-file", metadata_file, *output_flags(build)]
+    argv += ["--metadata-file", metadata_file, "--push" if build.push else "--load"]
     argv.append(str(build.context))
     return argv
 
@@ -233,16 +230,6 @@ def attest_flags(attest: tuple[str, ...]) -> list[str]:
     if "sbom" in attest:
         flags.append("--sbom=true")
     return flags
-
-
-def output_flags(build: BuildPlan) -> list[str]:
-    if build.by_digest:
-        name = build.tags[0].rsplit(":", 1)[0]
-        return [
-            "--output",
-            f"type=image,name={name},push-by-digest=true,name-canonical=true,push=true",
-        ]
-    return ["--push" if build.push else "--load"]
 
 
 def bake_definition(builds: list[BuildPlan]) -> dict:

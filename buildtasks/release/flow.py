@@ -179,6 +179,12 @@ def load_progress(settings: Settings) -> Progress:
         ) from None
 
 
+def staging_tags(progress: Progress, name: str) -> tuple[str, ...]:
+    """The tag the release pushes under before promoting its digest: the release commit's
+    (the docker driver cannot push by digest alone)."""
+    return (f"{name}-{progress.commit[:7]}",)
+
+
 def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
     """Record what the release will do, then do it."""
     progress = Progress(
@@ -209,8 +215,9 @@ def run(settings: Settings, sh: Shell, progress: Progress) -> Progress:
         fresh = config.load(settings.root)  # labels carry the new version
         if "images" not in progress.done:
             for name in progress.image_tags:
-                platforms = platforms_of(fresh, name)
-                (pushed,) = publish.push(fresh, sh, [name], platforms, by_digest=True)
+                (pushed,) = publish.push(
+                    fresh, sh, [name], platforms_of(fresh, name), staging_tags(progress, name)
+                )
                 progress.digests[name] = pushed.ref
             progress.done.append("images")
             save(settings, progress)

@@ -38,11 +38,12 @@ def push(
     sh: Shell,
     names: list[str],
     platforms: tuple[str, ...] = (),
-    by_digest: bool = False,
+    tags: tuple[str, ...] = (),
 ) -> list[Pushed]:
-    """Build and push each target for its platforms, then check the registry holds an
-    index with every one of them. Access to every registry is checked before any build."""
-    request = BuildRequest(platforms=platforms, push=True, by_digest=by_digest)
+    """Build and push each target for its platforms (with tags instead of the configured
+    ones), then check the registry holds an index with every platform. Access to every
+    registry is checked before any build."""
+    request = BuildRequest(tags=tags, platforms=platforms, push=True)
     plans = builder.plans(settings, names, request, sh)
     for build_plan in plans:
         registry.require_push_access(build_plan.tags[0])

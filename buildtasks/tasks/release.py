@@ -68,7 +68,7 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
         from buildtasks.release import publish
 
         for name in plan.image_tags:
-            publish.push(project, sh, [name], flow.platforms_of(project, name), by_digest=True)
+            publish.push(project, sh, [name], flow.platforms_of(project, name))
         print(f"nothing changed (dry run); `inv release --bump ...` makes release {plan.new}")
         return
     progress = flow.start(project, sh, plan)

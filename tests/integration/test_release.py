@@ -1,0 +1,282 @@
+"""`inv push` and `inv release` against a real registry and a bare git remote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A registry of the test's own on 127.0.0.1, so it can be stopped mid-release."""
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield address, process
+    process.kill()
+    process.wait()
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=Release Manager", "-c", "user.email=rm@localhost", *args],
+        cwd=cwd, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def release_project(tmp_path: Path, platforms: str = '["linux/amd64", "linux/arm64"]') -> Path:
+    """A clone of the example as its own repository, with a bare remote."""
+    project = tmp_path / "project"
+    shutil.copytree(
+        REPO / "example",
+        project / "example",
+        ignore=shutil.ignore_patterns("gen", "data", "__pycache__"),
+    )
+    text = (REPO / "pyproject.toml").read_text()
+    text = text.replace(
+        'targets = ["prod"]\n\n[tool.buildtasks.targets.dev]',
+        f'targets = ["prod"]\nplatforms = {platforms}\n\n[tool.buildtasks.targets.dev]',
+    )
+    (project / "pyproject.toml").write_text(text)
+    shutil.copy(REPO / ".env", project / ".env")
+    (project / ".gitignore").write_text(".env\n")
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "--quiet", "--bare", "-b", "main", str(remote))
+    git(project, "init", "--quiet", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "commit", "--quiet", "-m", "example")
+    git(project, "remote", "add", "origin", str(remote))
+    git(project, "push", "--quiet", "origin", "main")
+    return project
+
+
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+
+
+def tags_of(address: str, repository: str) -> dict[str, str]:
+    """tag -> digest of every tag of a repository in the registry."""
+    listing = json.loads(
+        urllib.request.urlopen(f"http://{address}/v2/{repository}/tags/list").read()
+    )
+    digests = {}
+    for tag in listing.get("tags") or []:
+        request = urllib.request.Request(
+            f"http://{address}/v2/{repository}/manifests/{tag}", method="HEAD",
+            headers={"Accept": ", ".join(INDEX_TYPES)},
+        )  # fmt: skip
+        digests[tag] = urllib.request.urlopen(request).headers["Docker-Content-Digest"]
+    return digests
+
+
+def platforms_at(ref: str) -> list[str]:
+    raw = subprocess.run(
+        ["docker", "buildx", "imagetools", "inspect", "--raw", ref],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    from buildtasks.docker.registry import index_platforms
+
+    return index_platforms(json.loads(raw))
+
+
+def snapshot(project: Path) -> tuple:
+    return (
+        git(project, "rev-parse", "HEAD"),
+        git(project, "tag", "--list"),
+        (project / "example/src/jobsvc/__init__.py").read_text(),
+        (project / "example/CHANGELOG.md").read_text(),
+        git(project, "status", "--porcelain"),
+    )
+
+
+def test_push_verifies_both_platforms_and_arm64_runs_under_qemu(engine, registry, tmp_path):
+    address, _ = registry
+    digests = str(tmp_path / "d.json")
+    result = run_cli(
+        ["invoke", "push", "--target", "prod", "--digests-file", digests], env={"REGISTRY": address}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    pushed = json.loads((tmp_path / "d.json").read_text())["prod"]
+    assert pushed["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert platforms_at(pushed["ref"]) == ["linux/amd64", "linux/arm64"]
+    machine = engine.containers.run(
+        pushed["ref"], ["python", "-c", "import platform; print(platform.machine())"],
+        platform="linux/arm64", remove=True,
+    )  # fmt: skip
+    assert machine.decode().strip() == "aarch64"
+
+
+def test_push_to_an_unreachable_registry_fails_before_building(engine):
+    result = run_cli(
+        ["invoke", "push", "--target", "prod"], env={"REGISTRY": f"127.0.0.1:{free_port()}"}
+    )
+    assert result.returncode == 1
+    assert "docker buildx build" not in result.stderr
+    assert "cannot push" in result.stderr and "unreachable" in result.stderr
+
+
+def test_full_release_then_prerelease(engine, registry, tmp_path):
+    address, _ = registry
+    project = release_project(tmp_path)
+    env = {"REGISTRY": address}
+    released = run_cli(["buildtasks", "release", "--bump", "minor"], cwd=project, env=env)
+    assert released.returncode == 0, released.stdout[-2000:] + released.stderr[-3000:]
+    remote = tmp_path / "remote.git"
+    assert git(remote, "tag", "--list") == "v0.2.0"
+    assert git(remote, "cat-file", "-t", "v0.2.0") == "tag"  # annotated
+    assert git(remote, "rev-parse", "main") == git(project, "rev-parse", "HEAD")
+    assert '__version__ = "0.2.0"' in (project / "example/src/jobsvc/__init__.py").read_text()
+    assert "## [Unreleased]\n\n## [0.2.0] - " in (project / "example/CHANGELOG.md").read_text()
+    tags = tags_of(address, "buildtasks/jobsvc")
+    assert {tags["0.2.0"], tags["0.2"], tags["0"]} == {tags["0.2.0"]}
+    assert "latest" not in tags
+    assert platforms_at(f"{address}/buildtasks/jobsvc:0.2.0") == ["linux/amd64", "linux/arm64"]
+
+    (project / "example/CHANGELOG.md").write_text(
+        (project / "example/CHANGELOG.md")
+        .read_text()
+        .replace("## [Unreleased]\n", "## [Unreleased]\n\n### Changed\n- A candidate.\n", 1)
+    )
+    git(project, "commit", "--quiet", "-am", "notes")
+    git(project, "push", "--quiet", "origin", "main")
+    pre = run_cli(["buildtasks", "release", "--bump", "pre"], cwd=project, env=env)
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    after = tags_of(address, "buildtasks/jobsvc")
+    assert "0.3.0rc1" in after
+    assert {k: after[k] for k in ("0.2.0", "0.2", "0")} == {
+        k: tags[k] for k in ("0.2.0", "0.2", "0")
+    }
+
+
+def test_registry_stopped_before_the_push_rolls_everything_back(engine, registry, tmp_path):
+    address, process = registry
+    project = release_project(tmp_path, platforms='["linux/amd64"]')
+    before = snapshot(project)
+    release = subprocess.Popen(
+        [str(REPO / ".venv/bin/python"), "-m", "buildtasks", "release", "--bump", "patch"],
+        cwd=project, env={**__import__("os").environ, "REGISTRY": address},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    progress = project / ".git/buildtasks-release.json"
+    while not progress.exists():
+        assert release.poll() is None, release.communicate()[0]
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    output, _ = release.communicate(timeout=600)
+    assert release.returncode != 0, output
+    assert "rolled back" in output
+    assert snapshot(project) == before
+    assert git(tmp_path / "remote.git", "tag", "--list") == ""
+
+
+@pytest.mark.parametrize("problem", ["dirty", "branch", "tag", "changelog"])
+def test_preflight_refuses_with_its_own_message(registry, tmp_path, problem):
+    address, _ = registry
+    project = release_project(tmp_path, platforms='["linux/amd64"]')
+    expected = {
+        "dirty": "the working tree has uncommitted changes",
+        "branch": "on branch topic, releases are made from main",
+        "tag": "tag v0.1.1 already exists locally",
+        "changelog": "the Unreleased section is empty",
+    }[problem]
+    if problem == "dirty":
+        (project / "example/src/jobsvc/worker.py").write_text("# edited\n")
+    elif problem == "branch":
+        git(project, "checkout", "--quiet", "-b", "topic")
+    elif problem == "tag":
+        git(project, "tag", "v0.1.1")
+    else:
+        changelog = project / "example/CHANGELOG.md"
+        text = changelog.read_text()
+        start, end = text.index("### Added"), text.index("## [0.1.0]")
+        changelog.write_text(text[:start] + text[end:])
+        git(project, "commit", "--quiet", "-am", "empty notes")
+        git(project, "push", "--quiet", "origin", "main")
+    before = snapshot(project)
+    result = run_cli(
+        ["buildtasks", "release", "--bump", "patch"], cwd=project, env={"REGISTRY": address}
+    )
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert snapshot(project) == before
+
+
+def test_dry_release_changes_nothing(engine, registry, tmp_path):
+    address, _ = registry
+    project = release_project(tmp_path, platforms='["linux/amd64"]')
+    before = snapshot(project)
+    result = run_cli(
+        ["buildtasks", "--dry", "release", "--bump", "minor"],
+        cwd=project,
+        env={"REGISTRY": address},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "release 0.1.0 -> 0.2.0, git tag v0.2.0" in result.stdout
+    assert '+__version__ = "0.2.0"' in result.stdout
+    assert "[dry] docker buildx build" in result.stderr
+    assert snapshot(project) == before
+    assert git(tmp_path / "remote.git", "tag", "--list") == ""
+    catalog = json.loads(urllib.request.urlopen(f"http://{address}/v2/_catalog").read())
+    assert catalog["repositories"] == []
+
+
+def test_registry_cache_is_reused_by_an_empty_builder(engine, registry, tmp_path):
+    address, _ = registry
+    project = release_project(tmp_path, platforms='["linux/amd64"]')
+    text = (project / "pyproject.toml").read_text()
+    (project / "pyproject.toml").write_text(
+        text.replace(
+            'dockerfile = "Dockerfile.prod"\n',
+            'dockerfile = "Dockerfile.prod"\ncache = "registry"\n',
+        )
+    )
+    env = {"REGISTRY": address}
+    first = run_cli(["buildtasks", "push", "--target", "prod"], cwd=project, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    subprocess.run(
+        ["docker", "builder", "prune", "--all", "--force"], check=True, capture_output=True
+    )
+    second = run_cli(["buildtasks", "push", "--target", "prod"], cwd=project, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "importing cache manifest from" in second.stderr
+    assert second.stderr.count("CACHED") >= 3
