@@ -59,3 +59,13 @@ def registry_prefix(engine):
     for image in engine.images.list():
         if any(tag.startswith(prefix) for tag in image.tags):
             engine.images.remove(image.id, force=True)
+
+
+def run_once(engine, image: str, command: list[str], **options) -> str:
+    """Run a container to completion; its output. Removed with its anonymous volumes."""
+    container = engine.containers.run(image, command, detach=True, **options)
+    try:
+        container.wait(timeout=300)
+        return container.logs().decode().strip()
+    finally:
+        container.remove(force=True, v=True)

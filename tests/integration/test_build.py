@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
@@ -10,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_once
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ def test_each_target_builds_and_prod_serves_health_as_uid_1000(engine, registry_
         assert status == 200 and body["status"] == "ok"
         assert container.exec_run("id -u").output.decode().strip() == "1000"
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
 
 
 def test_build_bakes_all_three_images(engine, registry_prefix):
@@ -133,16 +134,10 @@ def test_secret_from_env_file_reaches_the_build_and_nowhere_else(
     ).stdout
     assert secret not in history
     assert secret not in json.dumps(engine.images.get(ref).attrs)
-    import hashlib
-
-    digest = engine.containers.run(ref, ["cat", "/token.sha256"], remove=True).decode().strip()
+    digest = run_once(engine, ref, ["cat", "/token.sha256"])
     assert digest == hashlib.sha256(secret.encode()).hexdigest()
-    found = engine.containers.run(
-        ref,
-        ["sh", "-c", f"grep -rls {secret} / --exclude-dir=proc --exclude-dir=sys || true"],
-        remove=True,
-    )
-    assert found.decode().strip() == ""
+    grep = f"grep -rls {secret} / --exclude-dir=proc --exclude-dir=sys || true"
+    assert run_once(engine, ref, ["sh", "-c", grep]) == ""
 
 
 def test_missing_env_secret_is_one_line_before_building(tmp_path, registry_prefix):

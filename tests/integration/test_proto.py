@@ -184,4 +184,4 @@ def test_prod_image_answers_grpc_on_loopback(engine, registry_prefix, example_ge
                 assert time.monotonic() < deadline, got
                 time.sleep(0.2)
     finally:
-        container.remove(force=True)
+        container.remove(force=True, v=True)

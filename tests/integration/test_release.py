@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_once
 
 pytestmark = pytest.mark.integration
 
@@ -137,11 +137,8 @@ def test_push_verifies_both_platforms_and_arm64_runs_under_qemu(engine, registry
     pushed = json.loads((tmp_path / "d.json").read_text())["prod"]
     assert pushed["platforms"] == ["linux/amd64", "linux/arm64"]
     assert platforms_at(pushed["ref"]) == ["linux/amd64", "linux/arm64"]
-    machine = engine.containers.run(
-        pushed["ref"], ["python", "-c", "import platform; print(platform.machine())"],
-        platform="linux/arm64", remove=True,
-    )  # fmt: skip
-    assert machine.decode().strip() == "aarch64"
+    machine = ["python", "-c", "import platform; print(platform.machine())"]
+    assert run_once(engine, pushed["ref"], machine, platform="linux/arm64") == "aarch64"
 
 
 def test_push_to_an_unreachable_registry_fails_before_building(engine):
