@@ -110,6 +110,16 @@ class ReleaseSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """``[tool.buildtasks.cache]``: what `inv prune` keeps."""
+
+    until: str = "168h"  # build cache unused for longer goes
+    keep_storage: str = "10GB"  # ... down to this much
+    keep_images: int = 3  # newest tagged images kept per target
+    dirs: tuple[str, ...] = ()  # local (type=local) cache export directories
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything buildtasks knows about one project."""
 
@@ -125,6 +135,7 @@ class Settings:
     stack: StackSettings = StackSettings()
     backup: BackupSettings = BackupSettings()
     release: ReleaseSettings = ReleaseSettings()
+    cache: CacheSettings = CacheSettings()
     dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
 
     @property
@@ -204,6 +215,7 @@ def parse(
     stack_table = raw.pop("stack", {})
     backup_table = raw.pop("backup", {})
     release_table = raw.pop("release", {})
+    cache_table = raw.pop("cache", {})
     env_files = _convert(raw.get("env_files", [".env"]), tuple[str, ...], f"{where}.env_files")
     dotenv = read_env_files(root, env_files)
     env = {**dotenv, **os.environ}
@@ -211,7 +223,7 @@ def parse(
     release = _section(ReleaseSettings, release_table, f"{where}.release", env)
     raw.setdefault("image", project.get("name", ""))
     raw.setdefault("version", _release_version(root, release) or project.get("version", ""))
-    sections = {"root", "targets", "proto", "stack", "backup", "release", "dotenv"}
+    sections = {"root", "targets", "proto", "stack", "backup", "release", "cache", "dotenv"}
     values = _build(Settings, raw, where, env, skip=sections)
     if not values["image"]:
         raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
@@ -258,6 +270,7 @@ def parse(
         stack=stack,
         backup=backup,
         release=release,
+        cache=_section(CacheSettings, cache_table, f"{where}.cache", env),
         dotenv=dotenv,
         **values,
     )

@@ -14,6 +14,8 @@ from buildtasks.errors import ConfigError
 from buildtasks.git import GitState
 
 OCI = "org.opencontainers.image"
+IMAGE_LABEL = "io.buildtasks.image"  # marks the project's images for `inv prune`
+TARGET_LABEL = "io.buildtasks.target"
 TEMPLATE_FIELDS = ("target", "version", "sha", "short_sha", "branch")
 
 
@@ -178,7 +180,11 @@ def plan(
         dockerfile=settings.context_dir / target.dockerfile,
         stage=target.stage,
         tags=tags,
-        labels=oci_labels(settings, git, now),
+        labels={
+            **oci_labels(settings, git, now),
+            IMAGE_LABEL: settings.image,
+            TARGET_LABEL: target.name,
+        },
         build_args=build_args,
         secrets=secrets,
         contexts={

@@ -7,7 +7,7 @@ from pathlib import Path
 from invoke import Collection
 
 from buildtasks.config import Settings
-from buildtasks.tasks import backup, build, doctor, proto, release, stack
+from buildtasks.tasks import backup, build, cache, doctor, proto, release, stack
 
 
 def collection(settings: Settings) -> Collection:
@@ -21,6 +21,8 @@ def collection(settings: Settings) -> Collection:
     for stack_task in (stack.up, stack.down, stack.logs, stack.health, stack.deploy):
         ns.add_task(stack_task)
     ns.add_collection(backup.collection)
+    ns.add_collection(cache.collection)
+    ns.add_task(cache.prune)
     ns.add_task(backup.restore)
     if settings.proto is not None:
         ns.add_collection(proto.collection)

@@ -32,6 +32,10 @@ LABELS = {
 }
 
 
+def project_labels(target: str) -> dict[str, str]:
+    return {"io.buildtasks.image": "reg:5000/team/svc", "io.buildtasks.target": target}
+
+
 def settings(monkeypatch):
     monkeypatch.setenv("TOKEN_VALUE", "s3cret")
     return config.parse(
@@ -69,6 +73,8 @@ def test_buildx_argv_of_prod(monkeypatch):
         "--tag", "reg:5000/team/svc:prod",
         "--tag", "reg:5000/team/svc:prod-0123456",
         *[arg for key, value in LABELS.items() for arg in ("--label", f"{key}={value}")],
+        "--label", "io.buildtasks.image=reg:5000/team/svc",
+        "--label", "io.buildtasks.target=prod",
         "--build-arg", "MODE=prod",
         "--secret", "id=token,env=TOKEN_VALUE",
         "--secret", "id=ca,src=/etc/ca.crt",
@@ -125,7 +131,7 @@ def test_bake_definition_of_two_targets(monkeypatch):
                 "context": "/proj/app",
                 "dockerfile": "Dockerfile.prod",
                 "tags": ["reg:5000/team/svc:prod", "reg:5000/team/svc:prod-0123456"],
-                "labels": LABELS,
+                "labels": {**LABELS, **project_labels("prod")},
                 "target": "runtime",
                 "args": {"MODE": "prod"},
                 "secret": [
@@ -142,7 +148,7 @@ def test_bake_definition_of_two_targets(monkeypatch):
                 "context": "/proj/app",
                 "dockerfile": "Dockerfile.dev",
                 "tags": ["reg:5000/team/svc:dev", "reg:5000/team/svc:feature-x-0123456"],
-                "labels": LABELS,
+                "labels": {**LABELS, **project_labels("dev")},
                 "contexts": mirror,
                 "attest": ["type=provenance,disabled=true"],
                 "output": ["type=docker"],
