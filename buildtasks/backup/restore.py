@@ -102,21 +102,14 @@ def run(settings: Settings, sh: Shell, found: Manifest) -> Manifest:
     return safety
 
 
-class Restorer:
-    def __init__(self, settings: Settings, sh: Shell, directory: Path):
-        from buildtasks.stack import stack_compose
-
-        self.settings, self.sh, self.directory = settings, sh, directory
-        self.compose = stack_compose(settings)
-        self._engine = None
+class Restorer(sets.ServiceAccess):
+    """Swaps each artifact of a set directory into place."""
 
     @property
-    def engine(self):
-        if self._engine is None:
-            from buildtasks.docker.engine import Engine
+    def compose(self):
+        from buildtasks.stack import stack_compose
 
-            self._engine = Engine()
-        return self._engine
+        return stack_compose(self.settings)
 
     def restore(self, step: Step) -> None:
         artifact, location = step.artifact, step.location
@@ -140,7 +133,7 @@ class Restorer:
             restore_local_files(source, self.settings.root / location.path)
 
     def _in_container(self, service: str, source: Path, name: str, script: str) -> None:
-        container = self.engine.service_container(self.compose.project, service)
+        container = self.container(service)
         with tempfile.TemporaryDirectory(prefix="buildtasks-restore-") as inputs:
             shutil.copy(source, Path(inputs) / name)
             image = container.image.tags[0] if container.image.tags else container.image.id

@@ -70,8 +70,8 @@ def sources(settings: Settings, only: tuple[str, ...] = ()) -> list[tuple[str, s
     return [(kind, source) for kind, source in pairs if not only or kind in only]
 
 
-class Collector:
-    """Copies each source into a set directory being built."""
+class ServiceAccess:
+    """Settings, shell and a set directory, with the engine opened on first use."""
 
     def __init__(self, settings: Settings, sh: Shell, directory: Path):
         self.settings, self.sh, self.directory = settings, sh, directory
@@ -86,9 +86,14 @@ class Collector:
         return self._engine
 
     def container(self, service: str):
+        """The container of a service of the project's compose stack."""
         from buildtasks.stack import stack_compose
 
         return self.engine.service_container(stack_compose(self.settings).project, service)
+
+
+class Collector(ServiceAccess):
+    """Copies each source into a set directory being built."""
 
     def collect(self, kind: str, source: str) -> Artifact:
         handler = {"sqlite": self.sqlite, "files": self.files, "redis": self.redis}[kind]
