@@ -48,11 +48,45 @@ def compare(label: str, root: Path, specs: Path) -> None:
     report(f"{label}: full inv proto vs raw protoc", full, timed(raw, root, runs=RUNS), 1.2)
 
 
+def in_process(label: str, root: Path) -> None:
+    """The same comparisons without process start-up (invoke and Python): the generator's
+    own cost, which start-up hides on small trees."""
+    import statistics
+    import time
+
+    from grpc_tools import protoc
+
+    from buildtasks import proto
+    from buildtasks.shell import Shell
+
+    specs = root / "example/specs"
+    options = proto.ProtoOptions(src=specs, out=root / "example/src/jobsvc/gen")
+    sh = Shell(echo=False)
+
+    def median(call) -> float:
+        times = []
+        for _ in range(RUNS):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    full = median(lambda: proto.generate(sh, options, force=True))
+    report(f"{label}, in-process: no-op vs full", median(lambda: proto.generate(sh, options)), full)
+    out = Path(tempfile.mkdtemp(prefix="buildtasks-bench-protoc-"))
+    include = Path(protoc.__file__).parent / "_proto"
+    args = ["protoc", f"-I{specs}", f"-I{include}", f"--python_out={out}",
+            f"--grpc_python_out={out}", f"--pyi_out={out}",
+            *(str(p) for p in sorted(specs.rglob("*.proto")))]  # fmt: skip
+    report(f"{label}, in-process: full vs protoc main()", full, median(lambda: protoc.main(args)))
+
+
 def main() -> None:
     root = example_copy()
     compare("example, 2 specs", root, root / "example/specs")
     synthetic_tree(root / "example/specs")
     compare("202 specs", root, root / "example/specs")
+    in_process("202 specs", root)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ def one_line_errors(body: Callable) -> Callable:
         except BuildtasksError as exc:
             code = exc.returncode if isinstance(exc, CommandError) else exc.exit_code
             raise Exit(f"error: {exc}", code=code or 1) from None
+        except Exception as exc:
+            # The docker SDK's errors (refused request, conflict) are the engine speaking.
+            if not type(exc).__module__.startswith("docker."):
+                raise
+            raise Exit(f"error: the Docker engine refused: {exc}", code=1) from None
 
     return wrapper
 
