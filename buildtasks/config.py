@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import re
 import tomllib
@@ -302,9 +303,14 @@ def _section(cls: type, table: object, where: str, env: Mapping[str, str]):
     return cls(**_build(cls, table, where, env, set()))
 
 
+@functools.cache
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)  # evaluates every annotation: once per class
+
+
 def _build(cls: type, table: Mapping, where: str, env: Mapping[str, str], skip: set[str]) -> dict:
     """Check table against the fields of dataclass cls; return converted values."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)} - skip
     values = {}
     for key, value in table.items():
