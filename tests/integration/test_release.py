@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,15 @@ import pytest
 from tests.conftest import REPO, run_cli, run_once
 
 pytestmark = pytest.mark.integration
+
+
+# The release commits and tags: give it an identity whatever the machine's git config.
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "Release Manager",
+    "GIT_AUTHOR_EMAIL": "rm@localhost",
+    "GIT_COMMITTER_NAME": "Release Manager",
+    "GIT_COMMITTER_EMAIL": "rm@localhost",
+}
 
 
 def free_port() -> int:
@@ -153,7 +163,7 @@ def test_push_to_an_unreachable_registry_fails_before_building(engine):
 def test_full_release_then_prerelease(engine, registry, tmp_path):
     address, _ = registry
     project = release_project(tmp_path)
-    env = {"REGISTRY": address}
+    env = {"REGISTRY": address, **IDENTITY}
     released = run_cli(["buildtasks", "release", "--bump", "minor"], cwd=project, env=env)
     assert released.returncode == 0, released.stdout[-2000:] + released.stderr[-3000:]
     remote = tmp_path / "remote.git"
@@ -189,7 +199,7 @@ def test_registry_stopped_before_the_push_rolls_everything_back(engine, registry
     before = snapshot(project)
     release = subprocess.Popen(
         [str(REPO / ".venv/bin/python"), "-m", "buildtasks", "release", "--bump", "patch"],
-        cwd=project, env={**__import__("os").environ, "REGISTRY": address},
+        cwd=project, env={**os.environ, "REGISTRY": address, **IDENTITY},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     progress = project / ".git/buildtasks-release.json"
@@ -267,7 +277,7 @@ def test_registry_cache_is_reused_by_an_empty_builder(engine, registry, tmp_path
             'dockerfile = "Dockerfile.prod"\ncache = "registry"\n',
         )
     )
-    env = {"REGISTRY": address}
+    env = {"REGISTRY": address, **IDENTITY}
     first = run_cli(["buildtasks", "push", "--target", "prod"], cwd=project, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     subprocess.run(
