@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 from buildtasks.config import Settings
 from buildtasks.docker.engine import ENGINE_FIX, Engine
 from buildtasks.docker.registry import logged_in, probe, registry_host
 from buildtasks.errors import EngineError
+from buildtasks.platforms import can_build, native
 from buildtasks.shell import Shell
 
 INSTALL = "run scripts/install-docker"
@@ -22,7 +21,6 @@ _QEMU_ARCH = {
     "riscv64": "riscv64",
     "386": "i386",
 }
-_NATIVE = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 @dataclass(frozen=True)
@@ -74,18 +72,15 @@ def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
             blocking=multi,
         )
     )
-    native = _NATIVE.get(platform.machine(), platform.machine())
     for name in platforms:
-        arch = name.split("/")[1] if "/" in name else name
-        if arch == native:
+        if name == native():
             continue
-        handler = Path("/proc/sys/fs/binfmt_misc") / f"qemu-{_QEMU_ARCH.get(arch, arch)}"
-        enabled = handler.is_file() and handler.read_text().startswith("enabled")
+        ready = can_build(name)
         findings.append(
             Finding(
-                f"binfmt {arch}",
-                enabled,
-                "QEMU registered" if enabled else "no QEMU handler",
+                f"binfmt {name.split('/')[-1]}",
+                ready,
+                "QEMU registered" if ready else "no QEMU handler",
                 f"{INSTALL} (installs qemu-user-static and registers binfmt)",
             )
         )

@@ -38,5 +38,13 @@ def state(sh: Shell, root: Path) -> GitState:
         branch=git("rev-parse", "--abbrev-ref", "HEAD"),
         dirty=bool(git("status", "--porcelain", "--untracked-files=normal")),
         commit_time=datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        remote_url=git("remote", "get-url", "origin"),
+        remote_url=without_credentials(git("remote", "get-url", "origin")),
     )
+
+
+def without_credentials(url: str) -> str:
+    """A URL without user:password@ (CI remotes carry tokens there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    return f"{scheme}://{rest.split('@', 1)[1]}"

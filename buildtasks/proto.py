@@ -11,6 +11,7 @@ image build (it needs only grpcio-tools, not invoke).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -246,9 +247,12 @@ def _tree_digests(out: Path) -> dict[str, str]:
 
 
 def check(sh: Shell, options: ProtoOptions) -> list[str]:
-    """Files of out that differ from a fresh generation (missing, extra or changed)."""
+    """Files of out that differ from a fresh generation (missing, extra or changed).
+    Read-only for the project (it generates into a temporary directory), so it runs under
+    dry-run too."""
+    tools_version()
     with tempfile.TemporaryDirectory(prefix="buildtasks-proto-check-") as tmp:
-        fresh = _generate_into(sh, options, Path(tmp))
+        fresh = _generate_into(dataclasses.replace(sh, dry=False), options, Path(tmp))
     current = _tree_digests(options.out)
     return sorted(
         name for name in set(fresh) | set(current) if fresh.get(name) != current.get(name)

@@ -72,6 +72,8 @@ class Shell:
                 capture_output=capture or query,
             )
         except FileNotFoundError:
+            if not check:  # the caller inspects the result: report "not found" as exit 127
+                return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
             raise CommandError(
                 f"{argv[0]}: command not found; install it or add it to PATH "
                 "(scripts/install-docker installs docker, buildx and compose)",

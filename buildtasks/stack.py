@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import tempfile
@@ -19,8 +20,9 @@ from buildtasks import git
 from buildtasks.config import Settings
 from buildtasks.docker import builder, compose
 from buildtasks.docker.build import BuildRequest, render_tags, template_values
-from buildtasks.docker.compose import PROJECT_LABEL, Compose
+from buildtasks.docker.compose import PROJECT_LABEL, Compose, stack_compose
 from buildtasks.errors import BuildtasksError, CommandError
+from buildtasks.platforms import pid_alive
 from buildtasks.shell import Shell
 
 OWNER_LABEL = "io.buildtasks.owner"  # host:pid of the run that started a stack
@@ -33,12 +35,6 @@ class BuildFailed(BuildtasksError):
 
 class StackUnhealthy(BuildtasksError):
     """The stack did not become healthy in time."""
-
-
-def stack_compose(settings: Settings, files: tuple[str, ...] = (), project: str = "") -> Compose:
-    paths = tuple(settings.root / f for f in (files or settings.stack.compose))
-    name = project or settings.stack.project or settings.image.rsplit("/", 1)[-1].split(":")[0]
-    return Compose(project=name, files=paths)
 
 
 def image_variables(settings: Settings, sh: Shell) -> dict[str, str]:
@@ -78,7 +74,7 @@ def up(sh: Shell, stack: Compose, wait_timeout: int) -> None:
         unhealthy = [
             f"{c.get('Service')} ({c.get('Health') or c.get('State')})"
             for c in compose.containers(sh, stack)
-            if c.get("Health", "healthy") != "healthy" or c.get("State") != "running"
+            if (c.get("Health") or "healthy") != "healthy" or c.get("State") != "running"
         ]
         raise StackUnhealthy(
             f"stack {stack.project} did not become healthy within {wait_timeout}s: "
@@ -98,11 +94,19 @@ def app_health(sh: Shell, settings: Settings, stack: Compose) -> tuple[int, dict
     url = f"http://{address.splitlines()[0]}{settings.stack.health_path}"
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.status, json.loads(reply.read() or b"{}")
+            return reply.status, _json_body(reply.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-    except (OSError, ValueError) as exc:
+        return exc.code, _json_body(exc.read())
+    except OSError as exc:
         return 0, {"error": f"{url}: {exc}"}
+
+
+def _json_body(data: bytes) -> dict:
+    try:
+        body = json.loads(data or b"{}")
+    except ValueError:
+        return {"body": data.decode(errors="replace")[:500]}
+    return body if isinstance(body, dict) else {"body": body}
 
 
 @dataclass(frozen=True)
@@ -135,12 +139,12 @@ def deploy(sh: Shell, settings: Settings, stack: Compose) -> HealthReport:
     """Build the stack's targets, prepare data directories, start, and check health."""
     build_targets(sh, settings, settings.stack.targets)
     if settings.stack.data_dirs:
-        dirs = " ".join(settings.stack.data_dirs)
+        dirs = shlex.join(settings.stack.data_dirs)
         sh.run(
             stack.argv(
                 "run", "--rm", "--no-deps", "--user", "0:0", "--entrypoint", "sh",
                 settings.stack.app_service, "-c",
-                f"mkdir -p {dirs} && chown -R {settings.stack.data_owner} {dirs}",
+                f"mkdir -p {dirs} && chown -R {shlex.quote(settings.stack.data_owner)} {dirs}",
             )
         )  # fmt: skip
     up(sh, stack, settings.stack.wait_timeout)
@@ -161,15 +165,7 @@ def owner() -> str:
 
 def owner_alive(label: str) -> bool:
     host, _, pid = label.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host == socket.gethostname() and pid.isdigit() and pid_alive(int(pid))
 
 
 @contextlib.contextmanager
@@ -198,9 +194,14 @@ def signals_deferred() -> Iterator[None]:
 
 
 def _owner_override(sh: Shell, stack: Compose, directory: Path, session: str) -> Path:
-    """A compose file that labels every service with this run's owner."""
+    """A compose file that labels every container, network and volume with this run's owner,
+    so `integration-clean` can tell a killed run's stack from one still starting."""
     labels = {OWNER_LABEL: owner(), "io.buildtasks.session": session}
-    override = {"services": {name: {"labels": labels} for name in compose.services(sh, stack)}}
+    config = compose.resolved_config(sh, stack)
+    override = {
+        kind: {name: {"labels": labels} for name in config.get(kind) or {}}
+        for kind in ("services", "networks", "volumes")
+    }
     path = directory / "buildtasks-owner.json"
     path.write_text(json.dumps(override))
     return path
@@ -262,9 +263,13 @@ def integration(
             run_tests(env, artifacts)
         finally:
             with signals_deferred():
-                collect_artifacts(sh, stack, artifacts)
-                sh.run(stack.down(volumes=True), check=False)
-                print(f"stack {name} removed; artifacts in {artifacts}", flush=True)
+                try:
+                    collect_artifacts(sh, stack, artifacts)
+                except Exception as exc:  # the stack must go even if its logs cannot be kept
+                    print(f"warning: artifacts of {name} incomplete: {exc}", flush=True)
+                finally:
+                    sh.run(stack.down(volumes=True), check=False)
+                    print(f"stack {name} removed; artifacts in {artifacts}", flush=True)
     return name
 
 
@@ -279,9 +284,10 @@ def orphaned_projects(prefix: str) -> list[str]:
         if project.startswith(prefix + "-"):
             owners.setdefault(project, set()).add(container.labels.get(OWNER_LABEL, ""))
     for resource in (*client.networks.list(), *client.volumes.list()):
-        project = (resource.attrs.get("Labels") or {}).get(PROJECT_LABEL, "")
+        labels = resource.attrs.get("Labels") or {}
+        project = labels.get(PROJECT_LABEL, "")
         if project.startswith(prefix + "-"):
-            owners.setdefault(project, set())
+            owners.setdefault(project, set()).add(labels.get(OWNER_LABEL, ""))
     return sorted(p for p, labels in owners.items() if not any(map(owner_alive, labels)))
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import tarfile
 import time
@@ -81,11 +82,11 @@ def snapshot_url(sh: Shell, url: str, dest: Path) -> dict:
     result = sh.run(["redis-cli", "-u", url, "--rdb", str(dest)], capture=True, check=False)
     if result.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
         detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no RDB written"]
-        raise RedisBackupError(f"redis-cli --rdb from {_redact(url)} failed: {detail[0]}")
-    return {"url": _redact(url)}
+        raise RedisBackupError(f"redis-cli --rdb from {redact(url)} failed: {detail[0]}")
+    return {"url": redact(url)}
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL without its password, for manifests and messages."""
     scheme, sep, rest = url.partition("://")
     _credentials, at, host = rest.rpartition("@")
@@ -103,11 +104,19 @@ mv "$DB.restore-tmp" "$DB"
 if [ "$APPENDONLY" = yes ]; then
   redis-server --dir "$DIR" --dbfilename "$DB" --appendonly no --save '' --port 6399 \
     --bind 127.0.0.1 --daemonize yes
-  until redis-cli -p 6399 ping >/dev/null 2>&1; do sleep 0.1; done
+  tries=0
+  until redis-cli -p 6399 ping >/dev/null 2>&1; do
+    tries=$((tries + 1)); [ $tries -lt 600 ] || { echo "scratch redis did not start"; exit 1; }
+    sleep 0.1
+  done
   redis-cli -p 6399 CONFIG SET appendonly yes >/dev/null
+  tries=0
   until redis-cli -p 6399 INFO persistence | grep -q '^aof_rewrite_in_progress:0' \
     && redis-cli -p 6399 INFO persistence | grep -q '^aof_rewrite_scheduled:0' \
-    && redis-cli -p 6399 INFO persistence | grep -q '^aof_enabled:1'; do sleep 0.1; done
+    && redis-cli -p 6399 INFO persistence | grep -q '^aof_enabled:1'; do
+    tries=$((tries + 1)); [ $tries -lt 3000 ] || { echo "AOF rewrite did not finish"; exit 1; }
+    sleep 0.1
+  done
   redis-cli -p 6399 INFO persistence | grep -q '^aof_last_bgrewrite_status:ok'
   redis-cli -p 6399 SHUTDOWN NOSAVE >/dev/null 2>&1 || true
 fi
@@ -123,7 +132,7 @@ def restore_script(details: dict) -> str:
         "AOF": "appendonly.aof",
         "APPENDONLY": details.get("appendonly", "no"),
     }
-    exports = "".join(f"{k}='{v}'\n" for k, v in variables.items())
+    exports = "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in variables.items())
     return exports + RESTORE_SCRIPT
 
 

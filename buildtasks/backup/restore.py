@@ -4,6 +4,7 @@ with the right owner, bring Redis back with its keys, start, wait for health."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -14,6 +15,7 @@ from buildtasks.atomic import fsync_dir, fsync_file
 from buildtasks.backup import archive, redis, sets, sqlite
 from buildtasks.backup.manifest import Artifact, Manifest
 from buildtasks.config import Settings
+from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
 
@@ -107,8 +109,6 @@ class Restorer(sets.ServiceAccess):
 
     @property
     def compose(self):
-        from buildtasks.stack import stack_compose
-
         return stack_compose(self.settings)
 
     def restore(self, step: Step) -> None:
@@ -125,7 +125,7 @@ class Restorer(sets.ServiceAccess):
                 self._in_container(artifact.source, source, "redis.rdb", script)
         elif location.service:
             script = SQLITE_SCRIPT if artifact.kind == "sqlite" else FILES_SCRIPT
-            variables = f"T='{location.path}'\nF='{artifact.file}'\n"
+            variables = f"T={shlex.quote(location.path)}\nF={shlex.quote(artifact.file)}\n"
             self._in_container(location.service, source, artifact.file, variables + script)
         elif artifact.kind == "sqlite":
             restore_local_sqlite(source, self.settings.root / location.path)
@@ -138,19 +138,22 @@ class Restorer(sets.ServiceAccess):
             shutil.copy(source, Path(inputs) / name)
             image = container.image.tags[0] if container.image.tags else container.image.id
             print(f"restoring {name} into {service} with a helper from {image}", flush=True)
-            self.engine.run_helper(container.image.id, container.id, script, Path(inputs))
+            timeout = max(600, self.settings.backup.redis_timeout)
+            self.engine.run_helper(container.image.id, container.id, script, Path(inputs), timeout)
 
 
 def restore_local_sqlite(source: Path, target: Path) -> None:
+    """Copy aside and fsync first; only then drop the stale -wal/-shm/-journal (which would
+    be replayed over the restored file) and rename the copy into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    for companion in sqlite.stale_companions(target):
-        companion.unlink(missing_ok=True)
     staging = target.with_name(f".{target.name}.restore-{os.getpid()}")
     shutil.copy(source, staging)
     fsync_file(staging)
     if target.exists():
         st = target.stat()
         os.chown(staging, st.st_uid, st.st_gid)
+    for companion in sqlite.stale_companions(target):
+        companion.unlink(missing_ok=True)
     os.replace(staging, target)
     fsync_dir(target.parent)
 
@@ -160,6 +163,9 @@ def restore_local_files(source: Path, target: Path) -> None:
     retired = target.with_name(f".{target.name}.old-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     archive.extract(source, staging)
+    for path in sorted(staging.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        (fsync_file if path.is_file() else fsync_dir)(path)  # contents durable before the swap
+    fsync_dir(staging)
     if target.exists():
         os.rename(target, retired)
     os.rename(staging, target)

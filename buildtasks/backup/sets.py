@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import tarfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +18,9 @@ from buildtasks.atomic import fsync_dir, fsync_file, sha256, write_text
 from buildtasks.backup import archive, manifest, redis, sqlite
 from buildtasks.backup.manifest import Artifact, InvalidManifest, Manifest
 from buildtasks.config import Settings
+from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError, ConfigError
+from buildtasks.platforms import pid_alive
 from buildtasks.shell import Shell
 
 TMP_PREFIX = ".tmp-"
@@ -87,8 +90,6 @@ class ServiceAccess:
 
     def container(self, service: str):
         """The container of a service of the project's compose stack."""
-        from buildtasks.stack import stack_compose
-
         return self.engine.service_container(stack_compose(self.settings).project, service)
 
 
@@ -101,13 +102,14 @@ class Collector(ServiceAccess):
             file, integrity, details = handler(source)
         except FileNotFoundError as exc:
             raise SourceMissing(f"{kind} {source}: {exc}") from None
-        except (OSError, tarfile.TarError) as exc:
+        except (OSError, tarfile.TarError, sqlite3.Error) as exc:
             raise BackupFailed(f"{kind} {source}: {exc}") from None
         path = self.directory / file
         fsync_file(path)
         if integrity != "ok":
             raise BackupFailed(f"{kind} {source}: the copy failed its check ({integrity})")
-        return Artifact(kind, source, file, path.stat().st_size, sha256(path), integrity, details)
+        shown = redis.redact(source) if kind == "redis" else source  # no password in manifests
+        return Artifact(kind, shown, file, path.stat().st_size, sha256(path), integrity, details)
 
     def sqlite(self, source: str) -> tuple[str, str, dict]:
         location = parse_location(source)
@@ -117,20 +119,19 @@ class Collector(ServiceAccess):
             path = self.settings.root / location.path
             if not path.is_file():
                 raise FileNotFoundError(f"no database at {path}")
-            sqlite.snapshot(str(path), str(dest))
+            integrity = sqlite.snapshot(str(path), str(dest))
         else:
             container = self.container(location.service)
             if container.exec_run(["test", "-f", location.path])[0] != 0:
                 raise FileNotFoundError(f"{location.path} does not exist in {container.name}")
             scratch = f"/tmp/buildtasks-snapshot-{os.getpid()}.db"
-            self.engine.exec(
-                container, ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), location.path, scratch]
-            )
             try:
+                snapshot = ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), location.path, scratch]
+                integrity = self.engine.exec(container, snapshot).splitlines()[-1]
                 self._copy_single_file(container, scratch, dest)
             finally:
                 self.engine.exec(container, ["rm", "-f", scratch])
-        return file, sqlite.check(dest), {}
+        return file, integrity, {}
 
     def files(self, source: str) -> tuple[str, str, dict]:
         location = parse_location(source)
@@ -172,23 +173,11 @@ def sweep(root: Path) -> list[str]:
     removed = []
     for path in root.glob(f"{TMP_PREFIX}*"):
         pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid))):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def create(
@@ -302,3 +291,18 @@ def remove(settings: Settings, set_id: str) -> None:
     os.rename(root / set_id, hidden)
     fsync_dir(root)
     shutil.rmtree(hidden)
+
+
+def apply_retention(settings: Settings, dry: bool) -> list[str]:
+    """Delete the intact sets the retention policy does not keep; returns their ids.
+    Sets that are not intact are neither counted nor deleted: they are left to inspect."""
+    from buildtasks.backup import retention
+
+    valid, _ = listing(settings)
+    intact_ids = [m.id for m in valid if intact(settings, m)]
+    config = settings.backup
+    _, delete = retention.plan(intact_ids, config.keep_last, config.keep_daily, config.keep_weekly)
+    if not dry:
+        for set_id in delete:
+            remove(settings, set_id)
+    return delete

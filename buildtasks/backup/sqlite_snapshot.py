@@ -18,15 +18,13 @@ def integrity(db: sqlite3.Connection) -> str:
 def snapshot(source: str, dest: str) -> str:
     """Snapshot source into dest; returns the integrity_check result ("ok" when sound)."""
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=60)
+    out = sqlite3.connect(dest)
     try:
-        out = sqlite3.connect(dest)
         src.backup(out, pages=-1)
-    finally:
-        src.close()
-    try:
         out.execute("PRAGMA journal_mode=DELETE")
         return integrity(out)
     finally:
+        src.close()
         out.close()
 
 

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 from buildtasks import git
 from buildtasks.config import Settings
@@ -55,6 +56,8 @@ def shell(settings: Settings, dry: bool) -> Shell:
         for entry in target.secrets
         if secret_variable(entry)
     }
+    redis_url = settings.backup.redis.get("url", "")
+    secret_values.add(urlparse(redis_url).password or "" if redis_url else "")
     return Shell(dry=dry, secrets=frozenset(secret_values - {""}), env=environment)
 
 

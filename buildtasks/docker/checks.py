@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from buildtasks.errors import ConfigError
@@ -26,11 +26,9 @@ class ImageFacts:
     """What the checks need from an image's inspect data."""
 
     ref: str
-    id: str = ""
     user: str = ""
     healthcheck: tuple[str, ...] = ()
     size: int = 0
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_size(text: str) -> int:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildtasks.config import Settings
 from buildtasks.shell import Shell
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -22,9 +23,9 @@ class Compose:
             argv += ["--file", str(path)]
         return [*argv, *args]
 
-    def up(self, wait_timeout: int, services: tuple[str, ...] = ()) -> list[str]:
+    def up(self, wait_timeout: int) -> list[str]:
         # --wait and --wait-timeout exist since compose 2.17; install-docker brings 2.26.
-        return self.argv("up", "--detach", "--wait", "--wait-timeout", str(wait_timeout), *services)
+        return self.argv("up", "--detach", "--wait", "--wait-timeout", str(wait_timeout))
 
     def down(self, volumes: bool) -> list[str]:
         return self.argv("down", "--remove-orphans", *(["--volumes"] if volumes else []))
@@ -32,6 +33,12 @@ class Compose:
     def logs(self, service: str = "", follow: bool = False) -> list[str]:
         flags = ["--timestamps", "--no-color", *(["--follow"] if follow else [])]
         return self.argv("logs", *flags, *([service] if service else []))
+
+
+def stack_compose(settings: Settings, files: tuple[str, ...] = (), project: str = "") -> Compose:
+    paths = tuple(settings.root / f for f in (files or settings.stack.compose))
+    name = project or settings.stack.project or settings.image.rsplit("/", 1)[-1].split(":")[0]
+    return Compose(project=name, files=paths)
 
 
 def parse_ps(output: str) -> list[dict]:
@@ -48,13 +55,14 @@ def containers(sh: Shell, compose: Compose) -> list[dict]:
     return parse_ps(sh.output(compose.argv("ps", "--all", "--format", "json")))
 
 
-def services(sh: Shell, compose: Compose) -> list[str]:
-    return sh.output(compose.argv("config", "--services")).split()
+def resolved_config(sh: Shell, compose: Compose) -> dict:
+    """The stack's resolved configuration."""
+    return json.loads(sh.output(compose.argv("config", "--format", "json")))
 
 
 def published_ports(sh: Shell, compose: Compose) -> dict[tuple[str, int], str]:
     """{(service, container port): "host:port"} for every published port of the stack."""
-    config = json.loads(sh.output(compose.argv("config", "--format", "json")))
+    config = resolved_config(sh, compose)
     endpoints = {}
     for service, definition in config.get("services", {}).items():
         for port in definition.get("ports", []):  # every `ports` entry is published

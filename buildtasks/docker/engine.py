@@ -61,11 +61,9 @@ class Engine:
         config = attrs.get("Config") or {}
         return ImageFacts(
             ref=ref,
-            id=attrs["Id"],
             user=config.get("User") or "",
             healthcheck=tuple((config.get("Healthcheck") or {}).get("Test") or ()),
             size=attrs.get("Size") or 0,
-            labels=config.get("Labels") or {},
         )
 
     def service_container(self, project: str, service: str):
@@ -102,7 +100,9 @@ class Engine:
             for chunk in stream:
                 handle.write(chunk)
 
-    def run_helper(self, image: str, volumes_from: str, script: str, inputs: Path) -> str:
+    def run_helper(
+        self, image: str, volumes_from: str, script: str, inputs: Path, timeout: int = 600
+    ) -> str:
         """Run `sh -c script` as root in a throwaway container sharing volumes_from's volumes,
         with the files of the inputs directory under /restore; its output, or EngineError."""
         import io
@@ -118,16 +118,18 @@ class Engine:
                 tar.add(inputs, arcname="restore")
             container.put_archive("/", buffer.getvalue())
             container.start()
-            code = container.wait()["StatusCode"]
+            try:
+                code = container.wait(timeout=timeout)["StatusCode"]
+            except Exception as exc:  # requests' timeout: the helper hangs
+                raise EngineError(
+                    f"restore helper did not finish within {timeout}s ({exc})"
+                ) from None
             output = container.logs().decode(errors="replace").strip()
         finally:
             container.remove(force=True)
         if code != 0:
             raise EngineError(f"restore helper failed (exit {code}): {output[-500:]}")
         return output
-
-    def image_ids(self) -> set[str]:
-        return {image.id for image in self.client.images.list(all=True)}
 
 
 def _reason(exc: Exception) -> str:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from buildtasks.docker.build import IMAGE_LABEL, TARGET_LABEL
-from buildtasks.docker.compose import PROJECT_LABEL
+from buildtasks.docker.compose import PROJECT_LABEL, stack_compose
 
 _JSON_TYPES = ("manifest", "index", "json")
 
@@ -218,8 +218,6 @@ def remove_blob(item: Item) -> None:
 
 def plan(settings, engine: Engine) -> list[Item]:
     """Everything a project-scoped prune would remove."""
-    from buildtasks.stack import stack_compose
-
     config = settings.cache
     items = engine.build_cache(parse_duration(config.until))
     items += engine.dangling(settings.image)
@@ -247,8 +245,6 @@ def apply(sh, engine: Engine, settings, items: list[Item]) -> None:
 
 def usage_report(settings, engine: Engine) -> dict:
     """What `inv cache.usage` shows: sizes of everything prune looks at."""
-    from buildtasks.stack import stack_compose
-
     cache = engine.client.df().get("BuildCache") or []
     images = [i for i in engine.images() if is_project_image(i, settings.image)]
     old_cache = engine.build_cache(parse_duration(settings.cache.until))
@@ -268,3 +264,26 @@ def usage_report(settings, engine: Engine) -> dict:
         ],
         "cache_dirs": {d: directory_size(settings.root / d) for d in settings.cache.dirs},
     }
+
+
+WHOLE_ENGINE = (
+    ["docker", "system", "prune", "--all", "--force"],
+    ["docker", "buildx", "prune", "--all", "--force"],
+)
+
+
+def run(sh, engine: Engine, settings, items: list[Item], whole_engine: bool) -> int:
+    """Remove items (or prune the whole engine); the bytes reclaimed, measured as usage
+    before minus usage after."""
+    dirs = [settings.root / d for d in settings.cache.dirs]
+
+    def usage() -> int:
+        return engine.usage() + sum(directory_size(d) for d in dirs)
+
+    before = usage()
+    if whole_engine:
+        for argv in WHOLE_ENGINE:
+            sh.run(argv)
+    else:
+        apply(sh, engine, settings, items)
+    return before - usage()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import platform as host_platform
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,12 +15,11 @@ from buildtasks.atomic import write_text
 from buildtasks.config import Settings
 from buildtasks.docker import registry
 from buildtasks.errors import BuildtasksError
+from buildtasks.platforms import can_build
 from buildtasks.release import changelog, publish, version
 from buildtasks.shell import Shell
 
 STEPS = ("commit", "images", "promote", "git-push")
-_QEMU = {"arm64": "aarch64", "amd64": "x86_64", "arm": "arm", "ppc64le": "ppc64le",
-         "s390x": "s390x", "riscv64": "riscv64"}  # fmt: skip
 
 
 class PreflightFailed(BuildtasksError):
@@ -125,12 +123,14 @@ def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: 
         problems.append(f"on branch {branch or '?'}, releases are made from {release.branch}")
     if _out(sh, settings, "status", "--porcelain"):
         problems.append("the working tree has uncommitted changes; commit or stash them")
-    fetched = _git(sh, settings, "fetch", "--quiet", release.remote, release.branch,
-                   query=True, check=False)  # fmt: skip
-    if fetched.returncode != 0:
-        reason = (fetched.stderr.strip().splitlines() or ["no output"])[0]
-        problems.append(f"cannot fetch {release.remote}/{release.branch}: {reason}")
-    elif _out(sh, settings, "rev-parse", "HEAD") != _out(sh, settings, "rev-parse", "FETCH_HEAD"):
+    # ls-remote reads the remote without touching local refs (safe under --dry).
+    remote = _git(sh, settings, "ls-remote", release.remote, f"refs/heads/{release.branch}",
+                  query=True, check=False)  # fmt: skip
+    remote_head = remote.stdout.split()[0] if remote.returncode == 0 and remote.stdout else ""
+    if remote.returncode != 0:
+        reason = (remote.stderr.strip().splitlines() or ["no output"])[0]
+        problems.append(f"cannot read {release.remote}: {reason}")
+    elif remote_head != _out(sh, settings, "rev-parse", "HEAD"):
         problems.append(
             f"{release.branch} differs from {release.remote}/{release.branch}; pull or push first"
         )
@@ -158,10 +158,7 @@ def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: 
 
 
 def _platform_problem(wanted: str) -> list[str]:
-    arch = wanted.split("/")[1] if "/" in wanted else wanted
-    native = {"x86_64": "amd64", "aarch64": "arm64"}.get(host_platform.machine())
-    handler = Path("/proc/sys/fs/binfmt_misc") / f"qemu-{_QEMU.get(arch, arch)}"
-    if arch == native or handler.is_file():
+    if can_build(wanted):
         return []
     return [f"this engine cannot build {wanted}: no QEMU binfmt handler (scripts/install-docker)"]
 
@@ -203,55 +200,68 @@ def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
 def run(settings: Settings, sh: Shell, progress: Progress) -> Progress:
     """Carry out the release from wherever progress says it stopped."""
     try:
-        if "commit" not in progress.done:
-            for path, text in progress.files.items():
-                write_text(Path(path), text)
-            _git(sh, settings, "add", *progress.files)
-            _git(sh, settings, "commit", "--quiet", "-m", f"Release {progress.version}")
-            _git(sh, settings, "tag", "-a", progress.tag, "-m", f"Release {progress.version}")
-            progress.commit = _out(sh, settings, "rev-parse", "HEAD")
-            progress.done.append("commit")
-            save(settings, progress)
-        fresh = config.load(settings.root)  # labels carry the new version
-        if "images" not in progress.done:
-            for name in progress.image_tags:
-                (pushed,) = publish.push(
-                    fresh, sh, [name], platforms_of(fresh, name), staging_tags(progress, name)
-                )
-                progress.digests[name] = pushed.ref
-            progress.done.append("images")
-            save(settings, progress)
-        if "promote" not in progress.done:
-            for name, refs in progress.image_tags.items():
-                tags = [arg for ref in refs for arg in ("--tag", ref)]
-                sh.run(["docker", "buildx", "imagetools", "create", *tags, progress.digests[name]])
-            progress.done.append("promote")
-            save(settings, progress)
+        publish_images(settings, sh, progress)
     except BaseException:
-        rollback(settings, sh, progress)
+        if "images" not in progress.done:  # nothing is public yet: undo the commit and tag
+            rollback(settings, sh, progress)
+        else:
+            print(
+                f"release {progress.version}: the images are published; fix the failure and "
+                "run `inv release --resume` to finish (nothing is rebuilt)",
+                flush=True,
+            )
         raise
     release = settings.release
     pushed = _git(sh, settings, "push", "--atomic", release.remote,
                   f"{progress.commit}:refs/heads/{release.branch}", f"refs/tags/{progress.tag}",
                   check=False)  # fmt: skip
     if pushed.returncode != 0:
+        reason = (pushed.stderr.strip().splitlines() or ["no output"])[-1]
         raise BuildtasksError(
-            f"git push to {release.remote} failed ({pushed.stderr.strip().splitlines()[-1:]}); "
-            f"the images of {progress.version} are published and verified; "
-            "fix the remote and run `inv release --resume` (nothing is rebuilt)"
+            f"git push to {release.remote} failed ({reason}); the images of "
+            f"{progress.version} are published and verified; fix the remote and run "
+            "`inv release --resume` (nothing is rebuilt)"
         )
     progress.done.append("git-push")
     progress_path(settings).unlink(missing_ok=True)
     return progress
 
 
+def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
+    """Commit and tag, push every target by its release-commit tag and verify it, then
+    promote the digests to the release tags; each step recorded as it finishes."""
+    if "commit" not in progress.done:
+        for path, text in progress.files.items():
+            write_text(Path(path), text)
+        _git(sh, settings, "add", *progress.files)
+        _git(sh, settings, "commit", "--quiet", "-m", f"Release {progress.version}")
+        _git(sh, settings, "tag", "-a", progress.tag, "-m", f"Release {progress.version}")
+        progress.commit = _out(sh, settings, "rev-parse", "HEAD")
+        progress.done.append("commit")
+        save(settings, progress)
+    if "images" not in progress.done:
+        fresh = config.load(settings.root)  # labels carry the new version
+        for name in progress.image_tags:
+            staging = staging_tags(progress, name)
+            (pushed,) = publish.push(fresh, sh, [name], platforms_of(fresh, name), staging)
+            progress.digests[name] = pushed.ref
+        progress.done.append("images")
+        save(settings, progress)
+    if "promote" not in progress.done:  # imagetools create is idempotent: safe to redo
+        for name, refs in progress.image_tags.items():
+            tags = [arg for ref in refs for arg in ("--tag", ref)]
+            sh.run(["docker", "buildx", "imagetools", "create", *tags, progress.digests[name]])
+        progress.done.append("promote")
+        save(settings, progress)
+
+
 def rollback(settings: Settings, sh: Shell, progress: Progress) -> None:
-    """Undo the local commit and tag; the tree was clean, so a hard reset restores it."""
+    """Undo the local commit and tag. Only the files the release edited are restored, so
+    changes made since (on a resumed release) survive."""
     if _out(sh, settings, "rev-parse", "-q", "--verify", f"refs/tags/{progress.tag}"):
         _git(sh, settings, "tag", "-d", progress.tag, check=False)
-    if progress.previous and _out(sh, settings, "rev-parse", "HEAD") != progress.previous:
-        _git(sh, settings, "reset", "--quiet", "--hard", progress.previous, check=False)
-    else:
-        _git(sh, settings, "checkout", "--quiet", "--", ".", check=False)
+    if _out(sh, settings, "rev-parse", "HEAD") != progress.previous:
+        _git(sh, settings, "reset", "--quiet", "--soft", progress.previous, check=False)
+    _git(sh, settings, "checkout", progress.previous, "--", *progress.files, check=False)
     progress_path(settings).unlink(missing_ok=True)
     print(f"release {progress.version} rolled back: no local commit or tag remains", flush=True)

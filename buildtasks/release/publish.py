@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,9 +11,8 @@ from buildtasks.config import Settings
 from buildtasks.docker import builder, registry
 from buildtasks.docker.build import BuildRequest
 from buildtasks.docker.registry import RegistryError
+from buildtasks.platforms import native
 from buildtasks.shell import Shell
-
-_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 @dataclass(frozen=True)
@@ -27,10 +25,6 @@ class Pushed:
     @property
     def ref(self) -> str:
         return f"{self.repository}@{self.digest}"
-
-
-def native_platform() -> str:
-    return f"linux/{_ARCH.get(platform.machine(), platform.machine())}"
 
 
 def push(
@@ -53,7 +47,7 @@ def push(
         if built is None:  # dry run
             continue
         repository = build_plan.tags[0].rsplit(":", 1)[0]
-        wanted = set(build_plan.platforms or (native_platform(),))
+        wanted = set(build_plan.platforms or (native(),))
         found = registry.platforms(sh, f"{repository}@{built.digest}")
         missing = sorted(wanted - set(found))
         if missing:

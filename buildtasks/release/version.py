@@ -65,7 +65,13 @@ def read(path: Path) -> str:
     if path.name == "pyproject.toml":
         import tomlkit
 
-        return str(tomlkit.parse(text)["project"]["version"])
+        try:
+            return str(tomlkit.parse(text)["project"]["version"])
+        except (KeyError, tomlkit.exceptions.TOMLKitError):
+            raise ConfigError(
+                f"{path}: no static [project] version; set version_file to a file with "
+                "__version__ = '...'"
+            ) from None
     match = _DUNDER.search(text)
     if not match:
         raise ConfigError(f"{path}: no __version__ = '...' line")

@@ -14,16 +14,10 @@ def _short(digest: str) -> str:
 
 
 def _apply_retention(project, dry: bool) -> None:
-    from buildtasks.backup import retention, sets
+    from buildtasks.backup import sets
 
-    valid, _ = sets.listing(project)
-    intact = [m.id for m in valid if sets.intact(project, m)]
-    config = project.backup
-    _, delete = retention.plan(intact, config.keep_last, config.keep_daily, config.keep_weekly)
-    for set_id in delete:
-        print(f"retention: {'would delete' if dry else 'deleting'} {set_id}")
-        if not dry:
-            sets.remove(project, set_id)
+    for set_id in sets.apply_retention(project, dry):
+        print(f"retention: {'would delete' if dry else 'deleted'} {set_id}")
 
 
 @task(
@@ -120,8 +114,9 @@ def restore(c: Context, id="", yes=False):
         return
     if not yes:
         raise Exit("error: nothing restored; rerun with --yes to restore this set", code=1)
-    sh = shell(c, project)
-    safety = restoring.run(project, sh, found)
+    from buildtasks.stack import stack_shell
+
+    safety = restoring.run(project, stack_shell(project, dry=False), found)
     print(f"restored {found.id}; the state before is in backup {safety.id}")
 
 

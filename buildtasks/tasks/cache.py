@@ -65,27 +65,22 @@ def prune(c: Context, until="", keep_storage="", all_=False, yes=False):
     project = dataclasses.replace(project, cache=dataclasses.replace(project.cache, **overrides))
     sh = shell(c, project)
     engine = _engine()
-    if all_ and not (yes or _confirmed()):
+    items = [] if all_ else pruning.plan(project, engine)
+    if all_ and not sh.dry and not (yes or _confirmed()):
         raise Exit(
             "error: --all prunes every unused image, container, network and the build cache of "
             "the whole engine, other projects' too; nothing removed. Add --yes to confirm",
             code=1,
         )
-    items = [] if all_ else pruning.plan(project, engine)
     if sh.dry:
+        for argv in pruning.WHOLE_ENGINE if all_ else ():
+            sh.run(argv)
         for item in items:
             print(f"would remove {item.kind:<15} {item.name}  {human_size(item.size)}")
         print(f"would reclaim about {human_size(sum(i.size for i in items))} ({len(items)} items)")
         return
-    dirs = [project.root / d for d in project.cache.dirs]
-    before = engine.usage() + sum(pruning.directory_size(d) for d in dirs)
-    if all_:
-        sh.run(["docker", "system", "prune", "--all", "--force"])
-        sh.run(["docker", "buildx", "prune", "--all", "--force"])
-    else:
-        pruning.apply(sh, engine, project, items)
-    after = engine.usage() + sum(pruning.directory_size(d) for d in dirs)
-    print(f"reclaimed {human_size(before - after)} ({before - after} bytes, {len(items)} items)")
+    reclaimed = pruning.run(sh, engine, project, items, whole_engine=all_)
+    print(f"reclaimed {human_size(reclaimed)} ({reclaimed} bytes, {len(items)} items)")
 
 
 def _confirmed() -> bool:

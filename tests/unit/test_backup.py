@@ -104,7 +104,10 @@ def test_redis_helpers():
         "rdb_saves": "3",
         "rdb_last_bgsave_status": "ok",
     }
-    assert redis._redact("redis://user:secret@db:6379/0") == "redis://***@db:6379/0"
-    assert redis._redact("redis://db:6379") == "redis://db:6379"
-    script = redis.restore_script({"dir": "/data", "dbfilename": "dump.rdb", "appendonly": "yes"})
-    assert script.startswith("DIR='/data'\nDB='dump.rdb'\nAOF='appendonly.aof'\nAPPENDONLY='yes'\n")
+    assert redis.redact("redis://user:secret@db:6379/0") == "redis://***@db:6379/0"
+    assert redis.redact("redis://db:6379") == "redis://db:6379"
+    details = {"dir": "/data/my dir", "dbfilename": "dump.rdb", "appendonly": "yes"}
+    script = redis.restore_script(details)
+    assert script.startswith(
+        "DIR='/data/my dir'\nDB=dump.rdb\nAOF=appendonly.aof\nAPPENDONLY=yes\n"
+    )
