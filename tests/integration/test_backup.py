@@ -99,7 +99,7 @@ def test_backups_under_a_busy_writer_are_consistent(tmp_path, mode):
 
 
 def test_sigkill_at_random_points_never_leaves_a_set(tmp_path):
-    project = host_project(tmp_path)
+    project = host_project(tmp_path, "keep_last = 100\n")  # retention stays out of the way
     db = sqlite3.connect(project / "data/jobs.db")
     db.execute("CREATE TABLE t (x BLOB)")
     db.executemany("INSERT INTO t VALUES (randomblob(100000))", [()] * 300)  # ~30 MB
@@ -107,7 +107,9 @@ def test_sigkill_at_random_points_never_leaves_a_set(tmp_path):
     db.close()
     for n in range(200):
         (project / f"data/jobs/{n}.bin").write_bytes(os.urandom(50_000))
+    started = time.monotonic()
     first = run_cli(["buildtasks", "backup"], cwd=project)
+    duration = time.monotonic() - started
     assert first.returncode == 0, first.stderr
     settings = config.load(project)
     (kept,) = sets.listing(settings)[0]
@@ -118,13 +120,14 @@ def test_sigkill_at_random_points_never_leaves_a_set(tmp_path):
             [sys.executable, "-m", "buildtasks", "backup"], cwd=project,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        time.sleep(rng.uniform(0.25, 0.9))
+        time.sleep(rng.uniform(0.15, 0.9 * duration))
         process.send_signal(signal.SIGKILL)
         process.wait()
         valid, _ = sets.listing(settings)
         assert kept.id in [m.id for m in valid]
-        for m in valid:
+        for m in valid:  # a run killed after its rename left a complete set, nothing less
             assert sets.verify(settings, Shell(echo=False), m.id) == []
+    assert list(sets.backup_dir(settings).glob(".tmp-*")), "no kill landed mid-backup"
     after = {p.name: p.read_bytes() for p in (sets.backup_dir(settings) / kept.id).iterdir()}
     assert after == kept_files
     final = run_cli(["buildtasks", "backup"], cwd=project)
