@@ -51,14 +51,19 @@ def mirror(engine) -> str:
     return config.load(REPO).mirror
 
 
+def remove_images(engine, prefix: str) -> None:
+    """Remove every local image with a tag under prefix."""
+    for image in engine.images.list():
+        if any(tag.startswith(prefix) for tag in image.tags):
+            engine.images.remove(image.id, force=True)
+
+
 @pytest.fixture
 def registry_prefix(engine):
     """A unique image prefix; the images built under it are removed afterwards."""
     prefix = f"127.0.0.1:5000/test-{uuid.uuid4().hex[:8]}"
     yield prefix
-    for image in engine.images.list():
-        if any(tag.startswith(prefix) for tag in image.tags):
-            engine.images.remove(image.id, force=True)
+    remove_images(engine, prefix)
 
 
 def run_once(engine, image: str, command: list[str], **options) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from buildtasks.docker.engine import Engine
 from buildtasks.docker.prune import Engine as PruneEngine
-from tests.conftest import run_cli
+from tests.conftest import remove_images, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -84,9 +84,7 @@ def test_prune_removes_only_the_projects_stale_images(engine, tmp_path):
         assert dangling == []
     finally:
         holder.remove(force=True, v=True)
-        for image in engine.images.list():
-            if any(t.startswith(prefix) for t in image.tags):
-                engine.images.remove(image.id, force=True)
+        remove_images(engine, prefix)
 
 
 def test_prune_all_without_yes_removes_nothing(engine, tmp_path):
@@ -98,13 +96,14 @@ def test_prune_all_without_yes_removes_nothing(engine, tmp_path):
     assert images(engine) == before
 
 
-def test_local_cache_export_loses_orphans_and_still_imports(engine, mirror, tmp_path):
+def test_local_cache_export_loses_orphans_and_still_imports(
+    engine, mirror, registry_prefix, tmp_path
+):
     dockerfile = (
         "FROM python:3.11-slim\nRUN echo one > /one\nRUN echo two > /two\nCOPY content.txt /\n"
     )
     extra = 'dirs = ["cache"]'
-    project = project_dir(tmp_path, f"127.0.0.1:5000/prune-{uuid.uuid4().hex[:6]}/app", dockerfile,
-                          extra, mirror)  # fmt: skip
+    project = project_dir(tmp_path, f"{registry_prefix}/app", dockerfile, extra, mirror)
     text = (
         (project / "pyproject.toml")
         .read_text()

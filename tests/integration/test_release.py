@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli, run_once
+from tests.conftest import REPO, remove_images, run_cli, run_once
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def registry(tmp_path):
+def registry(engine, tmp_path):
     """A registry of the test's own on 127.0.0.1, so it can be stopped mid-release."""
     port = free_port()
     config = tmp_path / "registry.yml"
@@ -57,6 +57,7 @@ def registry(tmp_path):
     yield address, process
     process.kill()
     process.wait()
+    remove_images(engine, address)
 
 
 def git(cwd: Path, *args: str) -> str:
