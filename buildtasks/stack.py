@@ -68,18 +68,26 @@ def build_targets(sh: Shell, settings: Settings, targets: tuple[str, ...]) -> No
 
 
 def up(sh: Shell, stack: Compose, wait_timeout: int) -> None:
+    """`up --wait`, then the containers' own state is checked too: compose's exit status
+    alone has been seen to report success for a service whose healthcheck never passed."""
     try:
         sh.run(stack.up(wait_timeout))
+        failed = False
     except CommandError:
-        unhealthy = [
-            f"{c.get('Service')} ({c.get('Health') or c.get('State')})"
-            for c in compose.containers(sh, stack)
-            if (c.get("Health") or "healthy") != "healthy" or c.get("State") != "running"
-        ]
+        failed = True
+    if sh.dry:
+        return
+    unhealthy = [
+        f"{c.get('Service')} ({c.get('Health') or c.get('State')})"
+        for c in compose.containers(sh, stack)
+        if not (c.get("State") == "exited" and c.get("ExitCode") == 0)  # finished one-shots
+        and ((c.get("Health") or "healthy") != "healthy" or c.get("State") != "running")
+    ]
+    if failed or unhealthy:
         raise StackUnhealthy(
             f"stack {stack.project} did not become healthy within {wait_timeout}s: "
             f"{', '.join(unhealthy) or 'see the compose output above'}"
-        ) from None
+        )
 
 
 def app_health(sh: Shell, settings: Settings, stack: Compose) -> tuple[int, dict]:
