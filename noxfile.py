@@ -27,4 +27,5 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or ["tests"]))
 
 
-integration_session(python=PYTHON, pytest_args=("example/tests",))
+# `nox -s integration -- --in-container` runs the same tests inside the dev image.
+integration_session(python=PYTHON, pytest_args=("example/tests",), runner_target="dev")

@@ -22,32 +22,55 @@ def integration_session(
     python: str | bool | None = None,
     venv_backend: str | None = None,
     root: str = ".",
+    runner_target: str = "",
 ) -> None:
     """Register `nox -s NAME` (build, start a uniquely named stack, wait for health, run
     pytest with the endpoints as BUILDTASKS_<SERVICE>_<PORT>, save logs, always tear down)
-    and `nox -s NAME-clean` (remove this project's stacks whose run was killed)."""
+    and `nox -s NAME-clean` (remove this project's stacks whose run was killed).
+
+    `nox -s NAME -- --in-container` runs pytest in the image of runner_target (which must
+    have pytest) on the stack's network, with BUILDTASKS_<SERVICE>_<PORT>=service:port."""
     import nox
 
     def run(session: nox.Session) -> None:
+        import logging
+
         from buildtasks import config, stack
         from buildtasks.errors import BuildtasksError
 
-        if install and venv_backend != "none" and python is not False:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)  # the docker SDK's requests
+
+        in_container = "--in-container" in session.posargs
+        posargs = [arg for arg in session.posargs if arg != "--in-container"]
+        if install and venv_backend != "none" and python is not False and not in_container:
             session.install(*install)
         try:
             settings = config.load(root)
             sh = stack.stack_shell(settings, dry=False)
+            build = list(settings.stack.targets if targets is None else targets)
+            runner_image = ""
+            if in_container:
+                if runner_target not in settings.targets:
+                    session.error(
+                        f"--in-container needs integration_session(runner_target=...) naming a "
+                        f"target with pytest; targets: {', '.join(settings.targets)}"
+                    )
+                build.append(runner_target)
+                variable = f"BUILDTASKS_IMAGE_{runner_target.upper().replace('-', '_')}"
+                runner_image = sh.env[variable]
             options = stack.IntegrationOptions(
                 session=name,
                 files=tuple(compose),
-                targets=None if targets is None else tuple(targets),
+                targets=tuple(dict.fromkeys(build)),
                 wait_timeout=wait_timeout,
                 artifacts=artifacts,
+                runner_image=runner_image,
+                pytest_args=(*pytest_args, *posargs),
             )
 
             def run_tests(env: dict[str, str], artifact_dir: Path) -> None:
                 junit = f"--junitxml={artifact_dir / 'junit.xml'}"
-                session.run("pytest", *pytest_args, junit, *session.posargs, env=env)
+                session.run("pytest", *pytest_args, junit, *posargs, env=env)
 
             stack.integration(sh, settings, options, run_tests)
         except BuildtasksError as exc:

@@ -241,6 +241,8 @@ class IntegrationOptions:
     targets: tuple[str, ...] | None = None  # None: the stack's configured targets
     wait_timeout: int | None = None
     artifacts: str = "artifacts"
+    runner_image: str = ""  # run pytest in this image on the stack's network instead
+    pytest_args: tuple[str, ...] = ()  # for the runner container
 
 
 def integration(
@@ -262,13 +264,22 @@ def integration(
         stack = Compose(name, (*base.files, _owner_override(sh, base, Path(tmp), options.session)))
         try:
             up(sh, stack, options.wait_timeout or settings.stack.wait_timeout)
-            endpoints = compose.published_ports(sh, stack)
+            config = compose.resolved_config(sh, stack)
+            inside = bool(options.runner_image)
+            endpoints = (
+                compose.internal_ports(config) if inside else compose.published_ports(sh, stack)
+            )
             env = {
                 **compose.endpoint_variables(endpoints, ENDPOINT_PREFIX),
                 f"{ENDPOINT_PREFIX}_PROJECT": name,
             }
             print(f"stack {name} is healthy; endpoints: {env}", flush=True)
-            run_tests(env, artifacts)
+            if inside:
+                artifacts.mkdir(parents=True, exist_ok=True)
+                network = config["networks"]["default"]["name"]
+                sh.run(runner_argv(settings.root, name, network, options, env, artifacts))
+            else:
+                run_tests(env, artifacts)
         finally:
             with signals_deferred():
                 try:
@@ -279,6 +290,23 @@ def integration(
                     sh.run(stack.down(volumes=True), check=False)
                     print(f"stack {name} removed; artifacts in {artifacts}", flush=True)
     return name
+
+
+def runner_argv(
+    root: Path, project: str, network: str, options: IntegrationOptions, env: dict, artifacts: Path
+) -> list[str]:
+    """pytest in a test-runner container on the stack's network: the project read-only at
+    /work, JUnit XML to the artifacts directory. Labelled as part of the stack, so the
+    stack's `down --remove-orphans` removes it whatever happens."""
+    argv = ["docker", "run", "--rm", "--name", f"{project}-tests", "--network", network,
+            "--label", f"{PROJECT_LABEL}={project}", "--user", "0:0",
+            "--volume", f"{root}:/work:ro", "--volume", f"{artifacts}:/artifacts",
+            "--workdir", "/work", "--env", "PYTHONDONTWRITEBYTECODE=1"]  # fmt: skip
+    for key, value in env.items():
+        argv += ["--env", f"{key}={value}"]
+    pytest = ["-m", "pytest", "-p", "no:cacheprovider", *options.pytest_args]
+    return [*argv, "--entrypoint", "python", options.runner_image, *pytest,
+            "--junitxml=/artifacts/junit.xml"]  # fmt: skip
 
 
 def orphaned_projects(prefix: str) -> list[str]:

@@ -73,6 +73,15 @@ def published_ports(sh: Shell, compose: Compose) -> dict[tuple[str, int], str]:
     return endpoints
 
 
+def internal_ports(config: dict) -> dict[tuple[str, int], str]:
+    """{(service, container port): "service:port"}: the addresses on the stack's network."""
+    return {
+        (service, int(port["target"])): f"{service}:{port['target']}"
+        for service, definition in config.get("services", {}).items()
+        for port in definition.get("ports", [])
+    }
+
+
 def endpoint_variables(endpoints: dict[tuple[str, int], str], prefix: str) -> dict[str, str]:
     """Environment for tests: PREFIX_<SERVICE>_<PORT>=host:port."""
     return {

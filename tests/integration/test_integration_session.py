@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +201,19 @@ def test_clean_removes_a_killed_runs_stack_and_nothing_else(engine, mirror, tmp_
         assert leftovers(engine, foreign), "the foreign project must survive"
     finally:
         subprocess.run([*compose, "down", "-v"], env=env, capture_output=True)
+
+
+def test_in_container_run_of_the_example_leaves_nothing(engine):
+    """`nox -s integration -- --in-container`: pytest inside the dev image on the stack's
+    network passes the example's end-to-end tests and the stack and runner are gone."""
+    argv = [sys.executable, "-m", "nox", "-f", str(REPO / "noxfile.py"), "-R",
+            "-s", "integration", "--", "--in-container"]  # fmt: skip
+    result = subprocess.run(argv, cwd=REPO, env=nox_env(), capture_output=True, text=True,
+                            timeout=900)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "/buildtasks/jobsvc:dev -m pytest" in output  # the runner is the dev image
+    assert "3 passed" in output
+    project = re.search(r"stack (\S+) is healthy", output).group(1)
+    assert (REPO / "artifacts" / project / "junit.xml").is_file()
+    assert leftovers(engine, project) == []

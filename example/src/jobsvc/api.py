@@ -40,6 +40,8 @@ def make_handler(store, queue, data_dir: Path):
                 report = health(store, queue, data_dir)
                 ok = report["status"] == "ok"
                 self.send_json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, report)
+            elif self.path.startswith("/jobs/") and self.path.endswith("/result"):
+                self.send_result(self.path.removeprefix("/jobs/").removesuffix("/result"))
             elif self.path.startswith("/jobs/"):
                 job = store.get(self.path.removeprefix("/jobs/"))
                 if job is None:
@@ -48,6 +50,14 @@ def make_handler(store, queue, data_dir: Path):
                     self.send_json(HTTPStatus.OK, job)
             else:
                 self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+        def send_result(self, job_id: str) -> None:
+            """The job's result file as the worker wrote it under data/jobs/<id>/."""
+            path = data_dir / "jobs" / job_id / "result.json"
+            if "/" in job_id or not path.is_file():
+                self.send_json(HTTPStatus.NOT_FOUND, {"error": "no result for this job"})
+                return
+            self.send_json(HTTPStatus.OK, json.loads(path.read_text()))
 
         def do_POST(self) -> None:
             if self.path != "/jobs":
