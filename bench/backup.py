@@ -8,7 +8,6 @@ against the idle case.
 from __future__ import annotations
 
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report, timed
+
+from buildtasks.backup import redis
+from buildtasks.shell import Shell
 
 BT = [sys.executable, "-m", "buildtasks"]
 WRITER = """
@@ -72,29 +74,16 @@ def sqlite_bench(root: Path) -> None:
 
 
 def redis_bench(root: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     data = root / "redis"
     data.mkdir()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    cli = ["redis-cli", "-p", str(port)]
-    try:
-        while subprocess.run([*cli, "ping"], capture_output=True).returncode != 0:
-            time.sleep(0.05)
+    with redis.scratch_server(Shell(echo=False), data) as cli:
         fill = "for i = 1, 1000000 do redis.call('SET', 'key:' .. i, 'value:' .. i) end"
         subprocess.run([*cli, "EVAL", fill, "0"], check=True, capture_output=True)
-        proj = project(root / "redisproj", f'redis = {{ url = "redis://127.0.0.1:{port}/0" }}')
+        url = f"redis://127.0.0.1:{cli[-1]}/0"
+        proj = project(root / "redisproj", f'redis = {{ url = "{url}" }}')
         ours = timed([*BT, "backup"], proj, runs=3)
         raw = timed([*cli, "--rdb", str(root / "raw.rdb")], root, runs=3)
         report("redis 1M keys: inv backup vs redis-cli --rdb", ours, raw, 1.3)
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 from pathlib import Path
 
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
@@ -23,6 +24,13 @@ def can_build(wanted: str) -> bool:
     arch = wanted.split("/")[1] if "/" in wanted else wanted
     handler = Path("/proc/sys/fs/binfmt_misc") / f"qemu-{_QEMU.get(arch, arch)}"
     return handler.is_file() and handler.read_text().startswith("enabled")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def pid_alive(pid: int) -> bool:

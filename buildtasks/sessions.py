@@ -56,8 +56,7 @@ def integration_session(
                         f"target with pytest; targets: {', '.join(settings.targets)}"
                     )
                 build.append(runner_target)
-                variable = f"BUILDTASKS_IMAGE_{runner_target.upper().replace('-', '_')}"
-                runner_image = sh.env[variable]
+                runner_image = sh.env[stack.image_variable(runner_target)]
             options = stack.IntegrationOptions(
                 session=name,
                 files=tuple(compose),
@@ -83,9 +82,12 @@ def integration_session(
         try:
             settings = config.load(root)
             prefix = f"{stack.stack_compose(settings).project}-{name}"
-            orphans = stack.orphaned_projects(prefix)
+            from buildtasks.docker.engine import Engine
+
+            client = Engine().client
+            orphans = stack.orphaned_projects(client, prefix)
             for project in orphans:
-                for item in stack.remove_project(project, dry=False):
+                for item in stack.remove_project(client, project):
                     session.log(f"removed {item}")
             session.log(f"{len(orphans)} orphaned {name} stack(s) removed")
         except BuildtasksError as exc:

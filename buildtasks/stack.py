@@ -37,6 +37,11 @@ class StackUnhealthy(BuildtasksError):
     """The stack did not become healthy in time."""
 
 
+def image_variable(target: str) -> str:
+    """The variable compose files use for a target's image: BUILDTASKS_IMAGE_<TARGET>."""
+    return f"BUILDTASKS_IMAGE_{target.upper().replace('-', '_')}"
+
+
 def image_variables(settings: Settings, sh: Shell) -> dict[str, str]:
     """BUILDTASKS_IMAGE_<TARGET> = the target's first tag, for the compose files to use."""
     state = git.state(sh, settings.root)
@@ -45,7 +50,7 @@ def image_variables(settings: Settings, sh: Shell) -> dict[str, str]:
         values = template_values(target.name, settings.version, state)
         tags = render_tags(target.tags, settings.image, values)
         if tags:
-            variables[f"BUILDTASKS_IMAGE_{target.name.upper().replace('-', '_')}"] = tags[0]
+            variables[image_variable(target.name)] = tags[0]
     return variables
 
 
@@ -201,11 +206,10 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _owner_override(sh: Shell, stack: Compose, directory: Path, session: str) -> Path:
+def _owner_override(config: dict, directory: Path, session: str) -> Path:
     """A compose file that labels every container, network and volume with this run's owner,
     so `integration-clean` can tell a killed run's stack from one still starting."""
     labels = {OWNER_LABEL: owner(), "io.buildtasks.session": session}
-    config = compose.resolved_config(sh, stack)
     override = {
         kind: {name: {"labels": labels} for name in config.get(kind) or {}}
         for kind in ("services", "networks", "volumes")
@@ -261,13 +265,15 @@ def integration(
     base = stack_compose(settings, options.files, name)
     artifacts = settings.root / options.artifacts / name
     with tempfile.TemporaryDirectory(prefix="buildtasks-stack-") as tmp, interrupts_on_sigterm():
-        stack = Compose(name, (*base.files, _owner_override(sh, base, Path(tmp), options.session)))
+        config = compose.resolved_config(sh, base)
+        stack = Compose(name, (*base.files, _owner_override(config, Path(tmp), options.session)))
         try:
             up(sh, stack, options.wait_timeout or settings.stack.wait_timeout)
-            config = compose.resolved_config(sh, stack)
             inside = bool(options.runner_image)
             endpoints = (
-                compose.internal_ports(config) if inside else compose.published_ports(sh, stack)
+                compose.internal_ports(config)
+                if inside
+                else compose.published_ports(sh, stack, config)
             )
             env = {
                 **compose.endpoint_variables(endpoints, ENDPOINT_PREFIX),
@@ -309,11 +315,8 @@ def runner_argv(
             "--junitxml=/artifacts/junit.xml"]  # fmt: skip
 
 
-def orphaned_projects(prefix: str) -> list[str]:
+def orphaned_projects(client, prefix: str) -> list[str]:
     """Compose projects named PREFIX-… whose owning run is gone (killed with SIGKILL)."""
-    from buildtasks.docker.engine import Engine
-
-    client = Engine().client
     owners: dict[str, set[str]] = {}
     for container in client.containers.list(all=True, filters={"label": PROJECT_LABEL}):
         project = container.labels[PROJECT_LABEL]
@@ -327,23 +330,17 @@ def orphaned_projects(prefix: str) -> list[str]:
     return sorted(p for p, labels in owners.items() if not any(map(owner_alive, labels)))
 
 
-def remove_project(project: str, dry: bool) -> list[str]:
+def remove_project(client, project: str) -> list[str]:
     """Remove a compose project's containers, networks and volumes by label."""
-    from buildtasks.docker.engine import Engine
-
-    client = Engine().client
     selector = {"label": f"{PROJECT_LABEL}={project}"}
     removed = []
     for container in client.containers.list(all=True, filters=selector):
         removed.append(f"container {container.name}")
-        if not dry:
-            container.remove(force=True, v=True)
+        container.remove(force=True, v=True)
     for network in client.networks.list(filters=selector):
         removed.append(f"network {network.name}")
-        if not dry:
-            network.remove()
+        network.remove()
     for volume in client.volumes.list(filters=selector):
         removed.append(f"volume {volume.name}")
-        if not dry:
-            volume.remove(force=True)
+        volume.remove(force=True)
     return removed

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import shutil
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from buildtasks.errors import BuildtasksError
+from buildtasks.platforms import free_port
 from buildtasks.shell import Shell
 
 
@@ -136,26 +139,36 @@ def restore_script(details: dict) -> str:
     return exports + RESTORE_SCRIPT
 
 
+@contextlib.contextmanager
+def scratch_server(sh: Shell, directory: Path) -> Iterator[list[str]]:
+    """A throwaway redis-server on 127.0.0.1 loading directory/dump.rdb if there is one;
+    yields the redis-cli argv that reaches it, and shuts it down without saving."""
+    port = str(free_port())
+    sh.run(
+        ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", str(directory),
+         "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "yes",
+         "--logfile", str(directory / "redis.log")],
+    )  # fmt: skip
+    cli = ["redis-cli", "-p", port]
+    try:
+        for _ in range(200):
+            if sh.run([*cli, "ping"], query=True, check=False).stdout.strip() == "PONG":
+                break
+            time.sleep(0.05)
+        else:
+            raise RedisBackupError(
+                f"a scratch redis-server did not start: see {directory}/redis.log"
+            )
+        yield cli
+    finally:
+        sh.run([*cli, "shutdown", "nosave"], query=True, check=False)
+
+
 def restore_url(sh: Shell, rdb: Path, url: str, scratch: Path) -> int:
     """Load the RDB into a scratch redis-server and MIGRATE every key into the target
     (REPLACE); returns the number of keys moved."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
     shutil.copy(rdb, scratch / "dump.rdb")
-    sh.run(
-        ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", str(scratch),
-         "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "yes",
-         "--logfile", str(scratch / "redis.log")],
-    )  # fmt: skip
-    local = ["redis-cli", "-p", port]
-    try:
-        for _ in range(100):
-            if sh.run([*local, "ping"], query=True, check=False).stdout.strip() == "PONG":
-                break
-            time.sleep(0.05)
+    with scratch_server(sh, scratch) as local:
         keys = sh.output([*local, "--scan"]).split("\n")
         keys = [k for k in keys if k]
         target = _target(url)
@@ -167,8 +180,6 @@ def restore_url(sh: Shell, rdb: Path, url: str, scratch: Path) -> int:
                 query=True,
             )  # fmt: skip
         return len(keys)
-    finally:
-        sh.run([*local, "shutdown", "nosave"], query=True, check=False)
 
 
 def _target(url: str) -> dict:

@@ -60,9 +60,9 @@ def resolved_config(sh: Shell, compose: Compose) -> dict:
     return json.loads(sh.output(compose.argv("config", "--format", "json")))
 
 
-def published_ports(sh: Shell, compose: Compose) -> dict[tuple[str, int], str]:
-    """{(service, container port): "host:port"} for every published port of the stack."""
-    config = resolved_config(sh, compose)
+def published_ports(sh: Shell, compose: Compose, config: dict) -> dict[tuple[str, int], str]:
+    """{(service, container port): "host:port"} for every port the stack's resolved config
+    publishes, as the engine bound it."""
     endpoints = {}
     for service, definition in config.get("services", {}).items():
         for port in definition.get("ports", []):  # every `ports` entry is published

@@ -145,11 +145,10 @@ class Engine:
     def images_in_use(self) -> set[str]:
         return {c.attrs["Image"] for c in self.client.containers.list(all=True)}
 
-    def dangling(self, repository: str) -> list[Item]:
+    def dangling(self, repository: str, in_use: set[str]) -> list[Item]:
         images = self.client.images.list(
             filters={"dangling": True, "label": f"{IMAGE_LABEL}={repository}"}
         )
-        in_use = self.images_in_use()
         return [
             Item("dangling-image", i.short_id, i.attrs.get("Size", 0), i.id)
             for i in images
@@ -166,17 +165,8 @@ class Engine:
             if c.labels.get(PROJECT_LABEL, "").startswith(project_prefix)
         ]
 
-    def build_cache(self, until: timedelta) -> list[Item]:
-        records = self.client.df().get("BuildCache") or []
-        cutoff = datetime.now(UTC) - until
-        items = []
-        for record in records:
-            last = record.get("LastUsedAt") or record.get("CreatedAt") or ""
-            if not record.get("InUse") and last and _parse_time(last) < cutoff:
-                items.append(
-                    Item("build-cache", record["ID"][:12], record.get("Size", 0), record["ID"])
-                )
-        return items
+    def build_cache_records(self) -> list[dict]:
+        return self.client.df().get("BuildCache") or []
 
     def usage(self) -> int:
         """Bytes the engine holds: image layers, containers, volumes, build cache."""
@@ -202,6 +192,19 @@ class Engine:
             pass  # already gone
 
 
+def old_build_cache(records: list[dict], until: timedelta) -> list[Item]:
+    """Build cache records not in use and unused for longer than until."""
+    cutoff = datetime.now(UTC) - until
+    items = []
+    for record in records:
+        last = record.get("LastUsedAt") or record.get("CreatedAt") or ""
+        if not record.get("InUse") and last and _parse_time(last) < cutoff:
+            items.append(
+                Item("build-cache", record["ID"][:12], record.get("Size", 0), record["ID"])
+            )
+    return items
+
+
 def _parse_time(text: str) -> datetime:
     """RFC 3339 as the engine writes it (nanoseconds, Z or an offset)."""
     match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?", text)
@@ -219,9 +222,9 @@ def remove_blob(item: Item) -> None:
 def plan(settings, engine: Engine) -> list[Item]:
     """Everything a project-scoped prune would remove."""
     config = settings.cache
-    items = engine.build_cache(parse_duration(config.until))
-    items += engine.dangling(settings.image)
     in_use = engine.images_in_use()
+    items = old_build_cache(engine.build_cache_records(), parse_duration(config.until))
+    items += engine.dangling(settings.image, in_use)
     items += stale_tags(engine.images(), settings.image, config.keep_images, in_use)
     items += engine.stopped_containers(stack_compose(settings).project)
     for directory in config.dirs:
@@ -245,9 +248,9 @@ def apply(sh, engine: Engine, settings, items: list[Item]) -> None:
 
 def usage_report(settings, engine: Engine) -> dict:
     """What `inv cache.usage` shows: sizes of everything prune looks at."""
-    cache = engine.client.df().get("BuildCache") or []
+    cache = engine.build_cache_records()
     images = [i for i in engine.images() if is_project_image(i, settings.image)]
-    old_cache = engine.build_cache(parse_duration(settings.cache.until))
+    old_cache = old_build_cache(cache, parse_duration(settings.cache.until))
     return {
         "build_cache": {
             "total": sum(r.get("Size", 0) for r in cache),
@@ -258,7 +261,7 @@ def usage_report(settings, engine: Engine) -> dict:
             {"id": i.id[:19], "tags": list(i.tags), "size": i.size, "created": i.created}
             for i in images
         ],
-        "dangling": [i.name for i in engine.dangling(settings.image)],
+        "dangling": [i.name for i in engine.dangling(settings.image, engine.images_in_use())],
         "stopped_containers": [
             i.name for i in engine.stopped_containers(stack_compose(settings).project)
         ],

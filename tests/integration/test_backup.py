@@ -6,7 +6,6 @@ import hashlib
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from buildtasks import config
-from buildtasks.backup import sets
+from buildtasks.backup import redis, sets
+from buildtasks.platforms import free_port
 from buildtasks.shell import Shell
 from tests.conftest import REPO, run_cli
 
@@ -179,23 +179,9 @@ def test_retention_keeps_the_three_newest(tmp_path):
 POPULATE = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'key:' .. i, i) end"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_redis_at_a_url_round_trip(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    cli = ["redis-cli", "-p", str(port)]
-    try:
-        while subprocess.run([*cli, "ping"], capture_output=True).returncode != 0:
-            time.sleep(0.05)
+    with redis.scratch_server(Shell(echo=False), tmp_path) as cli:
+        port = cli[-1]
         subprocess.run([*cli, "EVAL", POPULATE, "0", "5000"], check=True, capture_output=True)
         project = tmp_path / "project"
         project.mkdir()
@@ -210,9 +196,6 @@ def test_redis_at_a_url_round_trip(tmp_path):
         assert restore.returncode == 0, restore.stderr
         size = subprocess.run([*cli, "DBSIZE"], capture_output=True, text=True).stdout.strip()
         assert size == "5000"
-    finally:
-        server.terminate()
-        server.wait()
 
 
 @pytest.fixture

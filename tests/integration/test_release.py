@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from buildtasks.platforms import free_port
 from tests.conftest import REPO, remove_images, run_cli, run_once
 
 pytestmark = pytest.mark.integration
@@ -25,12 +25,6 @@ IDENTITY = {
     "GIT_COMMITTER_NAME": "Release Manager",
     "GIT_COMMITTER_EMAIL": "rm@localhost",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import uuid
 
 import pytest
 
+from buildtasks.platforms import free_port
 from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_deploy_is_healthy_and_health_fails_after_redis_stops(engine, registry_prefix):
