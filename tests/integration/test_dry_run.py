@@ -12,11 +12,14 @@ registry's tags, and Redis's DBSIZE and save counters.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -86,6 +89,7 @@ context = "services/web"
 mirror = "${{BASE_IMAGE_MIRROR:-}}"
 
 [tool.buildtasks.targets.web]
+stage = "runtime"
 platforms = ["linux/amd64"]
 checks = ["non-root", "healthcheck"]
 build_args = {{ PYTHON_IMAGE = "python:3.11-slim" }}
@@ -192,33 +196,35 @@ def tree(root: Path) -> dict[str, tuple]:
     return entries
 
 
-MANIFEST_TYPES = ", ".join(
-    [
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    ]
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
 )
 
 
-def registry_tags(prefix: str) -> dict[str, str]:
-    """repository:tag -> digest of every tag under prefix in the registry."""
-    host, _, namespace = prefix.partition("/")
-    with urllib.request.urlopen(f"http://{host}/v2/_catalog?n=10000", timeout=10) as reply:
-        repositories = [r for r in json.load(reply)["repositories"] if r.startswith(namespace)]
+def registry_tags(repository: str) -> dict[str, str]:
+    """tag -> digest of every tag of repository (host/name) in the registry."""
+    host, _, name = repository.partition("/")
+    try:
+        with urllib.request.urlopen(f"http://{host}/v2/{name}/tags/list", timeout=10) as reply:
+            tags = json.load(reply).get("tags") or []
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # nothing pushed yet
+            return {}
+        raise
     digests = {}
-    for repository in repositories:
-        with urllib.request.urlopen(f"http://{host}/v2/{repository}/tags/list", timeout=10) as r:
-            tags = json.load(r).get("tags") or []
-        for tag in tags:
-            request = urllib.request.Request(
-                f"http://{host}/v2/{repository}/manifests/{tag}",
-                method="HEAD",
-                headers={"Accept": MANIFEST_TYPES},
-            )
-            with urllib.request.urlopen(request, timeout=10) as r:
-                digests[f"{repository}:{tag}"] = r.headers["Docker-Content-Digest"]
+    for tag in tags:
+        # One Accept header per type: the registry ignores a comma-joined list and falls
+        # back to schema 1, which it cannot produce for an index.
+        connection = http.client.HTTPConnection(host, timeout=10)
+        connection.putrequest("HEAD", f"/v2/{name}/manifests/{tag}")
+        for media_type in MANIFEST_TYPES:
+            connection.putheader("Accept", media_type)
+        connection.endheaders()
+        digests[tag] = connection.getresponse().getheader("Docker-Content-Digest")
+        connection.close()
     return digests
 
 
@@ -247,12 +253,25 @@ def redis_state(engine, project: str) -> tuple:
     )
 
 
+def image_list(engine) -> list[dict]:
+    """The engine's images, low-level (no per-image inspect). Another user removing an
+    image while the engine lists them makes it answer 404 once: ask again."""
+    import docker
+
+    for _ in range(5):
+        try:
+            return engine.api.images(all=True)
+        except docker.errors.NotFound:
+            time.sleep(0.5)
+    return engine.api.images(all=True)
+
+
 def world(engine, root: Path, remote: Path, prefix: str, project: str) -> dict:
     label = {"label": f"com.docker.compose.project={project}"}
     images = sorted(
-        (image.id, tuple(sorted(image.tags)))
-        for image in engine.images.list(all=True)
-        if any(tag.startswith(prefix) for tag in image.tags)
+        (image["Id"], tuple(sorted(image["RepoTags"] or ())))
+        for image in image_list(engine)
+        if any(tag.startswith(prefix) for tag in image["RepoTags"] or ())
     )
     return {
         "tree": tree(root),
@@ -266,7 +285,7 @@ def world(engine, root: Path, remote: Path, prefix: str, project: str) -> dict:
         ),
         "volumes": sorted(v.name for v in engine.volumes.list(filters=label)),
         "networks": sorted(n.name for n in engine.networks.list(filters=label)),
-        "registry": registry_tags(prefix),
+        "registry": registry_tags(f"{prefix}/shop"),
         "redis": redis_state(engine, project),
     }
 
@@ -298,6 +317,7 @@ def live_project(engine, mirror, tmp_path_factory):
         ok(inv(root, "proto"))
         git(root, "add", "-A")
         git(root, "commit", "-qm", "generated code")
+        git(root, "push", "-q", "origin", "main")
         ok(inv(root, "deploy"))
         ok(inv(root, "build-tools", "--no-check"))
         ok(inv(root, "push"))
