@@ -468,7 +468,7 @@ def _read_text(path: Path, where: str) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{where}: {path.name} is not UTF-8 text") from None
+        raise ConfigError(f"{where}: {_key(path.name)} is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
 
@@ -582,7 +582,7 @@ def parse(
         raise ConfigError(f"{where}.targets must be a table of [tool.buildtasks.targets.NAME]")
     targets = {}
     for name, target_table in targets_table.items():
-        target_where = f"{where}.targets.{name}"
+        target_where = f"{where}.targets.{_key(name)}"
         if not _TARGET_NAME.fullmatch(name):
             raise ConfigError(
                 f"{target_where}: target names are lowercase letters, digits, - and _"
@@ -679,7 +679,7 @@ def _fields(
                 if close
                 else f"; known keys: {', '.join(sorted(known))}"
             )
-            raise ConfigError(f"{where}: unknown key `{key}`{hint}")
+            raise ConfigError(f"{where}: unknown key `{_key(key)}`{hint}")
         values[key] = _check(cls, key, _value(cls, key, value, where, env), where, ctx)
     return values
 
@@ -703,7 +703,7 @@ def _interpolated(value: object, env: Mapping[str, str], where: str):
     if isinstance(value, list):
         return [_interpolated(v, env, where) for v in value]
     if isinstance(value, dict):
-        return {k: _interpolated(v, env, f"{where}.{k}") for k, v in value.items()}
+        return {k: _interpolated(v, env, f"{where}.{_key(k)}") for k, v in value.items()}
     return value
 
 
@@ -767,6 +767,11 @@ def _describe(hint: object) -> str:
     if origin is Mapping:
         return "a table of strings"
     return "a table"
+
+
+def _key(text: str) -> str:
+    """A key or name as an error shows it: quoted when it holds a newline or the like."""
+    return text if text.isprintable() else repr(text)
 
 
 def _kind(value: object) -> str:

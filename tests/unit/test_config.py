@@ -1,16 +1,19 @@
-import dataclasses
 import tempfile
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
 import tomlkit
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from invoke import Config, Context
 
 from buildtasks import config
 from buildtasks.config import CHECKS, DEFAULT_TAGS, Target
 from buildtasks.errors import ConfigError
+from buildtasks.tasks import collection
+from buildtasks.tasks.common import settings as task_settings
 
 REPO = Path(__file__).resolve().parents[2]
 _SCHEMA = (
@@ -349,74 +352,96 @@ def test_settings_cannot_be_changed_through_their_mappings(tmp_path):
         settings.targets["b"] = settings.targets["a"]  # type: ignore[index]
 
 
-# --- any document: a ConfigError or settings, never a traceback -------------------------------
+# --- any document: settings or one ConfigError line, never a traceback ----------------------
 
-_KEYS = sorted(
-    {f.name for cls in _SCHEMA for f in dataclasses.fields(cls)}
-    | {"targets", "prod", "dev", "service", "url", "buildtasks", "tool", "project", "name"}
+# Values a user might write, right and wrong, mixed with anything TOML can hold.
+_WORDS = [
+    "", ".", "..", "../x", "/etc/passwd", "x", "sub", "loop", "v.py", "bad.env", "${X", "${HOME}",
+    "${NOPE:-d}", "$$", "{target", "{}", "{target}", "{sha}-x", "r/x:{branch}", "a:b",
+    "api:/app/x", "api:/../x", "linux/amd64", "amd64", "250MB", "-5MB", "0", "1.5 GiB", "168h",
+    "7d", "reg:5000/a/b", "Reg/A", "A B", "\x00", "a\nb", "ca=ca-bundle", "t=env:TOKEN",
+    "k=file:../k", "k=file:sub/k", "1000:1000", "@buildtasks", "docker-image://x", "redis://h",
+    "http://x", "prod", "Dockerfile", "provenance", "registry", "/health",
+]  # fmt: skip
+_TEXT = st.sampled_from(_WORDS) | st.text(max_size=12)
+_ANY = st.recursive(
+    _TEXT
+    | st.integers()
+    | st.integers(min_value=-2, max_value=70_000)
+    | st.floats()
+    | st.booleans()
+    | st.datetimes(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=12,
 )
-_TEXT = st.one_of(
-    st.sampled_from(
-        [
-            "",
-            ".",
-            "..",
-            "../x",
-            "/etc/passwd",
-            "x",
-            "${X",
-            "${HOME}",
-            "${NOPE:-d}",
-            "$$",
-            "{target",
-            "{}",
-            "{target}",
-            "a:b",
-            "api:/app/x",
-            "linux/amd64",
-            "250MB",
-            "-5MB",
-            "0",
-            "168h",
-            "7d",
-            "reg:5000/a/b",
-            "A B",
-            "\x00",
-            "ca=ca-bundle",
-            "k=file:../k",
-            "1000:1000",
-            "@buildtasks",
-            "docker-image://x",
-            "redis://h",
-            "http://x",
-            "prod",
-            "Dockerfile",
-        ]
-    ),
-    st.text(max_size=20),
-)
-_SCALARS = st.one_of(
-    _TEXT,
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=True),
-    st.booleans(),
-    st.dates(),
-    st.datetimes(),
-)
-_VALUES = st.recursive(
-    _SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=8), inner, max_size=5)
-    ),
-    max_leaves=25,
-)
-_TABLES = st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=8), _VALUES, max_size=8)
+_VALUE = _ANY | st.lists(_TEXT, max_size=3) | st.dictionaries(_TEXT, _TEXT, max_size=2)
 
 
-def _document(table: dict, project: object) -> bytes | None:
+def _mostly(good: st.SearchStrategy, bad: st.SearchStrategy) -> st.SearchStrategy:
+    """good four times in five, so that most documents get past their first key."""
+    return st.integers(0, 4).flatmap(lambda i: bad if i == 0 else good)
+
+
+def _typed(hint) -> st.SearchStrategy:
+    """Values of the declared type, mostly, so that checks deep inside the schema run."""
+    text = str(hint)
+    if "Mapping" in text:
+        typed = st.dictionaries(_TEXT, _TEXT, max_size=2)
+    elif "tuple" in text:
+        typed = st.lists(_TEXT, max_size=3)
+    elif "int" in text:
+        typed = st.integers(min_value=-2, max_value=70_000)
+    elif "bool" in text:
+        typed = st.booleans()
+    else:
+        typed = _TEXT
+    return _mostly(typed, _VALUE)
+
+
+def _table_of(cls, **sections):
+    """A table with a few of cls's own keys, mostly of their types (so checks deep inside
+    the schema run), maybe an unknown key, and sections that are themselves such tables."""
+    fields = {
+        name: _typed(hint)
+        for name, hint in typing.get_type_hints(cls).items()
+        if name not in ("root", "dotenv", "name", *sections)
+    }
+    fields["unknown_key"] = _VALUE
+    chosen = st.lists(st.sampled_from(sorted(fields)), max_size=3, unique=True)
+    return st.tuples(
+        chosen.flatmap(lambda keys: st.fixed_dictionaries({k: fields[k] for k in keys})),
+        st.fixed_dictionaries(
+            {k: v for k, v in sections.items() if k == "image"},
+            optional={k: v for k, v in sections.items() if k != "image"},
+        ),
+    ).map(lambda parts: {**parts[0], **parts[1]})
+
+
+_TARGETS = st.dictionaries(
+    st.sampled_from(["prod", "dev", "a-b", "P"]) | st.text(max_size=5),
+    _table_of(config.Target) | _ANY,
+    max_size=3,
+)
+_BUILDTASKS = _table_of(
+    config.Settings,
+    image=_mostly(st.sampled_from(["reg/x", "127.0.0.1:5000/a/b"]), _TEXT),
+    targets=_TARGETS | _ANY,
+    proto=_table_of(config.ProtoSettings) | _ANY,
+    stack=_table_of(config.StackSettings) | _ANY,
+    backup=_table_of(config.BackupSettings) | _ANY,
+    release=_table_of(config.ReleaseSettings) | _ANY,
+    cache=_table_of(config.CacheSettings) | _ANY,
+)
+_PROJECT = st.fixed_dictionaries({}, optional={"name": _TEXT | _ANY, "version": _TEXT | _ANY})
+_DOCUMENTS = st.fixed_dictionaries(
+    {"tool": _mostly(st.fixed_dictionaries({"buildtasks": _BUILDTASKS}), _ANY)},
+    optional={"project": _mostly(_PROJECT, _ANY)},
+)
+
+
+def _toml(document: dict) -> bytes | None:
     try:
-        text = tomlkit.dumps({"project": project, "tool": {"buildtasks": table}})
+        text = tomlkit.dumps(document)
         tomllib.loads(text)
     except Exception:  # a dict TOML cannot express (tomlkit's own limits): not a document
         return None
@@ -425,28 +450,40 @@ def _document(table: dict, project: object) -> bytes | None:
 
 def _load_only_config_errors(body: bytes) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        Path(directory, "pyproject.toml").write_bytes(body)
-        (Path(directory) / "sub").mkdir()
+        root = Path(directory)
+        (root / "pyproject.toml").write_bytes(body)
+        (root / "sub").mkdir()
+        (root / "v.py").write_bytes(b"\x89PNG\xff__version__ = '1'")
+        (root / "bad.env").write_bytes(b"A=1\nB=\xff\n")
+        (root / "loop").symlink_to(root / "loop")
         try:
-            config.load(directory)
+            config.load(root)
         except ConfigError as exc:
             assert "\n" not in str(exc)
 
 
-@settings(max_examples=400, deadline=None)
-@given(table=_TABLES, project=_VALUES)
-def test_any_generated_table_loads_or_is_one_config_error(table, project):
-    body = _document(table, project)
+@settings(max_examples=500, deadline=None)
+@given(document=_DOCUMENTS)
+def test_any_generated_document_loads_or_is_one_config_error(document):
+    body = _toml(document)
     assume(body is not None)
     _load_only_config_errors(body)
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    base=st.sampled_from([(REPO / "pyproject.toml").read_bytes()]),
     cut=st.integers(min_value=0, max_value=4000),
     splice=st.binary(max_size=12) | _TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
 )
-def test_any_byte_string_loads_or_is_one_config_error(base, cut, splice):
+def test_any_byte_string_loads_or_is_one_config_error(cut, splice):
+    base = (REPO / "pyproject.toml").read_bytes()
     _load_only_config_errors(base[:cut] + splice + base[cut + len(splice) :])
     _load_only_config_errors(splice)
+
+
+def test_tasks_reuse_the_settings_the_namespace_loaded(tmp_path):
+    root = write_project(tmp_path, '[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.targets.a]\n')
+    loaded = config.load(root)
+    namespace = collection(loaded)
+    context = Context(Config(overrides=namespace.configuration()))
+    assert task_settings(context) is loaded  # one parse per process, not one per task
