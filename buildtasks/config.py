@@ -1,31 +1,289 @@
 """Project settings from ``[tool.buildtasks]`` in pyproject.toml.
 
+The schema is declared once, as the annotated fields of frozen dataclasses: msgspec checks
+each value's type and bounds (``Annotated[int, Meta(ge=1)]``), and the ``Rule`` markers in
+the annotations check what a type cannot say (a size, a duration, an image reference, a tag
+template, a path that stays inside its root). Every value is checked at load, so a task never
+meets a bad value halfway through a build.
+
 Values may use ``${VAR}`` and ``${VAR:-default}``, resolved from the process environment over
 the ``.env`` files named in ``env_files`` (later files override earlier ones; the real
-environment wins). Settings are frozen dataclasses; unknown keys, wrong types and unset
-variables are ConfigErrors that name the file and the key.
+environment wins). Every problem is one ConfigError line that names the file and the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import functools
+import io
 import os
 import re
+import string
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
 
 from buildtasks.errors import ConfigError
 
 CHECKS = ("non-root", "healthcheck", "size", "dockerignore")
 DEFAULT_TAGS = ("{target}", "{target}-{short_sha}")
-_TARGET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
+TEMPLATE_FIELDS = ("target", "version", "sha", "short_sha", "branch")
+_TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}|\$\{")
+_MAX_SECONDS = 7 * 24 * 3600  # timeouts beyond a week are typos, and overflow socket APIs
+
+# The docker reference grammar (github.com/distribution/reference, regexp.go).
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_REPOSITORY = re.compile(_NAME)
+_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
+_TAG_NAME = re.compile(_TAG)
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}  # Go durations, as `buildx prune --filter until=`
+
+
+def parse_size(text: str) -> int:
+    """Bytes in '250MB', '1.5 GiB', '900kb', '1024'. Decimal units are powers of 10."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ConfigError(f"size {text!r}: write a number with B, KB, MB, GB, KiB, MiB or GiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in '168h', '30m', '90s', '1h30m' (Go's duration units s, m and h)."""
+    parts = re.findall(r"([0-9]+)([smh])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ConfigError(
+            f"duration {text!r}: write a number with s, m or h (e.g. 168h for a week)"
+        )
+    return sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What rules need to know: where the project and its build context are."""
+
+    root: Path
+    context: Path
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check on a string the type alone cannot express; ``check`` returns the reason
+    the value is wrong, or None."""
+
+    check: Callable[[str, _Context], str | None]
+
+
+def _inside(base: Path, value: str, name: str) -> str | None:
+    """Why value, a path relative to base, is not a path inside base (None when it is)."""
+    if not value or "\x00" in value:
+        return "is not a path"
+    if Path(value).is_absolute():
+        return f"must be relative to {name}, not absolute"
+    try:
+        (base / value).resolve().relative_to(base)
+    except (ValueError, OSError, RuntimeError):  # outside; unreadable; a symlink loop
+        return f"points outside {name}"
+    return None
+
+
+def _project_path(value: str, ctx: _Context) -> str | None:
+    return _inside(ctx.root, value, "the project root")
+
+
+def _context_path(value: str, ctx: _Context) -> str | None:
+    # The build sends only its context: a Dockerfile elsewhere is a mistake.
+    return _inside(ctx.context, value, "the build context")
+
+
+def _data_path(value: str, ctx: _Context) -> str | None:
+    """Data may live anywhere the user names absolutely; relative paths stay in the project."""
+    if value.startswith("/") and "\x00" not in value:
+        return None
+    return _project_path(value, ctx)
+
+
+def _container_path(value: str, _: _Context) -> str | None:
+    parts = value.split("/")
+    if not value.startswith("/") or ".." in parts or "\x00" in value or value.strip() != value:
+        return "must be an absolute path inside the container, without .."
+    return None
+
+
+def _source(value: str, ctx: _Context) -> str | None:
+    """SERVICE:/path inside a compose service (as backup.sets reads it), else a host path."""
+    service, sep, path = value.partition(":")
+    if sep and path.startswith("/") and not _service(service, ctx):
+        return _container_path(path, ctx)
+    return _data_path(value, ctx)
+
+
+def _size(value: str, _: _Context) -> str | None:
+    try:
+        parse_size(value)
+    except ConfigError:
+        return "is not a size; write a number with B, KB, MB, GB, KiB, MiB or GiB (e.g. 250MB)"
+    return None
+
+
+def _budget(value: str, ctx: _Context) -> str | None:
+    if not value:
+        return None  # no budget
+    return _size(value, ctx) or (None if parse_size(value) > 0 else "must be above zero")
+
+
+def _duration(value: str, _: _Context) -> str | None:
+    try:
+        seconds = parse_duration(value)
+    except ConfigError:
+        return "is not a duration; write a number with s, m or h (e.g. 168h for a week)"
+    return None if seconds > 0 else "must be above zero"
+
+
+def _repository(value: str, _: _Context) -> str | None:
+    if len(value) <= 255 and _REPOSITORY.fullmatch(value):
+        return None
+    if _REFERENCE.fullmatch(value):
+        return "must be a repository without a tag or digest; put tags in the targets' tags"
+    return (
+        "is not an image repository: lowercase path components ([a-z0-9] joined by . _ -), "
+        "optionally after a registry host[:port]/"
+    )
+
+
+def _mirror(value: str, ctx: _Context) -> str | None:
+    return None if not value else _repository(value, ctx)
+
+
+def _tag_template(value: str, _: _Context) -> str | None:
+    try:
+        parsed = list(string.Formatter().parse(value))
+    except ValueError:
+        return "is not a tag template: unbalanced { or }; write {{ and }} for literal braces"
+    known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+    for _, name, spec, conversion in parsed:
+        if name is not None and (name not in TEMPLATE_FIELDS or spec or conversion):
+            return f"uses {{{name}}}; known fields: {known}"
+    rendered = value.format_map(dict.fromkeys(TEMPLATE_FIELDS, "x"))
+    if "/" in rendered or ":" in rendered:
+        match = _REFERENCE.fullmatch(rendered)
+        if match and len(match.group("name")) <= 255:
+            return None
+        return "is not an image reference (REPOSITORY:TAG) nor a tag"
+    if _TAG_NAME.fullmatch(rendered):
+        return None
+    return "is not a tag: letters, digits, _ . - (not first), at most 128 characters"
+
+
+def _platform(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?", value):
+        return None
+    return "is not a platform; write OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm/v7)"
+
+
+def _secret(value: str, ctx: _Context) -> str | None:
+    secret_id, sep, source = value.partition("=")
+    forms = "write ID, ID=env:VAR, ID=file:PATH or ID=ca-bundle"
+    kind, _, detail = source.partition(":")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", secret_id):
+        return f"is not a secret; {forms}"
+    if not sep or source == "ca-bundle":
+        return None
+    if kind == "env" and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", detail):
+        return None
+    if kind == "file":
+        return _project_path(detail, ctx)
+    return f"is not a secret; {forms}"
+
+
+def _named_context(value: str, ctx: _Context) -> str | None:
+    if value == "@buildtasks" or re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", value):
+        return None
+    return _project_path(value, ctx)
+
+
+def _service(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", value):
+        return None
+    return "is not a compose service name"
+
+
+def _compose_project(value: str, _: _Context) -> str | None:
+    if not value or re.fullmatch(r"[a-z0-9][a-z0-9_-]*", value):
+        return None
+    return "is not a compose project name: lowercase letters, digits, - and _"
+
+
+def _owner(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[a-z0-9_][a-z0-9_.-]*(?::[a-z0-9_][a-z0-9_.-]*)?", value, re.IGNORECASE):
+        return None
+    return "is not an owner; write UID:GID (e.g. 1000:1000) or USER[:GROUP]"
+
+
+def _url_path(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*", value):
+        return None
+    return "is not a URL path starting with /"
+
+
+def _word(value: str, _: _Context) -> str | None:
+    """Git refs, remotes, prefixes, stage names: no blanks, nothing an argv could misread."""
+    if value and re.fullmatch(r"[A-Za-z0-9_./+@-]+", value) and not value.startswith("-"):
+        return None
+    return "must be a single word of letters, digits and _ . / + @ - (not starting with -)"
+
+
+def _optional_word(value: str, ctx: _Context) -> str | None:
+    return None if not value else _word(value, ctx)
+
+
+def _arg_name(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        return None
+    return "is not a build argument name"
+
+
+def _context_name(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_./:@-]*", value):
+        return None
+    return "is not a build context name"
+
+
+def _cache_spec(value: str, _: _Context) -> str | None:
+    if value and not re.search(r"\s", value):
+        return None
+    return "is not a cache spec (type=...,key=value or an image reference)"
+
+
+Count = Annotated[int, Meta(ge=0)]
+Positive = Annotated[int, Meta(ge=1)]
+Seconds = Annotated[int, Meta(ge=1, le=_MAX_SECONDS)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+ProjectPath = Annotated[str, Rule(_project_path)]
+Platforms = tuple[Annotated[str, Rule(_platform)], ...]
 
 
 @dataclass(frozen=True)
@@ -33,21 +291,27 @@ class Target:
     """One image the project builds: ``[tool.buildtasks.targets.<name>]``."""
 
     name: str
-    dockerfile: str = "Dockerfile"
-    stage: str = ""
-    tags: tuple[str, ...] = DEFAULT_TAGS
-    build_args: Mapping[str, str] = field(default_factory=dict)
-    secrets: tuple[str, ...] = ()
-    platforms: tuple[str, ...] = ()  # push/release platforms; local builds use the native one
-    size_budget: str = ""
+    dockerfile: Annotated[str, Rule(_context_path)] = "Dockerfile"
+    stage: Annotated[str, Rule(_optional_word)] = ""
+    tags: Annotated[tuple[Annotated[str, Rule(_tag_template)], ...], Meta(min_length=1)] = (
+        DEFAULT_TAGS
+    )
+    build_args: Mapping[Annotated[str, Rule(_arg_name)], str] = field(default_factory=dict)
+    secrets: tuple[Annotated[str, Rule(_secret)], ...] = ()
+    platforms: Platforms = ()  # push/release platforms; local builds use the native one
+    size_budget: Annotated[str, Rule(_budget)] = ""  # as `docker images` shows the image
     checks: tuple[str, ...] | None = None  # None: every check for "prod", none otherwise
-    cache_from: tuple[str, ...] = ()
-    cache_to: tuple[str, ...] = ()
+    cache_from: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
+    cache_to: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
     # Extra named build contexts: a path (relative to the project), a URL such as
     # docker-image://..., or "@buildtasks" for this package's source (`inv proto` in a build).
-    contexts: Mapping[str, str] = field(default_factory=dict)
-    attest: tuple[str, ...] = ()  # "provenance" and/or "sbom"; none by default
-    cache: str = ""  # "registry": share BuildKit cache as {image}:buildcache-{target}
+    contexts: Mapping[Annotated[str, Rule(_context_name)], Annotated[str, Rule(_named_context)]] = (
+        field(default_factory=dict)
+    )
+    attest: tuple[typing.Literal["provenance", "sbom"], ...] = ()  # none by default
+    cache: typing.Literal["", "registry"] = (
+        ""  # share BuildKit cache as {image}:buildcache-{target}
+    )
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
@@ -55,14 +319,19 @@ class Target:
             return self.checks
         return CHECKS if self.name == "prod" else ()
 
+    @property
+    def size_budget_bytes(self) -> int | None:
+        """The budget in bytes, None when there is none."""
+        return parse_size(self.size_budget) if self.size_budget else None
+
 
 @dataclass(frozen=True)
 class ProtoSettings:
     """``[tool.buildtasks.proto]``: where specs live and where generated code goes."""
 
-    src: str
-    out: str
-    include: tuple[str, ...] = ()
+    src: ProjectPath
+    out: ProjectPath
+    include: tuple[ProjectPath, ...] = ()
     grpc: bool = True
     pyi: bool = True
 
@@ -71,53 +340,62 @@ class ProtoSettings:
 class StackSettings:
     """``[tool.buildtasks.stack]``: the compose stack `inv up/down/deploy/health` drive."""
 
-    compose: tuple[str, ...] = ("compose/prod.yml",)  # relative to the project root
-    project: str = ""  # compose project name; default: the image's repository name
-    app_service: str = "api"  # the service whose HTTP health endpoint `inv health` reads
-    app_port: int = 8000
-    health_path: str = "/health"
+    compose: Annotated[tuple[ProjectPath, ...], Meta(min_length=1)] = ("compose/prod.yml",)
+    project: Annotated[str, Rule(_compose_project)] = ""  # default: the image's repository name
+    app_service: Annotated[str, Rule(_service)] = "api"  # whose HTTP health `inv health` reads
+    app_port: Port = 8000
+    health_path: Annotated[str, Rule(_url_path)] = "/health"
     targets: tuple[str, ...] = ()  # built by `inv deploy` and `inv up --build`
-    wait_timeout: int = 120  # seconds `up --wait` may take
-    data_dirs: tuple[str, ...] = ()  # created in the app container by `inv deploy`
-    data_owner: str = "1000:1000"  # ... and chowned to the image's user
+    wait_timeout: Seconds = 120  # seconds `up --wait` may take
+    data_dirs: tuple[Annotated[str, Rule(_container_path)], ...] = ()  # made by `inv deploy`
+    data_owner: Annotated[str, Rule(_owner)] = "1000:1000"  # ... and chowned to the image's user
 
 
 @dataclass(frozen=True)
 class BackupSettings:
     """``[tool.buildtasks.backup]``: what `inv backup` saves and how long sets are kept."""
 
-    dir: str = "backups"
-    keep_last: int = 7
-    keep_daily: int = 0
-    keep_weekly: int = 0
-    sqlite: tuple[str, ...] = ()  # host paths, or SERVICE:/path inside a compose service
-    files: tuple[str, ...] = ()  # directories, same forms
+    dir: Annotated[str, Rule(_data_path)] = "backups"
+    keep_last: Positive = 7  # at least the set just taken
+    keep_daily: Count = 0
+    keep_weekly: Count = 0
+    # host paths, or SERVICE:/path inside a compose service
+    sqlite: tuple[Annotated[str, Rule(_source)], ...] = ()
+    files: tuple[Annotated[str, Rule(_source)], ...] = ()  # directories, same forms
     redis: Mapping[str, str] = field(default_factory=dict)  # {service = "..."} or {url = "..."}
-    redis_timeout: int = 300  # seconds a BGSAVE may take
+    redis_timeout: Seconds = 300  # seconds a BGSAVE may take
 
 
 @dataclass(frozen=True)
 class ReleaseSettings:
     """``[tool.buildtasks.release]``: what `inv release` bumps, records, builds and pushes."""
 
-    version_file: str = "pyproject.toml"  # [project] version, or a file with __version__
-    changelog: str = "CHANGELOG.md"  # Keep a Changelog format
-    branch: str = "main"
-    remote: str = "origin"
+    version_file: ProjectPath = "pyproject.toml"  # [project] version, or a file with __version__
+    changelog: ProjectPath = "CHANGELOG.md"  # Keep a Changelog format
+    branch: Annotated[str, Rule(_word)] = "main"
+    remote: Annotated[str, Rule(_word)] = "origin"
     targets: tuple[str, ...] = ()  # default: every target with platforms
-    platforms: tuple[str, ...] = ()  # default: each target's own
+    platforms: Platforms = ()  # default: each target's own
     latest: bool = False  # also move `latest` on stable releases
-    tag_prefix: str = "v"
+    tag_prefix: Annotated[str, Rule(_optional_word)] = "v"
 
 
 @dataclass(frozen=True)
 class CacheSettings:
     """``[tool.buildtasks.cache]``: what `inv prune` keeps."""
 
-    until: str = "168h"  # build cache unused for longer goes
-    keep_storage: str = "10GB"  # ... down to this much
-    keep_images: int = 3  # newest tagged images kept per target
-    dirs: tuple[str, ...] = ()  # local (type=local) cache export directories
+    until: Annotated[str, Rule(_duration)] = "168h"  # build cache unused for longer goes
+    keep_storage: Annotated[str, Rule(_size)] = "10GB"  # ... down to this much
+    keep_images: Count = 3  # newest tagged images kept per target
+    dirs: tuple[ProjectPath, ...] = ()  # local (type=local) cache export directories
+
+    @property
+    def until_seconds(self) -> int:
+        return parse_duration(self.until)
+
+    @property
+    def keep_storage_bytes(self) -> int:
+        return parse_size(self.keep_storage)
 
 
 @dataclass(frozen=True)
@@ -125,10 +403,10 @@ class Settings:
     """Everything buildtasks knows about one project."""
 
     root: Path
-    image: str
-    context: str = "."
-    env_files: tuple[str, ...] = (".env",)
-    mirror: str = ""
+    image: Annotated[str, Rule(_repository)]
+    context: ProjectPath = "."
+    env_files: tuple[ProjectPath, ...] = (".env",)
+    mirror: Annotated[str, Rule(_mirror)] = ""
     version: str = ""
     source: str = ""
     targets: Mapping[str, Target] = field(default_factory=dict)
@@ -155,6 +433,11 @@ def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
+        if match.group(0) == "${":
+            raise ConfigError(
+                f"{where}: unterminated or malformed ${{...}}; write ${{VAR}}, "
+                "${VAR:-default} or $$ for a literal $"
+            )
         name, has_default, default = match.group(1), match.group(2), match.group(3)
         if env.get(name):
             return env[name]
@@ -168,7 +451,7 @@ def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
     return _VARIABLE.sub(substitute, value)
 
 
-def read_env_files(root: Path, names: tuple[str, ...]) -> dict[str, str]:
+def read_env_files(root: Path, names: tuple[str, ...], where: str) -> dict[str, str]:
     """Merge the .env files that exist (a missing one is not an error), later over earlier."""
     from dotenv import dotenv_values
 
@@ -176,28 +459,89 @@ def read_env_files(root: Path, names: tuple[str, ...]) -> dict[str, str]:
     for name in names:
         path = root / name
         if path.is_file():
-            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+            values = dotenv_values(stream=io.StringIO(_read_text(path, where)))
+            merged.update({k: v for k, v in values.items() if v is not None})
     return merged
 
 
+def _read_text(path: Path, where: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {_key(path.name)} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A cached load: valid while the file, the environment and the files it read match."""
+
+    data: bytes
+    environ: tuple[tuple[str, str], ...]
+    reads: tuple[tuple[Path, tuple[int, int, int] | None], ...]
+    settings: Settings
+
+
+_loaded: dict[Path, _Loaded] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except (OSError, ValueError):
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
 def load(root: str | os.PathLike[str] = ".") -> Settings:
-    """Read the settings of the project whose pyproject.toml is in root."""
+    """The settings of the project whose pyproject.toml is in root.
+
+    Loaded once per process: later calls return the same object until pyproject.toml, the
+    environment, an env file or the version file changes (tasks, the namespace and nox
+    sessions all call this, and a release reloads after bumping the version)."""
     root = Path(root).resolve()
     pyproject = root / "pyproject.toml"
     try:
-        document = tomllib.loads(pyproject.read_text())
+        data = pyproject.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             f"no pyproject.toml in {root}; run from the project's root directory"
         ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {pyproject}: {exc.strerror}") from None
+    environ = tuple(sorted(os.environ.items()))
+    cached = _loaded.get(root)
+    if (
+        cached
+        and cached.data == data
+        and cached.environ == environ
+        and all(_stamp(path) == stamp for path, stamp in cached.reads)
+    ):
+        return cached.settings
+    settings = _load(root, data, pyproject.name)
+    reads = [root / name for name in settings.env_files] + [root / settings.release.version_file]
+    _loaded[root] = _Loaded(data, environ, tuple((p, _stamp(p)) for p in reads), settings)
+    return settings
+
+
+def _load(root: Path, data: bytes, file: str) -> Settings:
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{pyproject}: not valid TOML: {exc}") from None
-    table = document.get("tool", {}).get("buildtasks")
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    tool = document.get("tool", {})
+    table = tool.get("buildtasks") if isinstance(tool, dict) else None
     if not isinstance(table, dict):
         raise ConfigError(
-            f"{pyproject}: no [tool.buildtasks] table; add one with at least `image = ...`"
+            f"{file}: no [tool.buildtasks] table; add one with at least `image = ...`"
         )
-    return parse(table, root=root, project=document.get("project", {}), file=pyproject.name)
+    project = document.get("project", {})
+    if not isinstance(project, dict):
+        raise ConfigError(f"{file}: [project] must be a table")
+    return parse(table, root=root, project=project, file=file)
 
 
 def parse(
@@ -211,39 +555,41 @@ def parse(
     project = project or {}
     where = f"{file}: tool.buildtasks"
     raw = dict(table)
-    targets_table = raw.pop("targets", {})
-    proto_table = raw.pop("proto", None)
-    stack_table = raw.pop("stack", {})
-    backup_table = raw.pop("backup", {})
-    release_table = raw.pop("release", {})
-    cache_table = raw.pop("cache", {})
-    env_files = _convert(raw.get("env_files", [".env"]), tuple[str, ...], f"{where}.env_files")
-    dotenv = read_env_files(root, env_files)
+    sections = {
+        name: raw.pop(name, None)
+        for name in ("targets", "proto", "stack", "backup", "release", "cache")
+    }
+    root = root.resolve()
+    ctx = _Context(root, root)
+    env_files = _value(Settings, "env_files", raw.get("env_files", [".env"]), where, os.environ)
+    env_files = _check(Settings, "env_files", env_files, where, ctx)
+    dotenv = read_env_files(root, env_files, f"{where}.env_files")
     env = {**dotenv, **os.environ}
 
-    release = _section(ReleaseSettings, release_table, f"{where}.release", env)
+    release = _section(ReleaseSettings, sections["release"], f"{where}.release", env, ctx)
+    for key in ("name", "version"):
+        if not isinstance(project.get(key, ""), str):
+            raise ConfigError(f"{file}: project.{key} must be a string")
     raw.setdefault("image", project.get("name", ""))
-    raw.setdefault("version", _release_version(root, release) or project.get("version", ""))
-    sections = {"root", "targets", "proto", "stack", "backup", "release", "cache", "dotenv"}
-    values = _build(Settings, raw, where, env, skip=sections)
-    if not values["image"]:
+    raw.setdefault("version", _release_version(root, release, where) or project.get("version", ""))
+    if not raw["image"]:
         raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
+    values = _fields(Settings, raw, where, env, ctx, skip={"root", "dotenv", *sections})
+    ctx = _Context(root, (root / values.get("context", ".")).resolve())
+
+    targets_table = sections["targets"] or {}
     if not isinstance(targets_table, dict):
         raise ConfigError(f"{where}.targets must be a table of [tool.buildtasks.targets.NAME]")
     targets = {}
     for name, target_table in targets_table.items():
-        target_where = f"{where}.targets.{name}"
-        if not _TARGET_NAME.match(name):
+        target_where = f"{where}.targets.{_key(name)}"
+        if not _TARGET_NAME.fullmatch(name):
             raise ConfigError(
                 f"{target_where}: target names are lowercase letters, digits, - and _"
             )
-        if not isinstance(target_table, dict):
-            raise ConfigError(f"{target_where} must be a table")
-        target = Target(name=name, **_build(Target, target_table, target_where, env, {"name"}))
-        if set(target.attest) - {"provenance", "sbom"} or target.cache not in ("", "registry"):
-            raise ConfigError(
-                f'{target_where}: attest takes "provenance" and "sbom"; cache takes "registry"'
-            )
+        target = Target(
+            name=name, **_fields(Target, _table(target_table, target_where), target_where, env, ctx)
+        )
         unknown = set(target.enabled_checks) - set(CHECKS)
         if unknown:
             raise ConfigError(
@@ -251,115 +597,191 @@ def parse(
                 f"known checks: {', '.join(CHECKS)}"
             )
         targets[name] = target
-    proto = _section(ProtoSettings, proto_table, f"{where}.proto", env)
-    stack = _section(StackSettings, stack_table, f"{where}.stack", env)
-    unknown_targets = [t for t in stack.targets if t not in targets]
-    if unknown_targets:
-        raise ConfigError(
-            f"{where}.stack.targets: no target {unknown_targets[0]!r}; "
-            f"targets: {', '.join(targets) or 'none configured'}"
-        )
-    backup = _section(BackupSettings, backup_table, f"{where}.backup", env)
+
+    stack = _section(StackSettings, sections["stack"], f"{where}.stack", env, ctx)
+    backup = _section(BackupSettings, sections["backup"], f"{where}.backup", env, ctx)
+    for section, chosen in (("stack", stack.targets), ("release", release.targets)):
+        unknown_targets = [t for t in chosen if t not in targets]
+        if unknown_targets:
+            raise ConfigError(
+                f"{where}.{section}.targets: no target {unknown_targets[0]!r}; "
+                f"targets: {', '.join(targets) or 'none configured'}"
+            )
     if set(backup.redis) - {"service", "url"} or len(backup.redis) > 1:
         raise ConfigError(
             f'{where}.backup.redis: write {{ service = "NAME" }} or {{ url = "redis://..." }}'
         )
+    for kind, value in backup.redis.items():
+        reason = (
+            _service(value, ctx)
+            if kind == "service"
+            else None
+            if re.fullmatch(r"(rediss?|unix)://\S+", value)
+            else "is not a redis:// URL"
+        )
+        if reason:
+            raise ConfigError(f"{where}.backup.redis.{kind}: {value!r} {reason}")
     return Settings(
         root=root,
-        targets=targets,
-        proto=proto,
+        targets=types.MappingProxyType(targets),
+        proto=_section(ProtoSettings, sections["proto"], f"{where}.proto", env, ctx, None),
         stack=stack,
         backup=backup,
         release=release,
-        cache=_section(CacheSettings, cache_table, f"{where}.cache", env),
-        dotenv=dotenv,
+        cache=_section(CacheSettings, sections["cache"], f"{where}.cache", env, ctx),
+        dotenv=types.MappingProxyType(dotenv),
         **values,
     )
 
 
-def _release_version(root: Path, release: ReleaseSettings) -> str:
+def _release_version(root: Path, release: ReleaseSettings, where: str) -> str:
     """The version in the release's version file when it is not pyproject.toml."""
     path = root / release.version_file
     if path.name == "pyproject.toml" or not path.is_file():
         return ""
-    match = re.search(r"""^__version__\s*=\s*["']([^"']*)["']""", path.read_text(), re.MULTILINE)
+    text = _read_text(path, f"{where}.release.version_file")
+    match = re.search(r"""^__version__\s*=\s*["']([^"']*)["']""", text, re.MULTILINE)
     return match.group(1) if match else ""
 
 
-def _section(cls: type, table: object, where: str, env: Mapping[str, str]):
-    """An optional sub-table as dataclass cls, None when absent; required keys enforced."""
-    if table is None:
-        return None
-    if not isinstance(table, dict):
+def _table(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
         raise ConfigError(f"{where} must be a table")
+    return value
+
+
+def _section(cls: type, table: object, where: str, env, ctx: _Context, absent=MISSING):
+    """A sub-table as dataclass cls; when it is absent, cls's defaults (or ``absent``)."""
+    if table is None:
+        return cls() if absent is MISSING else absent
+    table = _table(table, where)
     required = [
         f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        for f in fields(cls)
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in table
     ]
-    missing = [key for key in required if key not in table]
-    if missing:
-        raise ConfigError(f"{where}: `{missing[0]}` is required")
-    return cls(**_build(cls, table, where, env, set()))
+    if required:
+        raise ConfigError(f"{where}: `{required[0]}` is required")
+    return cls(**_fields(cls, table, where, env, ctx))
 
 
-@functools.cache
-def _hints(cls: type) -> dict:
-    return typing.get_type_hints(cls)  # evaluates every annotation: once per class
-
-
-def _build(cls: type, table: Mapping, where: str, env: Mapping[str, str], skip: set[str]) -> dict:
-    """Check table against the fields of dataclass cls; return converted values."""
-    hints = _hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)} - skip
+def _fields(
+    cls: type, table: Mapping, where: str, env, ctx: _Context, skip=frozenset({"name"})
+) -> dict:
+    """Check table against the declared fields of cls; return the converted values."""
+    known = {f.name for f in fields(cls)} - set(skip)
     values = {}
     for key, value in table.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=1)
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = (
                 f" (did you mean `{close[0]}`?)"
                 if close
-                else f"; known keys: {', '.join(sorted(fields))}"
+                else f"; known keys: {', '.join(sorted(known))}"
             )
-            raise ConfigError(f"{where}: unknown key `{key}`{hint}")
-        values[key] = _convert(value, hints[key], f"{where}.{key}", env)
+            raise ConfigError(f"{where}: unknown key `{_key(key)}`{hint}")
+        values[key] = _check(cls, key, _value(cls, key, value, where, env), where, ctx)
     return values
 
 
-def _convert(value: object, hint: object, where: str, env: Mapping[str, str] | None = None):
-    """Type-check one value against its annotation and interpolate its strings."""
-    env = os.environ if env is None else env
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (
-        types.UnionType,
-        typing.Union,
-    ):  # `X | None`: None only as the default
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {_kind(value)}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {_kind(value)}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {_kind(value)}")
+def _value(cls: type, key: str, value: object, where: str, env: Mapping[str, str]):
+    """Interpolate value's strings, then convert it to the field's declared type."""
+    hint = _hints(cls)[key]
+    value = _interpolated(value, env, f"{where}.{key}")
+    try:
+        converted = msgspec.convert(value, hint, strict=True)
+    except msgspec.ValidationError:
+        raise ConfigError(f"{where}.{key} must be {_describe(hint)}, got {_kind(value)}") from None
+    if isinstance(converted, dict):
+        return types.MappingProxyType(converted)  # settings are shared: nothing in them may change
+    return converted
+
+
+def _interpolated(value: object, env: Mapping[str, str], where: str):
+    if isinstance(value, str):
         return interpolate(value, env, where)
+    if isinstance(value, list):
+        return [_interpolated(v, env, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _interpolated(v, env, f"{where}.{_key(k)}") for k, v in value.items()}
+    return value
+
+
+def _check(cls: type, key: str, value, where: str, ctx: _Context):
+    """Apply the Rules declared in the field's annotation to value (and its items)."""
+    for item, rule in _ruled(_hints(cls)[key], value):
+        reason = rule.check(item, ctx)
+        if reason:
+            raise ConfigError(f"{where}.{key}: {item!r} {reason}")
+    return value
+
+
+def _ruled(hint: object, value: object):
+    """(string, Rule) pairs for every rule that applies to value or the items in it."""
+    for extra in getattr(hint, "__metadata__", ()):
+        if isinstance(extra, Rule):
+            yield value, extra
+    hint = getattr(hint, "__origin__", hint) if hasattr(hint, "__metadata__") else hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple and isinstance(value, tuple):
+        for item in value:
+            yield from _ruled(args[0], item)
+    elif origin is Mapping and isinstance(value, Mapping):
+        for name, item in value.items():
+            yield from _ruled(args[0], name)
+            yield from _ruled(args[1], item)
+
+
+_hint_cache: dict[type, dict] = {}
+
+
+def _hints(cls: type) -> dict:
+    if cls not in _hint_cache:  # evaluates every annotation: once per class
+        _hint_cache[cls] = typing.get_type_hints(cls, include_extras=True)
+    return _hint_cache[cls]
+
+
+def _describe(hint: object) -> str:
+    """How a declared type reads in an error: 'an integer from 1 to 65535', 'a list of ...'."""
+    meta = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Meta)]
+    hint = getattr(hint, "__origin__", hint) if hasattr(hint, "__metadata__") else hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType:
+        return _describe(next(a for a in args if a is not type(None)))
+    if hint is int:
+        low = next((m.ge for m in meta if m.ge is not None), None)
+        high = next((m.le for m in meta if m.le is not None), None)
+        if low is not None and high is not None:
+            return f"an integer from {low} to {high}"
+        return f"an integer >= {low}" if low is not None else "an integer"
+    if hint is bool:
+        return "true or false"
+    if hint is str:
+        return "a string"
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in args)
     if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{where} must be a list of strings, got {_kind(value)}")
-        return tuple(interpolate(v, env, where) for v in value)
+        item = _describe(args[0])
+        noun = "strings" if item == "a string" else f"values, each {item}"
+        return f"a non-empty list of {noun}" if meta else f"a list of {noun}"
     if origin is Mapping:
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            raise ConfigError(f"{where} must be a table of strings, got {_kind(value)}")
-        return {k: interpolate(v, env, f"{where}.{k}") for k, v in value.items()}
-    raise TypeError(f"no conversion for {hint}")  # a field type this module does not handle
+        return "a table of strings"
+    return "a table"
+
+
+def _key(text: str) -> str:
+    """A key or name as an error shows it: quoted when it holds a newline or the like."""
+    return text if text.isprintable() else repr(text)
 
 
 def _kind(value: object) -> str:
-    return {str: "a string", list: "a list", dict: "a table", bool: "a boolean"}.get(
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list):
+        odd = next((v for v in value if not isinstance(v, str)), None)
+        if not value:
+            return "an empty list"
+        return "a list" if odd is None else f"a list holding {_kind(odd)}"
+    return {str: "a string", dict: "a table", bool: "a boolean", int: "an integer"}.get(
         type(value), type(value).__name__
     )

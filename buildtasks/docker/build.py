@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildtasks.config import Settings, Target
+from buildtasks.config import TEMPLATE_FIELDS, Settings, Target
 from buildtasks.docker.dockerfile import base_images, mirror_contexts
 from buildtasks.errors import ConfigError
 from buildtasks.git import GitState
@@ -16,7 +16,6 @@ from buildtasks.git import GitState
 OCI = "org.opencontainers.image"
 IMAGE_LABEL = "io.buildtasks.image"  # marks the project's images for `inv prune`
 TARGET_LABEL = "io.buildtasks.target"
-TEMPLATE_FIELDS = ("target", "version", "sha", "short_sha", "branch")
 
 
 @dataclass(frozen=True)

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildtasks.errors import ConfigError
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-}
+from buildtasks.config import parse_size
 
 
 @dataclass(frozen=True)
@@ -28,16 +16,8 @@ class ImageFacts:
     ref: str
     user: str = ""
     healthcheck: tuple[str, ...] = ()
-    size: int = 0
-
-
-def parse_size(text: str) -> int:
-    """Bytes in '250MB', '1.5 GiB', '900kb', '1024'. Decimal units are powers of 10."""
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _UNITS:
-        raise ConfigError(f"size {text!r}: write a number with B, KB, MB, GB, KiB, MiB or GiB")
-    return int(float(match.group(1)) * _UNITS[unit])
+    size: int = 0  # inspect's Size: the compressed blobs under the containerd image store
+    uncompressed_size: int = 0  # the layers unpacked: what the image takes once pulled
 
 
 def human_size(size: int) -> str:
@@ -72,10 +52,10 @@ def violations(
             )
         elif check == "healthcheck" and (not facts.healthcheck or facts.healthcheck[0] == "NONE"):
             found.append("healthcheck: the image has no HEALTHCHECK; add one")
-        elif check == "size" and size_budget and facts.size > parse_size(size_budget):
+        elif check == "size" and size_budget and facts.uncompressed_size > parse_size(size_budget):
             found.append(
-                f"size: {human_size(facts.size)} is over the budget of {size_budget}; "
-                "slim the image or raise size_budget"
+                f"size: {human_size(facts.uncompressed_size)} uncompressed is over the budget "
+                f"of {size_budget}; slim the image or raise size_budget"
             )
         elif check == "dockerignore" and not dockerignore:
             found.append("dockerignore: the build context has no .dockerignore; add one")

@@ -64,6 +64,9 @@ class Engine:
             user=config.get("User") or "",
             healthcheck=tuple((config.get("Healthcheck") or {}).get("Test") or ()),
             size=attrs.get("Size") or 0,
+            # The layers' own sizes are uncompressed in both image stores (inspect's Size is
+            # the compressed blobs under the containerd store).
+            uncompressed_size=sum(layer.get("Size") or 0 for layer in self.client.api.history(ref)),
         )
 
     def service_container(self, project: str, service: str):

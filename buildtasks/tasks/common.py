@@ -37,6 +37,8 @@ def one_line_errors(body: Callable) -> Callable:
 
 
 def settings(c: Context) -> Settings:
+    # Invoke's config holds only the root; config.load returns the settings namespace()
+    # already loaded, unless an input changed since.
     return config.load(c.config.buildtasks.root)
 
 

@@ -41,14 +41,17 @@ def test_root_users():
 
 
 def test_violations_list_every_failed_check_in_order():
-    facts = ImageFacts(ref="x", user="", healthcheck=("NONE",), size=300_000_000)
+    facts = ImageFacts(
+        ref="x", user="", healthcheck=("NONE",), size=90_000_000, uncompressed_size=300_000_000
+    )
     assert violations(
         facts, ("non-root", "healthcheck", "size", "dockerignore"), "250MB", False
     ) == [
         "non-root: runs as root (no USER); add `USER 1000` or another non-root user",
         "healthcheck: the image has no HEALTHCHECK; add one",
-        "size: 300.0 MB is over the budget of 250MB; slim the image or raise size_budget",
+        "size: 300.0 MB uncompressed is over the budget of 250MB; "
+        "slim the image or raise size_budget",
         "dockerignore: the build context has no .dockerignore; add one",
     ]
-    good = ImageFacts(ref="x", user="1000:1000", healthcheck=("CMD", "true"), size=10)
+    good = ImageFacts(ref="x", user="1000:1000", healthcheck=("CMD", "true"), uncompressed_size=10)
     assert violations(good, ("non-root", "healthcheck", "size", "dockerignore"), "1MB", True) == []
