@@ -160,7 +160,11 @@ def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: 
 def _platform_problem(wanted: str) -> list[str]:
     if can_build(wanted):
         return []
-    return [f"this engine cannot build {wanted}: no QEMU binfmt handler (scripts/install-docker)"]
+    return [
+        f"this engine cannot build {wanted}: no QEMU binfmt handler; register one with "
+        "`docker run --privileged --rm tonistiigi/binfmt --install all` or your distribution's "
+        "qemu-user-static"
+    ]
 
 
 def save(settings: Settings, progress: Progress) -> None:
@@ -180,6 +184,20 @@ def staging_tags(progress: Progress, name: str) -> tuple[str, ...]:
     """The tag the release pushes under before promoting its digest: the release commit's
     (the docker driver cannot push by digest alone)."""
     return (f"{name}-{progress.commit[:7]}",)
+
+
+def remove_staging_tags(settings: Settings, sh: Shell, progress: Progress) -> list[str]:
+    """Delete what a failed release pushed under its staging tags; one line per tag."""
+    if not progress.commit:  # failed before the release commit: nothing was pushed
+        return []
+    lines = []
+    for name in progress.image_tags:
+        for tag in staging_tags(progress, name):
+            try:
+                lines.append(registry.remove_tag(sh, f"{settings.image}:{tag}"))
+            except registry.RegistryError as exc:
+                lines.append(str(exc))
+    return lines
 
 
 def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
@@ -256,12 +274,16 @@ def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
 
 
 def rollback(settings: Settings, sh: Shell, progress: Progress) -> None:
-    """Undo the local commit and tag. Only the files the release edited are restored, so
-    changes made since (on a resumed release) survive."""
+    """Undo the local commit and tag, and delete the staging tags from the registry. Only
+    the files the release edited are restored, so changes made since (on a resumed release)
+    survive."""
     if _out(sh, settings, "rev-parse", "-q", "--verify", f"refs/tags/{progress.tag}"):
         _git(sh, settings, "tag", "-d", progress.tag, check=False)
     if _out(sh, settings, "rev-parse", "HEAD") != progress.previous:
         _git(sh, settings, "reset", "--quiet", "--soft", progress.previous, check=False)
     _git(sh, settings, "checkout", progress.previous, "--", *progress.files, check=False)
+    registry_lines = remove_staging_tags(settings, sh, progress)
     progress_path(settings).unlink(missing_ok=True)
     print(f"release {progress.version} rolled back: no local commit or tag remains", flush=True)
+    for line in registry_lines:
+        print(f"  {line}", flush=True)
