@@ -160,11 +160,7 @@ def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: 
 def _platform_problem(wanted: str) -> list[str]:
     if can_build(wanted):
         return []
-    return [
-        f"this engine cannot build {wanted}: no QEMU binfmt handler; register one with "
-        "`docker run --privileged --rm tonistiigi/binfmt --install all` or your distribution's "
-        "qemu-user-static"
-    ]
+    return [f"this engine cannot build {wanted}: no QEMU binfmt handler; `inv doctor` says how"]
 
 
 def save(settings: Settings, progress: Progress) -> None:
