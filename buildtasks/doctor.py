@@ -72,15 +72,16 @@ def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
     multi = len(platforms) > 1
     info = sh.run(["docker", "info", "--format", "{{json .DriverStatus}}"], query=True, check=False)
     store = "io.containerd.snapshotter" in info.stdout
-    findings.append(
-        Finding(
-            "multi-platform",
-            store,
-            "containerd image store" if store else "classic image store",
-            STORE_FIX,
-            blocking=multi,
+    if info.returncode == 0:  # without an engine there is no image store to judge
+        findings.append(
+            Finding(
+                "multi-platform",
+                store,
+                "containerd image store" if store else "classic image store",
+                STORE_FIX,
+                blocking=multi,
+            )
         )
-    )
     for name in platforms:
         if name == native():
             continue

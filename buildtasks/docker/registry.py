@@ -127,6 +127,17 @@ def platforms(sh: Shell, reference: str) -> list[str]:
     )
 
 
+def promoted_digest(sh: Shell, reference: str, verified: str) -> str:
+    """The digest reference holds, checked to be the verified one or an index of exactly it
+    (`imagetools create` wraps a single image manifest in a one-entry index)."""
+    manifest = _inspect(sh, reference, "--format", "{{json .Manifest}}")
+    digest = manifest.get("digest")
+    entries = [m.get("digest") for m in manifest.get("manifests") or [] if isinstance(m, dict)]
+    if not isinstance(digest, str) or (digest != verified and entries != [verified]):
+        raise RegistryError(f"{reference} holds {digest}, not the verified {verified}")
+    return digest
+
+
 def platform_name(fields: dict, where: str) -> str:
     """os/arch[/variant] from an index entry's platform or an image config, checked."""
     parts = [fields.get("os"), fields.get("architecture")]

@@ -36,6 +36,7 @@ class Progress:
     commit: str = ""
     done: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # target -> repository@digest
+    promoted: dict[str, str] = field(default_factory=dict)  # target -> digest its tags hold
 
 
 def progress_path(settings: Settings) -> Path:
@@ -265,6 +266,11 @@ def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
         for name, refs in progress.image_tags.items():
             tags = [arg for ref in refs for arg in ("--tag", ref)]
             sh.run(["docker", "buildx", "imagetools", "create", *tags, progress.digests[name]])
+            verified = progress.digests[name].rpartition("@")[2]
+            held = {registry.promoted_digest(sh, ref, verified) for ref in refs}
+            if len(held) != 1:
+                raise registry.RegistryError(f"the tags of {name} disagree: {', '.join(held)}")
+            progress.promoted[name] = held.pop()
         progress.done.append("promote")
         save(settings, progress)
 

@@ -87,7 +87,9 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
         return
     progress = flow.start(project, sh, plan)
     for name, ref in progress.digests.items():
-        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}")
+        held = progress.promoted[name]
+        wrapped = "" if ref.endswith(held) else f" (through the one-image index {held})"
+        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}{wrapped}")
     print(
         f"released {progress.version}: commit {progress.commit[:12]} and tag {progress.tag} pushed"
     )
