@@ -409,23 +409,37 @@ def test_dry_release_changes_nothing(engine, registry, tmp_path):
     assert catalog["repositories"] == []
 
 
-def test_registry_cache_is_reused_by_an_empty_builder(engine, registry, tmp_path):
+def test_registry_cache_is_reused_once_the_local_cache_is_gone(engine, registry, mirror, tmp_path):
     address, _ = registry
-    project = release_project(tmp_path, platforms='["linux/amd64"]')
-    text = (project / "pyproject.toml").read_text()
-    (project / "pyproject.toml").write_text(
-        text.replace(
-            'dockerfile = "Dockerfile.prod"\n',
-            'dockerfile = "Dockerfile.prod"\ncache = "registry"\n',
-        )
+    nonce = uuid.uuid4().hex  # names this test's build steps, so only their cache is removed
+    project = small_project(tmp_path, f"{address}/small")
+    (project / "service/web.Dockerfile").write_text(
+        f"FROM redis:7\nRUN echo {nonce} > /nonce\nRUN cat /nonce > /copy # {nonce}\n"
     )
-    env = {"REGISTRY": address, **IDENTITY}
-    first = run_cli(["buildtasks", "push", "--target", "prod"], cwd=project, env=env)
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text().replace(
+        'context = "service"\n', f'context = "service"\nmirror = "{mirror}"\n'
+    )
+    pyproject.write_text(text + 'cache = "registry"\n')  # the last table: targets.web
+    git(project, "commit", "--quiet", "-am", "registry cache")
+    first = run_cli(["buildtasks", "push"], cwd=project)
     assert first.returncode == 0, first.stderr[-3000:]
-    subprocess.run(
-        ["docker", "builder", "prune", "--all", "--force"], check=True, capture_output=True
-    )
-    second = run_cli(["buildtasks", "push", "--target", "prod"], cwd=project, env=env)
+
+    ours = [r["ID"] for r in engine.df()["BuildCache"] if nonce in (r.get("Description") or "")]
+    assert len(ours) == 2, ours  # the two RUN steps
+    for record in ours:  # the engine's cache is everyone's: remove only these records
+        prune = ["docker", "builder", "prune", "--all", "--force", "--filter", f"id={record}"]
+        subprocess.run(prune, check=True, capture_output=True)
+    assert not [r for r in engine.df()["BuildCache"] if nonce in (r.get("Description") or "")]
+
+    second = run_cli(["buildtasks", "push"], cwd=project)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "importing cache manifest from" in second.stderr
-    assert second.stderr.count("CACHED") >= 3
+    assert f"importing cache manifest from {address}/small:buildcache-web" in second.stderr
+    steps = {  # build step number -> its RUN line, for the steps that name the nonce
+        line.split()[0]: line
+        for line in second.stderr.splitlines()
+        if "RUN " in line and nonce in line
+    }
+    assert len(steps) == 2, second.stderr[-3000:]
+    for number in steps:
+        assert f"{number} CACHED" in second.stderr, second.stderr[-3000:]
