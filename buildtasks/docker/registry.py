@@ -231,7 +231,7 @@ def split_reference(reference: str) -> tuple[str, str, str]:
     host = registry_host(reference)
     rest = reference[len(host) + 1 :] if reference.startswith(f"{host}/") else reference
     path, sep, tag = rest.rpartition(":")
-    if not sep or "/" in tag or not path:
+    if not sep or "/" in tag or not path or "@" in rest:
         raise RegistryError(f"{reference} names no tag")
     if host == "docker.io" and "/" not in path:
         path = f"library/{path}"

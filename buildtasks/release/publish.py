@@ -49,7 +49,7 @@ def push(
         published = ", ".join(tag for plan in plans for tag in plan.tags)
         raise BuildtasksError(
             f"the working tree has uncommitted changes; pushing would publish {published} "
-            "from them; commit first, or pass --allow-dirty"
+            "from them; commit or stash them first (`inv push --allow-dirty` publishes them)"
         )
     for build_plan in plans:
         registry.require_push_access(build_plan.tags[0])

@@ -278,8 +278,8 @@ def test_dirty_push_is_refused_unless_allowed_and_then_says_what_it_published(
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
         "error: the working tree has uncommitted changes; pushing would publish "
-        f"{repository}:web, {repository}:web-{sha}-dirty from them; commit first, "
-        "or pass --allow-dirty"
+        f"{repository}:web, {repository}:web-{sha}-dirty from them; commit or stash them "
+        "first (`inv push --allow-dirty` publishes them)"
     )
     assert "docker buildx build" not in refused.stderr
     assert tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1]) == {}
