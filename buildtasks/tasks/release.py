@@ -41,9 +41,8 @@ def push(c: Context, target=None, platform="", digests_file="", allow_dirty=Fals
         if item.dirty:
             dirty = [t for t in item.tags if "-dirty" in t]
             moved = [t for t in item.tags if t not in dirty]
-            print(
-                f"  built from uncommitted changes (--allow-dirty): {', '.join(dirty) or 'no tag'}"
-            )
+            listing = f": {', '.join(dirty)}" if dirty else ""
+            print(f"  built from uncommitted changes (--allow-dirty){listing}")
             if moved:
                 print(f"  floating tags moved to this uncommitted build: {', '.join(moved)}")
     if digests_file and not sh.dry:
