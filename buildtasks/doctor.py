@@ -5,17 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from buildtasks.config import Settings
-from buildtasks.docker.engine import Engine
+from buildtasks.docker.engine import ENGINE_FIX, Engine
 from buildtasks.docker.registry import logged_in, probe, registry_host
 from buildtasks.errors import EngineError
 from buildtasks.platforms import can_build, native
 from buildtasks.shell import Shell
 
 # Fixes for someone who installed buildtasks from PyPI: the engine's own install docs.
-ENGINE_FIX = (
-    "install Docker Engine (https://docs.docker.com/engine/install/) and start it, "
-    "or point DOCKER_HOST at a running engine"
-)
 BUILDX_FIX = "install the buildx plugin (https://docs.docker.com/build/install-buildx/)"
 COMPOSE_FIX = "install the compose plugin (https://docs.docker.com/compose/install/linux/)"
 STORE_FIX = (

@@ -108,8 +108,11 @@ def test_missing_engine_is_one_clear_line(tmp_path):
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert (
-        result.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Docker engine")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot reach the Docker engine")
+    assert last.endswith(
+        "; install Docker Engine (https://docs.docker.com/engine/install/) and start it, "
+        "or point DOCKER_HOST at a running engine"
     )
 
 
