@@ -11,16 +11,20 @@ from buildtasks.errors import EngineError
 from buildtasks.platforms import can_build, native
 from buildtasks.shell import Shell
 
-INSTALL = "run scripts/install-docker"
-_QEMU_ARCH = {
-    "arm64": "aarch64",
-    "amd64": "x86_64",
-    "arm": "arm",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-    "386": "i386",
-}
+# Fixes for someone who installed buildtasks from PyPI: the engine's own install docs.
+BUILDX_FIX = "install the buildx plugin (https://docs.docker.com/build/install-buildx/)"
+COMPOSE_FIX = "install the compose plugin (https://docs.docker.com/compose/install/linux/)"
+STORE_FIX = (
+    'set {"features": {"containerd-snapshotter": true}} in /etc/docker/daemon.json and '
+    "restart dockerd (https://docs.docker.com/engine/storage/containerd/)"
+)
+
+
+def binfmt_fix(arch: str) -> str:
+    return (
+        f"register QEMU for {arch}: `docker run --privileged --rm tonistiigi/binfmt --install "
+        f"{arch}` (https://docs.docker.com/build/building/multi-platform/)"
+    )
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,9 @@ def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
         findings.append(Finding("engine", False, str(exc).split(";")[0], ENGINE_FIX))
     buildx = sh.run(["docker", "buildx", "version"], query=True, check=False)
     findings.append(
-        Finding("buildx", buildx.returncode == 0, buildx.stdout.strip() or "not installed", INSTALL)
+        Finding(
+            "buildx", buildx.returncode == 0, buildx.stdout.strip() or "not installed", BUILDX_FIX
+        )
     )
     compose = sh.run(["docker", "compose", "version", "--short"], query=True, check=False)
     findings.append(
@@ -54,7 +60,7 @@ def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
             "compose",
             compose.returncode == 0,
             compose.stdout.strip() or "not installed",
-            INSTALL,
+            COMPOSE_FIX,
             blocking=False,
         )
     )
@@ -62,16 +68,16 @@ def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
     multi = len(platforms) > 1
     info = sh.run(["docker", "info", "--format", "{{json .DriverStatus}}"], query=True, check=False)
     store = "io.containerd.snapshotter" in info.stdout
-    findings.append(
-        Finding(
-            "multi-platform",
-            store,
-            "containerd image store" if store else "classic image store",
-            'set {"features": {"containerd-snapshotter": true}} in /etc/docker/daemon.json '
-            "and restart dockerd",
-            blocking=multi,
+    if info.returncode == 0:  # without an engine there is no image store to judge
+        findings.append(
+            Finding(
+                "multi-platform",
+                store,
+                "containerd image store" if store else "classic image store",
+                STORE_FIX,
+                blocking=multi,
+            )
         )
-    )
     for name in platforms:
         if name == native():
             continue
@@ -81,22 +87,23 @@ def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
                 f"binfmt {name.split('/')[-1]}",
                 ready,
                 "QEMU registered" if ready else "no QEMU handler",
-                f"{INSTALL} (installs qemu-user-static and registers binfmt)",
+                binfmt_fix(name.split("/")[-1]),
             )
         )
-    for role, reference, blocking in (
-        ("registry", settings.image, False),
-        ("mirror", settings.mirror, True),
+    # Pushes need the image's registry, builds the mirror: both are required when configured.
+    # An image without a registry part is local-only and has no registry to check.
+    for role, reference, key in (
+        ("registry", settings.image if "/" in settings.image else "", "image"),
+        ("mirror", settings.mirror, "mirror"),
     ):
         if not reference:
             continue
         host = registry_host(reference)
         ok, needs_login, detail = probe(host)
-        findings.append(Finding(role, ok, detail, f"{INSTALL} or check {reference}", blocking))
+        fix = f"start the registry at {host}, or change `{key}` in [tool.buildtasks]"
+        findings.append(Finding(role, ok, detail, fix))
         if ok and needs_login and role == "registry":
             login = logged_in(host)
             state = "logged in" if login else "not logged in"
-            findings.append(
-                Finding("registry login", login, state, f"docker login {host}", blocking=False)
-            )
+            findings.append(Finding("registry login", login, state, f"docker login {host}"))
     return findings

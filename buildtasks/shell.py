@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from buildtasks.errors import CommandError
 
 REDACTED = "***"
+DOCKER_INSTALL = " (https://docs.docker.com/engine/install/, with the buildx and compose plugins)"
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -74,10 +75,9 @@ class Shell:
         except FileNotFoundError:
             if not check:  # the caller inspects the result: report "not found" as exit 127
                 return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
+            where = DOCKER_INSTALL if argv[0] == "docker" else ""
             raise CommandError(
-                f"{argv[0]}: command not found; install it or add it to PATH "
-                "(scripts/install-docker installs docker, buildx and compose)",
-                127,
+                f"{argv[0]}: command not found; install it{where} or add it to PATH", 127
             ) from None
         if check and result.returncode != 0:
             detail = redact(_last_line(result.stderr or ""), self.secrets) or "see the output above"

@@ -8,7 +8,10 @@ from pathlib import Path
 from buildtasks.docker.checks import ImageFacts
 from buildtasks.errors import EngineError
 
-ENGINE_FIX = "start it (scripts/install-docker) or point DOCKER_HOST at a running engine"
+ENGINE_FIX = (
+    "install Docker Engine (https://docs.docker.com/engine/install/) and start it, "
+    "or point DOCKER_HOST at a running engine"
+)
 
 
 class Engine:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
+import urllib.response
 from pathlib import Path
 
 from buildtasks.errors import BuildtasksError
@@ -46,18 +49,27 @@ def probe(host: str, timeout: float = 5.0) -> tuple[bool, bool, str]:
     return False, False, f"{api} unreachable ({reason})"
 
 
-def logged_in(host: str) -> bool:
-    """Whether the docker CLI holds credentials (or a credential helper) for host."""
+def _docker_config() -> dict:
     config_dir = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker"))
     try:
         config = json.loads((config_dir / "config.json").read_text())
     except (OSError, ValueError):
-        return False
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _config_names(host: str) -> set[str]:
     names = {host, f"https://{host}", f"http://{host}"}
     if host == "docker.io":
         names |= {"https://index.docker.io/v1/", "index.docker.io"}
-    known = set(config.get("auths", {})) | set(config.get("credHelpers", {}))
-    return bool(names & known)
+    return names
+
+
+def logged_in(host: str) -> bool:
+    """Whether the docker CLI holds credentials (or a credential helper) for host."""
+    config = _docker_config()
+    known = set(config.get("auths") or {}) | set(config.get("credHelpers") or {})
+    return bool(_config_names(host) & known)
 
 
 def require_push_access(reference: str) -> None:
@@ -70,31 +82,209 @@ def require_push_access(reference: str) -> None:
         raise RegistryError(f"cannot push {reference}: not logged in; run `docker login {host}`")
 
 
-def platforms(sh: Shell, reference: str) -> list[str]:
-    """Platforms of the image index at reference, attestation manifests left out."""
+INDEX_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+)
+IMAGE_TYPES = (
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+_PLATFORM_PART = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+def _inspect(sh: Shell, reference: str, *flags: str) -> dict:
+    """A JSON document `imagetools inspect` reads from the registry (with the CLI's logins)."""
     result = sh.run(
-        ["docker", "buildx", "imagetools", "inspect", "--raw", reference], query=True, check=False
+        ["docker", "buildx", "imagetools", "inspect", *flags, reference], query=True, check=False
     )
     if result.returncode != 0:
         raise RegistryError(
             f"cannot read {reference} back from the registry: "
             f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}"
         )
-    return index_platforms(json.loads(result.stdout))
+    try:
+        document = json.loads(result.stdout)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise RegistryError(f"the registry's answer for {reference} is not a JSON object")
+    return document
+
+
+def platforms(sh: Shell, reference: str) -> list[str]:
+    """Platforms the registry holds at reference: those of an index (attestation manifests
+    left out), or the one of an image manifest, which its config blob names."""
+    manifest = _inspect(sh, reference, "--raw")
+    kind = manifest.get("mediaType", "")
+    if kind in INDEX_TYPES or (not kind and "manifests" in manifest):
+        return index_platforms(manifest)
+    if kind in IMAGE_TYPES or (not kind and "config" in manifest):
+        image_config = _inspect(sh, reference, "--format", "{{json .Image}}")
+        return [platform_name(image_config, reference)]
+    raise RegistryError(
+        f"{reference} is a {kind or 'manifest of unknown type'}, not an image or an index"
+    )
+
+
+def promoted_digest(sh: Shell, reference: str, verified: str) -> str:
+    """The digest reference holds, checked to be the verified one or an index of exactly it
+    (`imagetools create` wraps a single image manifest in a one-entry index)."""
+    manifest = _inspect(sh, reference, "--format", "{{json .Manifest}}")
+    digest = manifest.get("digest")
+    entries = [m.get("digest") for m in manifest.get("manifests") or [] if isinstance(m, dict)]
+    if not isinstance(digest, str) or (digest != verified and entries != [verified]):
+        raise RegistryError(f"{reference} holds {digest}, not the verified {verified}")
+    return digest
+
+
+def platform_name(fields: dict, where: str) -> str:
+    """os/arch[/variant] from an index entry's platform or an image config, checked."""
+    parts = [fields.get("os"), fields.get("architecture")]
+    if fields.get("variant"):
+        parts.append(fields["variant"])
+    if not all(isinstance(p, str) and _PLATFORM_PART.match(p) for p in parts):
+        raise RegistryError(f"{where} names no valid platform ({parts!r})")
+    return "/".join(parts)
 
 
 def index_platforms(index: dict) -> list[str]:
-    """os/arch[/variant] of each image manifest in an index (or a single manifest)."""
+    """os/arch[/variant] of each image manifest in an index."""
     found = []
-    for manifest in index.get("manifests", []):
+    for manifest in index.get("manifests") or []:
         annotations = manifest.get("annotations") or {}
         if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
             continue
         platform = manifest.get("platform") or {}
         if platform.get("os") in (None, "unknown"):
             continue
-        name = f"{platform['os']}/{platform['architecture']}"
-        if platform.get("variant"):
-            name += f"/{platform['variant']}"
-        found.append(name)
+        found.append(platform_name(platform, f"an entry of {manifest.get('digest', 'the index')}"))
     return sorted(found)
+
+
+# Deleting from the registry. The docker CLI cannot delete from a registry, so this speaks
+# the distribution API itself, with the `auth` a `docker login` stored (credential helpers
+# are not read). A manifest is deleted by digest, which removes every tag on it, so a tag
+# is only removed when no other tag shares its digest.
+
+
+def _api_base(host: str) -> str:
+    api = _api_host(host)
+    # dockerd treats loopback registries as insecure (plain http) by default.
+    return f"{'http' if api.startswith(('127.', 'localhost')) else 'https'}://{api}/v2"
+
+
+def _basic_auth(host: str) -> str:
+    auths = _docker_config().get("auths") or {}
+    for name in _config_names(host):
+        entry = auths.get(name)
+        if isinstance(entry, dict) and isinstance(entry.get("auth"), str) and entry["auth"]:
+            return f"Basic {entry['auth']}"
+    return ""
+
+
+def _challenge_auth(challenge: str, host: str) -> str:
+    """The Authorization header a 401's WWW-Authenticate challenge asks for ('' if none)."""
+    basic = _basic_auth(host)
+    scheme, _, params = challenge.partition(" ")
+    if scheme.lower() == "basic":
+        return basic
+    if scheme.lower() != "bearer":
+        return ""
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+    if not fields.get("realm", "").startswith(("https://", "http://")):
+        return ""
+    query = urllib.parse.urlencode({k: v for k, v in fields.items() if k in ("service", "scope")})
+    request = urllib.request.Request(
+        f"{fields['realm']}?{query}", headers={"Authorization": basic} if basic else {}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        body = json.loads(answer.read())
+    token = body.get("token") or body.get("access_token") if isinstance(body, dict) else ""
+    return f"Bearer {token}" if isinstance(token, str) and token else ""
+
+
+def _call(host: str, method: str, path: str) -> urllib.response.addinfourl:
+    """One registry API request, answering an authentication challenge once."""
+    url = f"{_api_base(host)}{path}"
+    headers = {"Accept": ", ".join(INDEX_TYPES + IMAGE_TYPES)}
+    try:
+        return urllib.request.urlopen(
+            urllib.request.Request(url, method=method, headers=headers), timeout=30
+        )
+    except urllib.error.HTTPError as exc:
+        authorization = (
+            _challenge_auth(exc.headers.get("WWW-Authenticate", ""), host)
+            if exc.code == 401
+            else ""
+        )
+        if not authorization:
+            raise
+    headers["Authorization"] = authorization
+    return urllib.request.urlopen(
+        urllib.request.Request(url, method=method, headers=headers), timeout=30
+    )
+
+
+def split_reference(reference: str) -> tuple[str, str, str]:
+    """(registry host, repository path, tag) of host/path:tag."""
+    host = registry_host(reference)
+    rest = reference[len(host) + 1 :] if reference.startswith(f"{host}/") else reference
+    path, sep, tag = rest.rpartition(":")
+    if not sep or "/" in tag or not path or "@" in rest:
+        raise RegistryError(f"{reference} names no tag")
+    if host == "docker.io" and "/" not in path:
+        path = f"library/{path}"
+    return host, path, tag
+
+
+def _digest_of(host: str, path: str, tag: str) -> str:
+    """The digest a tag points to; '' when the tag does not exist."""
+    try:
+        with _call(host, "HEAD", f"/{path}/manifests/{urllib.parse.quote(tag)}") as answer:
+            digest = answer.headers.get("Docker-Content-Digest", "")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return ""
+        raise
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise RegistryError(f"{host}/{path}:{tag}: the registry named no valid digest")
+    return digest
+
+
+def _tags(host: str, path: str) -> list[str]:
+    with _call(host, "GET", f"/{path}/tags/list") as answer:
+        listing = json.loads(answer.read())
+    tags = listing.get("tags") if isinstance(listing, dict) else None
+    return [t for t in tags or [] if isinstance(t, str)]
+
+
+def remove_tag(sh: Shell, reference: str) -> str:
+    """Delete a tag's manifest from the registry when no other tag shares it; what happened,
+    as one line. Raises RegistryError when the registry cannot be read or refuses."""
+    host, path, tag = split_reference(reference)
+    try:
+        digest = _digest_of(host, path, tag)
+        if not digest:
+            return f"{reference} is not in the registry"
+        sharing = [t for t in _tags(host, path) if t != tag and _digest_of(host, path, t) == digest]
+        if sharing:
+            return f"{reference} kept: tags {', '.join(sharing)} share its digest {digest}"
+        if sh.dry:
+            return f"[dry] would delete {reference} ({digest})"
+        _call(host, "DELETE", f"/{path}/manifests/{digest}").close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 405:  # distribution answers UNSUPPORTED while deletion is disabled
+            raise RegistryError(
+                f"registry {host} refuses deletion (distribution needs `storage: delete: "
+                f"enabled: true`); {reference} remains"
+            ) from None
+        raise RegistryError(
+            f"cannot delete {reference}: registry {host} answered HTTP {exc.code}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RegistryError(
+            f"cannot check or delete {reference}: registry {host} unreachable ({reason})"
+        ) from None
+    return f"deleted {reference} ({digest}) from the registry"

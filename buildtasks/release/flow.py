@@ -36,6 +36,7 @@ class Progress:
     commit: str = ""
     done: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # target -> repository@digest
+    promoted: dict[str, str] = field(default_factory=dict)  # target -> digest its tags hold
 
 
 def progress_path(settings: Settings) -> Path:
@@ -160,7 +161,7 @@ def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: 
 def _platform_problem(wanted: str) -> list[str]:
     if can_build(wanted):
         return []
-    return [f"this engine cannot build {wanted}: no QEMU binfmt handler (scripts/install-docker)"]
+    return [f"this engine cannot build {wanted}: no QEMU binfmt handler; `inv doctor` says how"]
 
 
 def save(settings: Settings, progress: Progress) -> None:
@@ -180,6 +181,20 @@ def staging_tags(progress: Progress, name: str) -> tuple[str, ...]:
     """The tag the release pushes under before promoting its digest: the release commit's
     (the docker driver cannot push by digest alone)."""
     return (f"{name}-{progress.commit[:7]}",)
+
+
+def remove_staging_tags(settings: Settings, sh: Shell, progress: Progress) -> list[str]:
+    """Delete what a failed release pushed under its staging tags; one line per tag."""
+    if not progress.commit:  # failed before the release commit: nothing was pushed
+        return []
+    lines = []
+    for name in progress.image_tags:
+        for tag in staging_tags(progress, name):
+            try:
+                lines.append(registry.remove_tag(sh, f"{settings.image}:{tag}"))
+            except registry.RegistryError as exc:
+                lines.append(str(exc))
+    return lines
 
 
 def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
@@ -251,17 +266,26 @@ def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
         for name, refs in progress.image_tags.items():
             tags = [arg for ref in refs for arg in ("--tag", ref)]
             sh.run(["docker", "buildx", "imagetools", "create", *tags, progress.digests[name]])
+            verified = progress.digests[name].rpartition("@")[2]
+            held = {registry.promoted_digest(sh, ref, verified) for ref in refs}
+            if len(held) != 1:
+                raise registry.RegistryError(f"the tags of {name} disagree: {', '.join(held)}")
+            progress.promoted[name] = held.pop()
         progress.done.append("promote")
         save(settings, progress)
 
 
 def rollback(settings: Settings, sh: Shell, progress: Progress) -> None:
-    """Undo the local commit and tag. Only the files the release edited are restored, so
-    changes made since (on a resumed release) survive."""
+    """Undo the local commit and tag, and delete the staging tags from the registry. Only
+    the files the release edited are restored, so changes made since (on a resumed release)
+    survive."""
     if _out(sh, settings, "rev-parse", "-q", "--verify", f"refs/tags/{progress.tag}"):
         _git(sh, settings, "tag", "-d", progress.tag, check=False)
     if _out(sh, settings, "rev-parse", "HEAD") != progress.previous:
         _git(sh, settings, "reset", "--quiet", "--soft", progress.previous, check=False)
     _git(sh, settings, "checkout", progress.previous, "--", *progress.files, check=False)
+    registry_lines = remove_staging_tags(settings, sh, progress)
     progress_path(settings).unlink(missing_ok=True)
     print(f"release {progress.version} rolled back: no local commit or tag remains", flush=True)
+    for line in registry_lines:
+        print(f"  {line}", flush=True)

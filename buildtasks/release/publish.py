@@ -1,4 +1,4 @@
-"""Multi-platform pushes that are read back from the registry before they count."""
+"""Pushes that are read back from the registry before they count."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from buildtasks import git
 from buildtasks.atomic import write_text
 from buildtasks.config import Settings
 from buildtasks.docker import builder, registry
 from buildtasks.docker.build import BuildRequest
 from buildtasks.docker.registry import RegistryError
+from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import native
 from buildtasks.shell import Shell
 
@@ -21,6 +23,8 @@ class Pushed:
     repository: str
     digest: str
     platforms: tuple[str, ...]
+    tags: tuple[str, ...]  # the references the push wrote
+    dirty: bool = False  # built from a tree with uncommitted changes
 
     @property
     def ref(self) -> str:
@@ -33,12 +37,20 @@ def push(
     names: list[str],
     platforms: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
+    allow_dirty: bool = False,
 ) -> list[Pushed]:
     """Build and push each target for its platforms (with tags instead of the configured
-    ones), then check the registry holds an index with every platform. Access to every
-    registry is checked before any build."""
+    ones), then check the registry holds every platform. A dirty tree and access to every
+    registry are checked before any build."""
     request = BuildRequest(tags=tags, platforms=platforms, push=True)
     plans = builder.plans(settings, names, request, sh)
+    dirty = git.state(sh, settings.root).dirty
+    if dirty and not allow_dirty:
+        published = ", ".join(tag for plan in plans for tag in plan.tags)
+        raise BuildtasksError(
+            f"the working tree has uncommitted changes; pushing would publish {published} "
+            "from them; commit or stash them first (`inv push --allow-dirty` publishes them)"
+        )
     for build_plan in plans:
         registry.require_push_access(build_plan.tags[0])
     pushed = []
@@ -55,7 +67,16 @@ def push(
                 f"{repository}@{built.digest} lacks {', '.join(missing)} in the registry "
                 f"(it holds {', '.join(found) or 'nothing'}); the push is incomplete"
             )
-        pushed.append(Pushed(build_plan.target, repository, built.digest, tuple(sorted(found))))
+        pushed.append(
+            Pushed(
+                build_plan.target,
+                repository,
+                built.digest,
+                tuple(sorted(found)),
+                build_plan.tags,
+                dirty,
+            )
+        )
     return pushed
 
 

@@ -18,6 +18,22 @@ FLAG_HELP = {
     "build_arg": "KEY=VALUE build argument, over the configured ones (repeatable)",
     "no_check": "skip the image checks (non-root, healthcheck, size, .dockerignore)",
 }
+# The only short flags, so a letter means one option on every task that has it. Invoke's
+# automatic ones gave `-o` two meanings (--no-check, --only) and rendered `--` for one flag.
+SHORT_FLAGS = {"tag": "t", "platform": "p"}
+
+
+class ShortFlagTask(Task):
+    """A task whose short flags come from SHORT_FLAGS and nowhere else."""
+
+    def __init__(self, body, **options):
+        super().__init__(body, auto_shortflags=False, **options)
+
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        if name in SHORT_FLAGS:
+            opts["names"].append(SHORT_FLAGS[name])
+        return opts
 
 
 def _request(tag, platform, push, no_cache, build_arg):
@@ -57,10 +73,11 @@ def target_task(target: Target) -> Task:
             print(built.summary())
 
     build_target.__doc__ = f"Build the {target.name} image from {target.dockerfile}."
-    return Task(build_target, help=FLAG_HELP, iterable=["tag", "build_arg"])
+    return ShortFlagTask(build_target, help=FLAG_HELP, iterable=["tag", "build_arg"])
 
 
 @task(
+    klass=ShortFlagTask,
     name="build",
     help={
         "print": "print the generated bake JSON and build nothing",

@@ -5,20 +5,24 @@ from pathlib import Path
 from invoke import Context, task
 
 from buildtasks.errors import ConfigError
+from buildtasks.tasks.build import ShortFlagTask
 from buildtasks.tasks.common import one_line_errors, settings, shell
 
 
 @task(
+    klass=ShortFlagTask,
     iterable=["target"],
     help={
         "target": "target to push (repeatable; default: every target with platforms)",
         "platform": "comma-separated platforms, over the configured ones",
         "digests_file": "write {target: digest, platforms} JSON here",
+        "allow_dirty": "push from a tree with uncommitted changes (-dirty tags; floating "
+        "tags move to the uncommitted build)",
     },
 )
 @one_line_errors
-def push(c: Context, target=None, platform="", digests_file=""):
-    """Build and push targets for every platform; verify the index in the registry."""
+def push(c: Context, target=None, platform="", digests_file="", allow_dirty=False):
+    """Build and push targets for every platform; verify what the registry holds."""
     from buildtasks.release import publish
 
     project = settings(c)
@@ -30,21 +34,30 @@ def push(c: Context, target=None, platform="", digests_file=""):
         )
     platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
     sh = shell(c, project)
-    pushed = publish.push(project, sh, names, platforms)
+    pushed = publish.push(project, sh, names, platforms, allow_dirty=allow_dirty)
     for item in pushed:
         print(f"{item.target}: pushed {item.ref}  [{', '.join(item.platforms)}]")
+        print(f"  tags: {', '.join(item.tags)}")
+        if item.dirty:
+            dirty = [t for t in item.tags if "-dirty" in t]
+            moved = [t for t in item.tags if t not in dirty]
+            listing = f": {', '.join(dirty)}" if dirty else ""
+            print(f"  built from uncommitted changes (--allow-dirty){listing}")
+            if moved:
+                print(f"  floating tags moved to this uncommitted build: {', '.join(moved)}")
     if digests_file and not sh.dry:
         publish.write_digests(Path(digests_file), pushed)
         print(f"digests written to {digests_file}")
 
 
 @task(
+    klass=ShortFlagTask,
     help={
         "bump": "major, minor, patch or pre (1.2.0 -> 1.3.0rc1 -> 1.3.0rc2 -> 1.3.0)",
         "version": "the exact new version instead of --bump",
         "allow_empty_changelog": "release even if the Unreleased section is empty",
         "resume": "finish a release that stopped after publishing (does not rebuild)",
-    }
+    },
 )
 @one_line_errors
 def release(c: Context, bump="", version="", allow_empty_changelog=False, resume=False):
@@ -73,7 +86,9 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
         return
     progress = flow.start(project, sh, plan)
     for name, ref in progress.digests.items():
-        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}")
+        held = progress.promoted[name]
+        wrapped = "" if ref.endswith(held) else f" (through the one-image index {held})"
+        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}{wrapped}")
     print(
         f"released {progress.version}: commit {progress.commit[:12]} and tag {progress.tag} pushed"
     )

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 
-from buildtasks.platforms import free_port
+from buildtasks.platforms import free_port, native
 from tests.conftest import REPO, remove_images, run_cli, run_once
 
 pytestmark = pytest.mark.integration
@@ -96,10 +99,15 @@ INDEX_TYPES = (
 
 
 def tags_of(address: str, repository: str) -> dict[str, str]:
-    """tag -> digest of every tag of a repository in the registry."""
-    listing = json.loads(
-        urllib.request.urlopen(f"http://{address}/v2/{repository}/tags/list").read()
-    )
+    """tag -> digest of every tag of a repository in the registry ({} when it has none)."""
+    try:
+        listing = json.loads(
+            urllib.request.urlopen(f"http://{address}/v2/{repository}/tags/list").read()
+        )
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return {}
+        raise
     digests = {}
     for tag in listing.get("tags") or []:
         request = urllib.request.Request(
@@ -110,16 +118,65 @@ def tags_of(address: str, repository: str) -> dict[str, str]:
     return digests
 
 
-def platforms_at(ref: str) -> list[str]:
-    raw = subprocess.run(
-        ["docker", "buildx", "imagetools", "inspect", "--raw", ref],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    from buildtasks.docker.registry import index_platforms
+LOCAL_REGISTRY = "127.0.0.1:5000"  # the machine's registry (scripts/install-docker)
 
-    return index_platforms(json.loads(raw))
+
+@pytest.fixture
+def repository(engine):
+    """A repository of the test's own in the machine's registry. Afterwards the manifests
+    it holds are deleted (that registry allows deletes) and its local images removed."""
+    path = f"test-{uuid.uuid4().hex[:8]}/small"
+    yield f"{LOCAL_REGISTRY}/{path}"
+    for digest in set(tags_of(LOCAL_REGISTRY, path).values()):
+        request = urllib.request.Request(
+            f"http://{LOCAL_REGISTRY}/v2/{path}/manifests/{digest}", method="DELETE"
+        )
+        urllib.request.urlopen(request).close()
+    remove_images(engine, f"{LOCAL_REGISTRY}/{path.split('/')[0]}")
+
+
+def small_project(tmp_path: Path, image: str, targets=("web",), broken=()) -> Path:
+    """A project unlike the example: version in pyproject.toml, changelog at the root,
+    single-platform `FROM scratch` targets (those in broken fail to build), a bare remote."""
+    project = tmp_path / "small"
+    (project / "service").mkdir(parents=True)
+    (project / "service/app.txt").write_text("app\n")
+    sections = ""
+    for name in targets:
+        source = "missing.txt" if name in broken else "app.txt"
+        (project / f"service/{name}.Dockerfile").write_text(f"FROM scratch\nCOPY {source} /\n")
+        sections += (
+            f"\n[tool.buildtasks.targets.{name}]\n"
+            f'dockerfile = "{name}.Dockerfile"\nplatforms = ["{native()}"]\n'
+        )
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "small"\nversion = "0.1.0"\n\n'
+        f'[tool.buildtasks]\nimage = "{image}"\ncontext = "service"\n\n'
+        f"[tool.buildtasks.release]\ntargets = {json.dumps(list(targets))}\n{sections}"
+    )
+    (project / "CHANGELOG.md").write_text(
+        "# Changelog\n\n## [Unreleased]\n\n### Added\n- The web target.\n"
+    )
+    remote = tmp_path / "small.git"
+    git(tmp_path, "init", "--quiet", "--bare", "-b", "main", str(remote))
+    git(project, "init", "--quiet", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "commit", "--quiet", "-m", "small")
+    git(project, "remote", "add", "origin", str(remote))
+    git(project, "push", "--quiet", "origin", "main")
+    return project
+
+
+def raw_manifest(ref: str) -> dict:
+    inspect = ["docker", "buildx", "imagetools", "inspect", "--raw", ref]
+    return json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
+
+
+def platforms_at(ref: str) -> list[str]:
+    from buildtasks.docker.registry import platforms
+    from buildtasks.shell import Shell
+
+    return platforms(Shell(), ref)
 
 
 def snapshot(project: Path) -> tuple:
@@ -144,6 +201,96 @@ def test_push_verifies_both_platforms_and_arm64_runs_under_qemu(engine, registry
     assert platforms_at(pushed["ref"]) == ["linux/amd64", "linux/arm64"]
     machine = ["python", "-c", "import platform; print(platform.machine())"]
     assert run_once(engine, pushed["ref"], machine, platform="linux/arm64") == "aarch64"
+
+
+def test_single_platform_push_is_read_back_from_its_image_manifest(engine, repository, tmp_path):
+    project = small_project(tmp_path, repository)
+    sha = git(project, "rev-parse", "--short=7", "HEAD")
+    result = run_cli(["buildtasks", "push"], cwd=project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tags = tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1])
+    assert set(tags) == {"web", f"web-{sha}"} and len(set(tags.values())) == 1
+    digest = tags["web"]
+    assert result.stdout.splitlines() == [
+        f"web: pushed {repository}@{digest}  [{native()}]",
+        f"  tags: {repository}:web, {repository}:web-{sha}",
+    ]
+    raw = raw_manifest(f"{repository}:web")
+    assert "config" in raw and "manifests" not in raw  # an image manifest, not an index
+    assert platforms_at(f"{repository}@{digest}") == [native()]
+
+
+def test_single_platform_release(engine, repository, tmp_path):
+    project = small_project(tmp_path, repository)
+    result = run_cli(["buildtasks", "release", "--bump", "minor"], cwd=project, env=IDENTITY)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    remote = tmp_path / "small.git"
+    assert git(remote, "tag", "--list") == "v0.2.0"
+    assert git(remote, "rev-parse", "main") == git(project, "rev-parse", "HEAD")
+    assert 'version = "0.2.0"' in (project / "pyproject.toml").read_text()
+    tags = tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1])
+    sha = git(project, "rev-parse", "--short=7", "HEAD")
+    assert set(tags) == {"0.2.0", "0.2", "0", f"web-{sha}"}
+    verified = tags[f"web-{sha}"]  # the staging tag: what was pushed and read back
+    (held,) = {tags["0.2.0"], tags["0.2"], tags["0"]}
+    # buildx 0.13's imagetools create wraps a single image manifest in a one-entry index
+    entries = [m["digest"] for m in raw_manifest(f"{repository}@{held}").get("manifests", [])]
+    assert held == verified or entries == [verified]
+    assert platforms_at(f"{repository}:0.2.0") == [native()]
+    promoted = ", ".join(f"{repository}:{t}" for t in ("0.2.0", "0.2", "0"))
+    assert f"web: {repository}@{verified} tagged {promoted}" in result.stdout
+
+
+def test_failed_release_deletes_its_staging_tag(engine, repository, tmp_path):
+    # web is pushed under its staging tag, then worker fails to build: the release fails.
+    project = small_project(tmp_path, repository, targets=("web", "worker"), broken=("worker",))
+    before = (git(project, "rev-parse", "HEAD"), (project / "pyproject.toml").read_text())
+    result = run_cli(["buildtasks", "release", "--bump", "patch"], cwd=project, env=IDENTITY)
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "rolled back" in result.stdout
+    staging = rf"{re.escape(repository)}:web-[0-9a-f]{{7}}"  # the rolled-back commit's tag
+    assert re.search(rf"^  deleted {staging} \(sha256:[0-9a-f]{{64}}\) from the registry$",
+                     result.stdout, re.MULTILINE), result.stdout  # fmt: skip
+    assert tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1]) == {}
+    assert (git(project, "rev-parse", "HEAD"), (project / "pyproject.toml").read_text()) == before
+    assert git(tmp_path / "small.git", "tag", "--list") == ""
+
+
+def test_failed_release_names_a_registry_that_refuses_deletion(engine, registry, tmp_path):
+    address, _ = registry  # a registry of the test's own, left with deletion disabled
+    image = f"{address}/small"
+    project = small_project(tmp_path, image, targets=("web", "worker"), broken=("worker",))
+    result = run_cli(["buildtasks", "release", "--bump", "patch"], cwd=project, env=IDENTITY)
+    assert result.returncode != 0
+    refused = [line for line in result.stdout.splitlines() if "refuses deletion" in line]
+    assert len(refused) == 1, result.stdout
+    assert refused[0].strip().startswith(f"registry {address} refuses deletion")
+    assert refused[0].endswith(" remains") and f"{image}:web-" in refused[0]
+
+
+def test_dirty_push_is_refused_unless_allowed_and_then_says_what_it_published(
+    engine, repository, tmp_path
+):
+    project = small_project(tmp_path, repository)
+    sha = git(project, "rev-parse", "--short=7", "HEAD")
+    (project / "service/app.txt").write_text("edited, not committed\n")
+    refused = run_cli(["buildtasks", "push"], cwd=project)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: the working tree has uncommitted changes; pushing would publish "
+        f"{repository}:web, {repository}:web-{sha}-dirty from them; commit or stash them "
+        "first (`inv push --allow-dirty` publishes them)"
+    )
+    assert "docker buildx build" not in refused.stderr
+    assert tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1]) == {}
+
+    allowed = run_cli(["buildtasks", "push", "--allow-dirty"], cwd=project)
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert allowed.stdout.splitlines()[2:] == [
+        f"  built from uncommitted changes (--allow-dirty): {repository}:web-{sha}-dirty",
+        f"  floating tags moved to this uncommitted build: {repository}:web",
+    ]
+    assert set(tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1])) == {"web", f"web-{sha}-dirty"}
 
 
 def test_push_to_an_unreachable_registry_fails_before_building(engine):
@@ -262,23 +409,40 @@ def test_dry_release_changes_nothing(engine, registry, tmp_path):
     assert catalog["repositories"] == []
 
 
-def test_registry_cache_is_reused_by_an_empty_builder(engine, registry, tmp_path):
+def test_registry_cache_is_reused_once_the_local_cache_is_gone(engine, registry, mirror, tmp_path):
     address, _ = registry
-    project = release_project(tmp_path, platforms='["linux/amd64"]')
-    text = (project / "pyproject.toml").read_text()
-    (project / "pyproject.toml").write_text(
-        text.replace(
-            'dockerfile = "Dockerfile.prod"\n',
-            'dockerfile = "Dockerfile.prod"\ncache = "registry"\n',
-        )
+    nonce = uuid.uuid4().hex  # names this test's build steps, so only their cache is removed
+    project = small_project(tmp_path, f"{address}/small")
+    (project / "service/web.Dockerfile").write_text(
+        f"FROM redis:7\nRUN echo {nonce} > /nonce\nRUN cat /nonce > /copy # {nonce}\n"
     )
-    env = {"REGISTRY": address, **IDENTITY}
-    first = run_cli(["buildtasks", "push", "--target", "prod"], cwd=project, env=env)
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text().replace(
+        'context = "service"\n', f'context = "service"\nmirror = "{mirror}"\n'
+    )
+    pyproject.write_text(text + 'cache = "registry"\n')  # the last table: targets.web
+    git(project, "commit", "--quiet", "-am", "registry cache")
+    first = run_cli(["buildtasks", "push"], cwd=project)
     assert first.returncode == 0, first.stderr[-3000:]
-    subprocess.run(
-        ["docker", "builder", "prune", "--all", "--force"], check=True, capture_output=True
-    )
-    second = run_cli(["buildtasks", "push", "--target", "prod"], cwd=project, env=env)
+
+    def ours() -> list[str]:
+        return [r["ID"] for r in engine.df()["BuildCache"] if nonce in (r.get("Description") or "")]
+
+    assert len(ours()) == 2, ours()  # the two RUN steps
+    for _ in range(2):  # the engine's cache is everyone's: remove only these records
+        for record in ours():  # (a parent goes only once its child is gone: a second round)
+            prune = ["docker", "builder", "prune", "--all", "--force", "--filter", f"id={record}"]
+            subprocess.run(prune, check=True, capture_output=True)
+    assert not ours()
+
+    second = run_cli(["buildtasks", "push"], cwd=project)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "importing cache manifest from" in second.stderr
-    assert second.stderr.count("CACHED") >= 3
+    assert f"importing cache manifest from {address}/small:buildcache-web" in second.stderr
+    steps = {  # build step number -> its RUN line, for the steps that name the nonce
+        line.split()[0]: line
+        for line in second.stderr.splitlines()
+        if "RUN " in line and nonce in line
+    }
+    assert len(steps) == 2, second.stderr[-3000:]
+    for number in steps:
+        assert f"{number} CACHED" in second.stderr, second.stderr[-3000:]
