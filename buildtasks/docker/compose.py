@@ -94,9 +94,15 @@ def restart_policies(sh: Shell, container_ids: list[str]) -> dict[str, str]:
     """{container id as given: restart policy name ('' or 'no' when none)}."""
     if not container_ids:
         return {}
-    fmt = "{{.HostConfig.RestartPolicy.Name}}"
+    fmt = "{{.Id}} {{.HostConfig.RestartPolicy.Name}}"
     lines = sh.output(["docker", "inspect", "--format", fmt, *container_ids], check=False)
-    return dict(zip(container_ids, lines.splitlines(), strict=False))
+    found = dict(line.partition(" ")[::2] for line in lines.splitlines())
+    return {  # a container removed meanwhile has no line, and no policy
+        given: policy
+        for given in container_ids
+        for full, policy in found.items()
+        if full.startswith(given)
+    }
 
 
 def missing_images(sh: Shell, config: dict) -> dict[str, str]:

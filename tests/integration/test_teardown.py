@@ -60,7 +60,7 @@ def fixture_project(tmp_path: Path, mirror: str, test: str = "pass", **env: str)
     name = f"btdown{uuid.uuid4().hex[:6]}"
     (tmp_path / "stack.yml").write_text(STACK)
     (tmp_path / "pyproject.toml").write_text(
-        f'[tool.buildtasks]\nimage = "fixture/{name}"\n'
+        f'[tool.buildtasks]\nimage = "fixture/{name}"\nmirror = "{mirror}"\n'
         f'[tool.buildtasks.stack]\ncompose = ["stack.yml"]\nproject = "{name}"\n'
         'app_service = "front"\napp_port = 8080\nhealth_path = "/"\nwait_timeout = 60\n'
     )
@@ -220,8 +220,10 @@ def inv(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_one_shot_service_is_completed_and_deploy_json_is_one_document(engine, mirror, tmp_path):
-    project = fixture_project(tmp_path, mirror, FRONT_IMAGE="${BUILDTASKS_IMAGE_FRONT}")
+    project = fixture_project(tmp_path, mirror)
     name = project_name(project)
+    built = STACK.replace("${FRONT_IMAGE}", "${BUILDTASKS_IMAGE_FRONT}", 1)  # front only
+    (project / "stack.yml").write_text(built)
     with project.joinpath("pyproject.toml").open("a") as config:
         config.write('targets = ["front"]\n[tool.buildtasks.targets.front]\n')
         config.write('dockerfile = "front.Dockerfile"\n')
