@@ -196,6 +196,8 @@ def test_clean_from_another_host_spares_a_live_run_and_removes_a_dead_one(engine
         spared = clean_elsewhere(project)
         assert spared.returncode == 0, spared.stderr[-3000:]
         assert "0 orphaned e2e stack(s) removed" in spared.stderr
+        for noise in ("docker.utils.config", "urllib3"):  # the SDK's DEBUG loggers stay quiet
+            assert noise not in spared.stdout + spared.stderr + run.output
         live = leftovers(engine, prefix)
         assert any(item.startswith("container") and "front" in item for item in live), live
         run.signal_group(signal.SIGKILL)  # the run dies without a chance to tear down
@@ -266,6 +268,11 @@ def test_down_names_what_it_could_not_remove(engine, mirror, tmp_path):
     name = project_name(project)
     up = inv(project, "up")
     assert up.returncode == 0, up.stderr[-3000:]
+    stack = leftovers(engine, name)
+    dry = inv(project, "--dry", "down", "--volumes")
+    assert dry.returncode == 0, dry.stderr
+    assert "[dry] docker compose" in dry.stderr
+    assert leftovers(engine, name) == stack  # containers, network and volume all still there
     image = f"{mirror + '/' if mirror else ''}python:3.11-slim"
     # a container that is not the project's holds on to the project's network
     squatter = engine.containers.run(
