@@ -180,10 +180,26 @@ def _created(text: str) -> float:
     return moment.timestamp()
 
 
+def _containers(client, filters: dict) -> list:
+    """Sparse: listing without inspecting each container, which fails when another user of
+    the engine removes one meanwhile. Their attrs hold Names, Labels, Image, ImageID, Created
+    (epoch seconds)."""
+    return client.containers.list(all=True, filters=filters, sparse=True)
+
+
+def _name(container) -> str:
+    return (container.attrs.get("Names") or ["/" + container.id[:12]])[0].lstrip("/")
+
+
 def _resources(client, filters: dict, volumes: bool = True) -> list[Resource]:
     found = [
-        Resource("container", c.name, c.labels, _created(c.attrs.get("Created", "")))
-        for c in client.containers.list(all=True, filters=filters)
+        Resource(
+            "container",
+            _name(c),
+            c.attrs.get("Labels") or {},
+            float(c.attrs.get("Created") or 0),
+        )
+        for c in _containers(client, filters)
     ]
     for network in client.networks.list(filters=filters):
         attrs = network.attrs
@@ -209,7 +225,7 @@ def compose_resources(engine: Engine) -> list[Resource]:
 
 
 def _lease_container(client, project: str):
-    found = client.containers.list(all=True, filters={"label": f"{LEASE_LABEL}={project}"})
+    found = _containers(client, {"label": f"{LEASE_LABEL}={project}"})
     return found[0] if found else None
 
 
@@ -223,12 +239,12 @@ def write_lease(engine: Engine, project: str, body: bytes) -> bool:
     lease = _lease_container(client, project)
     if lease is None:
         selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}
-        members = client.containers.list(all=True, filters=selector)
+        members = _containers(client, selector)
         if not members:
             return False
         try:
             lease = client.containers.create(
-                members[0].image.id, ["lease"], name=f"{project}-buildtasks-lease",
+                members[0].attrs["ImageID"], ["lease"], name=f"{project}-buildtasks-lease",
                 labels={LEASE_LABEL: project}, network_mode="none",
             )  # fmt: skip
         except docker.errors.APIError as exc:
@@ -249,7 +265,7 @@ def read_leases(engine: Engine) -> dict[str, bytes]:
     import docker
 
     leases = {}
-    for container in engine.client.containers.list(all=True, filters={"label": LEASE_LABEL}):
+    for container in _containers(engine.client, {"label": LEASE_LABEL}):
         try:
             stream, _ = container.get_archive("/" + LEASE_FILE)
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
@@ -258,7 +274,7 @@ def read_leases(engine: Engine) -> dict[str, bytes]:
                 body = handle.read(4096) if handle else b""
         except (docker.errors.NotFound, tarfile.TarError):
             body = b""  # removed meanwhile, or never written: no lease
-        leases[container.labels[LEASE_LABEL]] = body
+        leases[container.attrs["Labels"][LEASE_LABEL]] = body
     return leases
 
 
@@ -268,8 +284,8 @@ def remove_project(engine: Engine, project: str) -> list[str]:
     removed = []
     selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}
     lease = _lease_container(client, project)
-    for container in [*client.containers.list(all=True, filters=selector), *filter(None, [lease])]:
-        removed.append(f"container {container.name}")
+    for container in [*_containers(client, selector), *([lease] if lease else [])]:
+        removed.append(f"container {_name(container)}")
         container.remove(force=True, v=True)
     for network in client.networks.list(filters=selector):
         removed.append(f"network {network.name}")

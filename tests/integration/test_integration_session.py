@@ -88,10 +88,10 @@ def run_nox(project: Path, session: str = "integration") -> subprocess.Completed
 def leftovers(engine, prefix: str) -> list[str]:
     """Containers, networks and volumes of compose projects named PREFIX…"""
     label = "com.docker.compose.project"
-    found = [
-        c.name
-        for c in engine.containers.list(all=True)
-        if c.labels.get(label, "").startswith(prefix)
+    found = [  # sparse: other tests remove their containers meanwhile
+        c.attrs["Names"][0].lstrip("/")
+        for c in engine.containers.list(all=True, sparse=True)
+        if (c.attrs.get("Labels") or {}).get(label, "").startswith(prefix)
     ]
     for resource in (*engine.networks.list(), *engine.volumes.list()):
         if (resource.attrs.get("Labels") or {}).get(label, "").startswith(prefix):

@@ -85,10 +85,10 @@ def project_name(project: Path) -> str:
 def leftovers(engine, prefix: str) -> list[str]:
     """Containers, networks and volumes of compose projects named PREFIX…, and leases."""
     labels = ("com.docker.compose.project", "io.buildtasks.lease")
-    found = [
-        f"container {c.name}"
-        for c in engine.containers.list(all=True)
-        if any(c.labels.get(label, "").startswith(prefix) for label in labels)
+    found = [  # sparse: other tests remove their containers meanwhile
+        f"container {c.attrs['Names'][0].lstrip('/')}"
+        for c in engine.containers.list(all=True, sparse=True)
+        if any((c.attrs.get("Labels") or {}).get(label, "").startswith(prefix) for label in labels)
     ]
     for kind, resources in (("network", engine.networks.list()), ("volume", engine.volumes.list())):
         found += [
