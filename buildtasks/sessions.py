@@ -23,22 +23,25 @@ def integration_session(
     venv_backend: str | None = None,
     root: str = ".",
     runner_target: str = "",
+    lease_ttl: float = 30.0,
 ) -> None:
     """Register `nox -s NAME` (build, start a uniquely named stack, wait for health, run
     pytest with the endpoints as BUILDTASKS_<SERVICE>_<PORT>, save logs, always tear down)
     and `nox -s NAME-clean` (remove this project's stacks whose run was killed).
 
     `nox -s NAME -- --in-container` runs pytest in the image of runner_target (which must
-    have pytest) on the stack's network, with BUILDTASKS_<SERVICE>_<PORT>=service:port."""
+    have pytest) on the stack's network, with BUILDTASKS_<SERVICE>_<PORT>=service:port.
+
+    A running session renews a lease in the engine every lease_ttl/4 seconds; `NAME-clean`,
+    from any host sharing the engine, removes only stacks whose lease is older than that."""
     import nox
 
     def run(session: nox.Session) -> None:
-        import logging
-
         from buildtasks import config, stack
+        from buildtasks.docker.engine import Engine, quiet_sdk_loggers
         from buildtasks.errors import BuildtasksError
 
-        logging.getLogger("urllib3").setLevel(logging.WARNING)  # the docker SDK's requests
+        quiet_sdk_loggers()
 
         in_container = "--in-container" in session.posargs
         posargs = [arg for arg in session.posargs if arg != "--in-container"]
@@ -65,29 +68,30 @@ def integration_session(
                 artifacts=artifacts,
                 runner_image=runner_image,
                 pytest_args=(*pytest_args, *posargs),
+                lease_ttl=lease_ttl,
             )
 
             def run_tests(env: dict[str, str], artifact_dir: Path) -> None:
                 junit = f"--junitxml={artifact_dir / 'junit.xml'}"
                 session.run("pytest", *pytest_args, junit, *posargs, env=env)
 
-            stack.integration(sh, settings, options, run_tests)
+            stack.integration(sh, Engine(), settings, options, run_tests, session.log)
         except BuildtasksError as exc:
             session.error(str(exc))
 
     def clean(session: nox.Session) -> None:
         from buildtasks import config, stack
+        from buildtasks.docker.engine import Engine, quiet_sdk_loggers, remove_project
         from buildtasks.errors import BuildtasksError
 
+        quiet_sdk_loggers()
         try:
             settings = config.load(root)
             prefix = f"{stack.stack_compose(settings).project}-{name}"
-            from buildtasks.docker.engine import Engine
-
-            client = Engine().client
-            orphans = stack.orphaned_projects(client, prefix)
+            engine = Engine()
+            orphans = stack.orphaned_projects(engine, prefix, name)
             for project in orphans:
-                for item in stack.remove_project(client, project):
+                for item in remove_project(engine, project):
                     session.log(f"removed {item}")
             session.log(f"{len(orphans)} orphaned {name} stack(s) removed")
         except BuildtasksError as exc:

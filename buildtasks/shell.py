@@ -51,9 +51,12 @@ class Shell:
         check: bool = True,
         cwd: str | None = None,
         input: str | None = None,
+        shielded: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         """Run argv. ``query=True`` marks a read-only command that also runs under dry-run
-        (and is not echoed); ``capture=True`` returns stdout instead of streaming it."""
+        (and is not echoed); ``capture=True`` returns stdout instead of streaming it;
+        ``shielded=True`` runs it in its own session, out of reach of the terminal's Ctrl-C
+        and of signals sent to our process group."""
         if self.echo and not query:
             print(
                 ("[dry] " if self.dry else "") + self.show(argv),
@@ -71,6 +74,7 @@ class Shell:
                 text=True,
                 input=input,
                 capture_output=capture or query,
+                start_new_session=shielded,
             )
         except FileNotFoundError:
             if not check:  # the caller inspects the result: report "not found" as exit 127

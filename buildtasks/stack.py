@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
+import math
 import secrets
 import shlex
 import signal
-import socket
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -21,11 +22,17 @@ from buildtasks.config import Settings
 from buildtasks.docker import builder, compose
 from buildtasks.docker.build import BuildRequest, render_tags, template_values
 from buildtasks.docker.compose import PROJECT_LABEL, Compose, stack_compose
+from buildtasks.docker.engine import (
+    Engine,
+    compose_resources,
+    project_resources,
+    read_leases,
+    remove_lease,
+    write_lease,
+)
 from buildtasks.errors import BuildtasksError, CommandError
-from buildtasks.platforms import pid_alive
 from buildtasks.shell import Shell
 
-OWNER_LABEL = "io.buildtasks.owner"  # host:pid of the run that started a stack
 ENDPOINT_PREFIX = "BUILDTASKS"
 
 
@@ -60,16 +67,45 @@ def stack_shell(settings: Settings, dry: bool) -> Shell:
     return sh
 
 
-def build_targets(sh: Shell, settings: Settings, targets: tuple[str, ...]) -> None:
+def build_targets(sh: Shell, settings: Settings, targets: tuple[str, ...]) -> list[str]:
+    """Build the targets; the summary of each image built, for the caller to show."""
     if not targets:
-        return
+        return []
+    summaries = []
     try:
         for build_plan in builder.plans(settings, list(targets), BuildRequest(), sh):
             built = builder.build(sh, settings, build_plan, check=False)
             if built:
-                print(built.summary())
+                summaries.append(built.summary())
     except CommandError as exc:
         raise BuildFailed(f"image build failed, the stack was not started: {exc}") from None
+    return summaries
+
+
+class PullFailed(BuildtasksError):
+    """An image of the stack could not be pulled."""
+
+
+GOOD_STATES = ("healthy", "running", "completed")
+
+
+def service_states(sh: Shell, stack: Compose) -> dict[str, str]:
+    """{service: its health when running, "completed" for a one-shot service (exited 0 and
+    not restarted by the engine), else its state}."""
+    containers = compose.containers(sh, stack)
+    finished = [
+        c["ID"] for c in containers if c.get("State") == "exited" and c.get("ExitCode") == 0
+    ]
+    policies = compose.restart_policies(sh, finished)
+
+    def state(container: dict) -> str:
+        if container.get("State") == "running":
+            return container.get("Health") or "running"
+        if policies.get(container["ID"]) in ("", "no", "on-failure"):
+            return "completed"
+        return container.get("State") or "unknown"
+
+    return {c["Service"]: state(c) for c in containers}
 
 
 def up(sh: Shell, stack: Compose, wait_timeout: int) -> None:
@@ -82,11 +118,18 @@ def up(sh: Shell, stack: Compose, wait_timeout: int) -> None:
         failed = True
     if sh.dry:
         return
+    if failed:
+        missing = compose.missing_images(sh, compose.resolved_config(sh, stack))
+        if missing:
+            names = ", ".join(f"{image} (service {svc})" for svc, image in missing.items())
+            raise PullFailed(
+                f"stack {stack.project}: cannot pull {names}; check the image name, "
+                "the registry and `docker login`"
+            )
     unhealthy = [
-        f"{c.get('Service')} ({c.get('Health') or c.get('State')})"
-        for c in compose.containers(sh, stack)
-        if not (c.get("State") == "exited" and c.get("ExitCode") == 0)  # finished one-shots
-        and ((c.get("Health") or "healthy") != "healthy" or c.get("State") != "running")
+        f"{service} ({state})"
+        for service, state in service_states(sh, stack).items()
+        if state not in GOOD_STATES
     ]
     if failed or unhealthy:
         raise StackUnhealthy(
@@ -132,25 +175,18 @@ class HealthReport:
     def healthy(self) -> bool:
         return (
             bool(self.services)
-            and all(state in ("healthy", "running") for state in self.services.values())
+            and all(state in GOOD_STATES for state in self.services.values())
             and self.app_status == 200
         )
 
 
 def health(sh: Shell, settings: Settings, stack: Compose) -> HealthReport:
-    services = {
-        c["Service"]: (c.get("Health") or c.get("State") or "unknown")
-        if c.get("State") == "running"
-        else c.get("State", "unknown")
-        for c in compose.containers(sh, stack)
-    }
     status, body = app_health(sh, settings, stack)
-    return HealthReport(services, status, body)
+    return HealthReport(service_states(sh, stack), status, body)
 
 
 def deploy(sh: Shell, settings: Settings, stack: Compose) -> HealthReport:
-    """Build the stack's targets, prepare data directories, start, and check health."""
-    build_targets(sh, settings, settings.stack.targets)
+    """Prepare data directories, start the stack, and check health (the caller builds)."""
     if settings.stack.data_dirs:
         dirs = shlex.join(settings.stack.data_dirs)
         sh.run(
@@ -164,21 +200,61 @@ def deploy(sh: Shell, settings: Settings, stack: Compose) -> HealthReport:
     return health(sh, settings, stack)
 
 
+# --- teardown ---------------------------------------------------------------------------
+
+
+class TeardownIncomplete(BuildtasksError):
+    """compose down left some of the stack behind."""
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Teardown must finish: Ctrl-C and SIGTERM received meanwhile are acted on once it has
+    (re-raised, so the run still ends as interrupted), not lost and not cancelling it."""
+    received: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    completed = False
+    try:
+        yield
+        completed = True
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received and completed:  # an error raised inside already ends the run
+            signal.raise_signal(received[0])
+
+
+def teardown(sh: Shell, engine: Engine, stack: Compose, volumes: bool) -> None:
+    """`compose down`, shielded from signals and retried once; then the engine is asked what
+    is left of the project (by its exact label), and anything left is an error naming it."""
+    with signals_deferred():
+        for _attempt in range(2):
+            sh.run(stack.down(volumes=volumes), check=False, shielded=True)
+            if sh.dry:
+                return
+            left = project_resources(engine, stack.project, volumes=volumes)
+            if not left:
+                return
+    raise TeardownIncomplete(
+        f"stack {stack.project} was not fully removed, left: {', '.join(map(str, left))}; "
+        f"remove them with `docker compose --project-name {stack.project} down"
+        f"{' --volumes' if volumes else ''}`"
+    )
+
+
 # --- integration runs -------------------------------------------------------------------
+
+SESSION_LABEL = "io.buildtasks.session"
+LEASE_TTL = 30.0  # seconds a run's lease stays fresh without renewal
+MAX_LEASE_TTL = 3600.0
 
 
 def run_project_name(prefix: str, short_sha: str) -> str:
     """Unique per run, so two runs on one machine never share a stack."""
     return f"{prefix}-{short_sha or 'nogit'}-{secrets.token_hex(3)}"
-
-
-def owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def owner_alive(label: str) -> bool:
-    host, _, pid = label.rpartition(":")
-    return host == socket.gethostname() and pid.isdigit() and pid_alive(int(pid))
 
 
 @contextlib.contextmanager
@@ -195,21 +271,52 @@ def interrupts_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Teardown must finish: a second Ctrl-C or SIGTERM waits until it has."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+class Lease:
+    """Marks a run's stack as alive to any host sharing the engine: a background thread
+    renews a timestamp (and the ttl it promises) in the engine every ttl/4 seconds.
+    `integration-clean` leaves a stack alone while its lease is fresh; a run killed with
+    SIGKILL stops renewing, and its stack is cleanable ttl seconds later."""
+
+    def __init__(self, project: str, ttl: float = LEASE_TTL):
+        self.project = project
+        self.ttl = ttl
+        self.engine = Engine()  # its own connection: the thread never shares the caller's
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True, name="lease")
+
+    def _renew(self) -> None:
+        while True:
+            body = json.dumps({"renewed": time.time(), "ttl": self.ttl}).encode()
+            with contextlib.suppress(Exception):  # an engine hiccup: the next renewal retries
+                write_lease(self.engine, self.project, body)
+            if self._stop.wait(max(self.ttl / 4, 0.2)):
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        remove_lease(self.engine, self.project)
+
+
+def lease_fresh(body: bytes, now: float) -> bool | None:
+    """Whether a lease body read from the engine is fresh; None when it is not a lease."""
     try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        lease = json.loads(body)
+        renewed, ttl = float(lease["renewed"]), float(lease["ttl"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not (math.isfinite(renewed) and math.isfinite(ttl)):
+        return None
+    return now - renewed <= min(max(ttl, 0.0), MAX_LEASE_TTL)
 
 
 def _owner_override(config: dict, directory: Path, session: str) -> Path:
-    """A compose file that labels every container, network and volume with this run's owner,
-    so `integration-clean` can tell a killed run's stack from one still starting."""
-    labels = {OWNER_LABEL: owner(), "io.buildtasks.session": session}
+    """A compose file that labels every container, network and volume with the session, so
+    `integration-clean` finds this session's stacks and no other project's."""
+    labels = {SESSION_LABEL: session}
     override = {
         kind: {name: {"labels": labels} for name in config.get(kind) or {}}
         for kind in ("services", "networks", "volumes")
@@ -247,19 +354,23 @@ class IntegrationOptions:
     artifacts: str = "artifacts"
     runner_image: str = ""  # run pytest in this image on the stack's network instead
     pytest_args: tuple[str, ...] = ()  # for the runner container
+    lease_ttl: float = LEASE_TTL
 
 
 def integration(
     sh: Shell,
+    engine: Engine,
     settings: Settings,
     options: IntegrationOptions,
     run_tests: Callable[[dict[str, str], Path], None],
+    log: Callable[[str], None],
 ) -> str:
     """Build, start a uniquely named stack, wait for health, run the tests with the
     endpoints in the environment; then always save artifacts and tear the stack down.
     Returns the project name."""
     targets = settings.stack.targets if options.targets is None else options.targets
-    build_targets(sh, settings, targets)
+    for summary in build_targets(sh, settings, targets):
+        log(summary)
     prefix = f"{stack_compose(settings).project}-{options.session}"
     name = run_project_name(prefix, git.state(sh, settings.root).short_sha)
     base = stack_compose(settings, options.files, name)
@@ -267,6 +378,8 @@ def integration(
     with tempfile.TemporaryDirectory(prefix="buildtasks-stack-") as tmp, interrupts_on_sigterm():
         config = compose.resolved_config(sh, base)
         stack = Compose(name, (*base.files, _owner_override(config, Path(tmp), options.session)))
+        lease = Lease(name, options.lease_ttl)
+        lease.start()
         try:
             up(sh, stack, options.wait_timeout or settings.stack.wait_timeout)
             inside = bool(options.runner_image)
@@ -279,7 +392,7 @@ def integration(
                 **compose.endpoint_variables(endpoints, ENDPOINT_PREFIX),
                 f"{ENDPOINT_PREFIX}_PROJECT": name,
             }
-            print(f"stack {name} is healthy; endpoints: {env}", flush=True)
+            log(f"stack {name} is healthy; endpoints: {env}")
             if inside:
                 artifacts.mkdir(parents=True, exist_ok=True)
                 network = config["networks"]["default"]["name"]
@@ -291,10 +404,12 @@ def integration(
                 try:
                     collect_artifacts(sh, stack, artifacts)
                 except Exception as exc:  # the stack must go even if its logs cannot be kept
-                    print(f"warning: artifacts of {name} incomplete: {exc}", flush=True)
+                    log(f"warning: artifacts of {name} incomplete: {exc}")
+                try:
+                    teardown(sh, engine, stack, volumes=True)
                 finally:
-                    sh.run(stack.down(volumes=True), check=False)
-                    print(f"stack {name} removed; artifacts in {artifacts}", flush=True)
+                    lease.release()
+                log(f"stack {name} removed; artifacts in {artifacts}")
     return name
 
 
@@ -315,32 +430,29 @@ def runner_argv(
             "--junitxml=/artifacts/junit.xml"]  # fmt: skip
 
 
-def orphaned_projects(client, prefix: str) -> list[str]:
-    """Compose projects named PREFIX-… whose owning run is gone (killed with SIGKILL)."""
-    owners: dict[str, set[str]] = {}
-    for container in client.containers.list(all=True, filters={"label": PROJECT_LABEL}):
-        project = container.labels[PROJECT_LABEL]
+def orphaned_projects(engine: Engine, prefix: str, session: str) -> list[str]:
+    """The stacks of SESSION runs of this project (compose projects named PREFIX-… that carry
+    the session's label) whose run is gone: their lease is stale, or, for a run killed
+    before it wrote its first lease, every part is older than LEASE_TTL."""
+    now = time.time()
+    projects: dict[str, list] = {}
+    for resource in compose_resources(engine):
+        project = resource.labels[PROJECT_LABEL]
         if project.startswith(prefix + "-"):
-            owners.setdefault(project, set()).add(container.labels.get(OWNER_LABEL, ""))
-    for resource in (*client.networks.list(), *client.volumes.list()):
-        labels = resource.attrs.get("Labels") or {}
-        project = labels.get(PROJECT_LABEL, "")
-        if project.startswith(prefix + "-"):
-            owners.setdefault(project, set()).add(labels.get(OWNER_LABEL, ""))
-    return sorted(p for p, labels in owners.items() if not any(map(owner_alive, labels)))
-
-
-def remove_project(client, project: str) -> list[str]:
-    """Remove a compose project's containers, networks and volumes by label."""
-    selector = {"label": f"{PROJECT_LABEL}={project}"}
-    removed = []
-    for container in client.containers.list(all=True, filters=selector):
-        removed.append(f"container {container.name}")
-        container.remove(force=True, v=True)
-    for network in client.networks.list(filters=selector):
-        removed.append(f"network {network.name}")
-        network.remove()
-    for volume in client.volumes.list(filters=selector):
-        removed.append(f"volume {volume.name}")
-        volume.remove(force=True)
-    return removed
+            projects.setdefault(project, []).append(resource)
+    leases = {
+        project: lease_fresh(body, now)
+        for project, body in read_leases(engine).items()
+        if project.startswith(prefix + "-")
+    }
+    orphans = []
+    for project in sorted(projects.keys() | leases.keys()):
+        parts = projects.get(project, [])
+        if parts and not any(r.labels.get(SESSION_LABEL) == session for r in parts):
+            continue  # another session's stack, or not a buildtasks run at all
+        fresh = leases.get(project)
+        if fresh is None:
+            fresh = any(now - r.created < LEASE_TTL for r in parts)
+        if not fresh:
+            orphans.append(project)
+    return orphans

@@ -88,3 +88,30 @@ def endpoint_variables(endpoints: dict[tuple[str, int], str], prefix: str) -> di
         f"{prefix}_{service.upper().replace('-', '_')}_{port}": address
         for (service, port), address in sorted(endpoints.items())
     }
+
+
+def restart_policies(sh: Shell, container_ids: list[str]) -> dict[str, str]:
+    """{container id as given: restart policy name ('' or 'no' when none)}."""
+    if not container_ids:
+        return {}
+    fmt = "{{.Id}} {{.HostConfig.RestartPolicy.Name}}"
+    lines = sh.output(["docker", "inspect", "--format", fmt, *container_ids], check=False)
+    found = dict(line.partition(" ")[::2] for line in lines.splitlines())
+    return {  # a container removed meanwhile has no line, and no policy
+        given: policy
+        for given in container_ids
+        for full, policy in found.items()
+        if full.startswith(given)
+    }
+
+
+def missing_images(sh: Shell, config: dict) -> dict[str, str]:
+    """{service: image} for every service whose image the engine does not hold."""
+    missing = {}
+    for service, definition in sorted(config.get("services", {}).items()):
+        image = definition.get("image")
+        if image:
+            probe = ["docker", "image", "inspect", "--format", "{{.Id}}", image]
+            if sh.run(probe, query=True, check=False).returncode != 0:
+                missing[service] = image
+    return missing

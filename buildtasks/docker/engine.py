@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import re
+import tarfile
 import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from buildtasks.docker.checks import ImageFacts
@@ -30,6 +37,7 @@ class Engine:
     def _connect(self) -> None:
         import docker
 
+        quiet_sdk_loggers()
         try:
             client = docker.from_env()
             client.ping()
@@ -138,6 +146,163 @@ class Engine:
         return output
 
 
+def quiet_sdk_loggers() -> None:
+    """The SDK and urllib3 log every config lookup and request at DEBUG; nox makes the root
+    logger DEBUG, which would print them all in every session."""
+    for name in ("docker", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:200]
+
+
+# --- compose projects and the leases of integration runs -----------------------------------
+
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+LEASE_LABEL = "io.buildtasks.lease"  # value: the compose project whose run renews the lease
+LEASE_FILE = "buildtasks-lease.json"
+_ISO_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?")
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str  # container, network or volume
+    name: str
+    labels: dict
+    created: float  # seconds since the epoch on the engine's clock; 0.0 when unknown
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+def _created(text: str) -> float:
+    match = _ISO_TIME.fullmatch(text or "")
+    if not match:
+        return 0.0
+    zone = match.group(2) or "Z"
+    moment = datetime.fromisoformat(match.group(1) + ("+00:00" if zone == "Z" else zone))
+    return moment.timestamp()
+
+
+def _containers(client, filters: dict) -> list:
+    """Sparse: listing without inspecting each container, which fails when another user of
+    the engine removes one meanwhile. Their attrs hold Names, Labels, Image, ImageID, Created
+    (epoch seconds)."""
+    return client.containers.list(all=True, filters=filters, sparse=True)
+
+
+def _name(container) -> str:
+    return (container.attrs.get("Names") or ["/" + container.id[:12]])[0].lstrip("/")
+
+
+def _resources(client, filters: dict, volumes: bool = True) -> list[Resource]:
+    found = [
+        Resource(
+            "container",
+            _name(c),
+            c.attrs.get("Labels") or {},
+            float(c.attrs.get("Created") or 0),
+        )
+        for c in _containers(client, filters)
+    ]
+    for network in client.networks.list(filters=filters):
+        attrs = network.attrs
+        found.append(
+            Resource("network", network.name, attrs.get("Labels") or {}, _created(attrs["Created"]))
+        )
+    for volume in client.volumes.list(filters=filters) if volumes else ():
+        attrs = volume.attrs
+        found.append(
+            Resource("volume", volume.name, attrs.get("Labels") or {}, _created(attrs["CreatedAt"]))
+        )
+    return found
+
+
+def project_resources(engine: Engine, project: str, volumes: bool = True) -> list[Resource]:
+    """The containers, networks and (with volumes) volumes of exactly this compose project."""
+    return _resources(engine.client, {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}, volumes)
+
+
+def compose_resources(engine: Engine) -> list[Resource]:
+    """Every container, network and volume that belongs to some compose project."""
+    return _resources(engine.client, {"label": COMPOSE_PROJECT_LABEL})
+
+
+def _lease_container(client, project: str):
+    found = _containers(client, {"label": f"{LEASE_LABEL}={project}"})
+    return found[0] if found else None
+
+
+def write_lease(engine: Engine, project: str, body: bytes) -> bool:
+    """Write body into the project's lease: a container that is never started, created from
+    the image of one of the project's containers (an image the engine surely holds), so any
+    host that shares the engine can read it. False while the project has no container yet."""
+    import docker
+
+    client = engine.client
+    lease = _lease_container(client, project)
+    if lease is None:
+        selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}
+        members = _containers(client, selector)
+        if not members:
+            return False
+        try:
+            lease = client.containers.create(
+                members[0].attrs["ImageID"], ["lease"], name=f"{project}-buildtasks-lease",
+                labels={LEASE_LABEL: project}, network_mode="none",
+            )  # fmt: skip
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: created meanwhile by the previous attempt
+                raise
+            lease = _lease_container(client, project)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        member = tarfile.TarInfo(LEASE_FILE)
+        member.size = len(body)
+        member.mtime = int(time.time())
+        tar.addfile(member, io.BytesIO(body))
+    return lease.put_archive("/", buffer.getvalue())
+
+
+def read_leases(engine: Engine) -> dict[str, bytes]:
+    """{project: lease body} for every lease on the engine (bodies are untrusted input)."""
+    import docker
+
+    leases = {}
+    for container in _containers(engine.client, {"label": LEASE_LABEL}):
+        try:
+            stream, _ = container.get_archive("/" + LEASE_FILE)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                handle = tar.extractfile(member) if member and member.isfile() else None
+                body = handle.read(4096) if handle else b""
+        except (docker.errors.NotFound, tarfile.TarError):
+            body = b""  # removed meanwhile, or never written: no lease
+        leases[container.attrs["Labels"][LEASE_LABEL]] = body
+    return leases
+
+
+def remove_project(engine: Engine, project: str) -> list[str]:
+    """Remove a compose project's containers, networks and volumes, and its lease."""
+    client = engine.client
+    removed = []
+    selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}
+    lease = _lease_container(client, project)
+    for container in [*_containers(client, selector), *([lease] if lease else [])]:
+        removed.append(f"container {_name(container)}")
+        container.remove(force=True, v=True)
+    for network in client.networks.list(filters=selector):
+        removed.append(f"network {network.name}")
+        network.remove()
+    for volume in client.volumes.list(filters=selector):
+        removed.append(f"volume {volume.name}")
+        volume.remove(force=True)
+    return removed
+
+
+def remove_lease(engine: Engine, project: str) -> None:
+    lease = _lease_container(engine.client, project)
+    if lease is not None:
+        lease.remove(force=True)

@@ -30,8 +30,13 @@ def up(c: Context, build=False, file=None, project=""):
 
     config, sh, compose = _stack(c, file, project)
     if build:
-        stack.build_targets(sh, config, config.stack.targets)
+        _show_builds(stack.build_targets(sh, config, config.stack.targets))
     stack.up(sh, compose, config.stack.wait_timeout)
+
+
+def _show_builds(summaries: list[str]) -> None:
+    for summary in summaries:  # stderr: stdout is for --json
+        print(summary, file=sys.stderr)
 
 
 @task(
@@ -39,9 +44,13 @@ def up(c: Context, build=False, file=None, project=""):
 )
 @one_line_errors
 def down(c: Context, volumes=False, file=None, project=""):
-    """Stop and remove the compose stack (volumes kept unless --volumes)."""
+    """Stop and remove the compose stack (volumes kept unless --volumes); Ctrl-C waits until
+    it is done. Fails naming what is left when the engine still holds part of it."""
+    from buildtasks import stack
+    from buildtasks.docker.engine import Engine
+
     _, sh, compose = _stack(c, file, project)
-    sh.run(compose.down(volumes=volumes))
+    stack.teardown(sh, Engine(), compose, volumes=volumes)
 
 
 @task(
@@ -87,6 +96,7 @@ def deploy(c: Context, json_=False, file=None, project=""):
     from buildtasks import stack
 
     config, sh, compose = _stack(c, file, project)
+    _show_builds(stack.build_targets(sh, config, config.stack.targets))
     report = stack.deploy(sh, config, compose)
     if not sh.dry:
         _report(report, json_)

@@ -46,6 +46,9 @@ TESTS = {
 }
 
 
+LEASE_TTL = 2
+
+
 def project_dir(tmp_path: Path, mirror: str, test: str = "pass", healthy: bool = True) -> Path:
     name = f"btfix{uuid.uuid4().hex[:6]}"
     (tmp_path / "compose").mkdir()
@@ -59,7 +62,7 @@ def project_dir(tmp_path: Path, mirror: str, test: str = "pass", healthy: bool =
         "from buildtasks.sessions import integration_session\n"
         "integration_session(venv_backend='none', install=(), "
         "pytest_args=('-p', 'no:cacheprovider', 'checks'), "
-        f"wait_timeout={60 if healthy else 8})\n"
+        f"wait_timeout={60 if healthy else 8}, lease_ttl={LEASE_TTL})\n"
     )
     (tmp_path / "checks").mkdir()
     (tmp_path / "checks/test_web.py").write_text(TESTS[test])
@@ -85,10 +88,10 @@ def run_nox(project: Path, session: str = "integration") -> subprocess.Completed
 def leftovers(engine, prefix: str) -> list[str]:
     """Containers, networks and volumes of compose projects named PREFIX…"""
     label = "com.docker.compose.project"
-    found = [
-        c.name
-        for c in engine.containers.list(all=True)
-        if c.labels.get(label, "").startswith(prefix)
+    found = [  # sparse: other tests remove their containers meanwhile
+        c.attrs["Names"][0].lstrip("/")
+        for c in engine.containers.list(all=True, sparse=True)
+        if (c.attrs.get("Labels") or {}).get(label, "").startswith(prefix)
     ]
     for resource in (*engine.networks.list(), *engine.volumes.list()):
         if (resource.attrs.get("Labels") or {}).get(label, "").startswith(prefix):
@@ -194,6 +197,7 @@ def test_clean_removes_a_killed_runs_stack_and_nothing_else(engine, mirror, tmp_
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         assert leftovers(engine, prefix_of(project)), "the killed run left no stack to clean"
+        time.sleep(LEASE_TTL + 1)  # its lease goes stale
         result = run_nox(project, "integration-clean")
         assert result.returncode == 0, result.stderr
         assert "1 orphaned integration stack(s) removed" in result.stdout + result.stderr
