@@ -250,14 +250,19 @@ class Engine:
         self.client = client
 
     def images(self) -> list[ImageInfo]:
-        return sorted(
-            ImageInfo(
-                i.id,
-                tuple(sorted(i.tags)),
-                tuple((i.attrs.get("RootFS") or {}).get("Layers") or ()),
-            )
-            for i in self.client.images.list(all=True)
-        )
+        """Every image, by id; one removed while we look is left out."""
+        import docker
+
+        found = []
+        for summary in self.client.api.images(all=True):
+            try:
+                attrs = self.client.api.inspect_image(summary["Id"])
+            except docker.errors.NotFound:
+                continue
+            tags = sorted(t for t in attrs.get("RepoTags") or () if t != "<none>:<none>")
+            layers = (attrs.get("RootFS") or {}).get("Layers") or ()
+            found.append(ImageInfo(attrs["Id"], tuple(tags), tuple(layers)))
+        return sorted(found, key=lambda i: i.id)
 
     def layer_sizes(self, image: ImageInfo) -> list[int]:
         history = [e.get("Size") or 0 for e in reversed(self.client.api.history(image.id))]
@@ -275,11 +280,12 @@ class Engine:
         found = self.client.api.containers(
             all=True, size=True, filters={"label": f"{PROJECT_LABEL}={project}", "status": "exited"}
         )
-        return sorted(
+        items = [
             Item("container", c["Names"][0].lstrip("/"), c.get("SizeRw") or 0, c["Id"])
             for c in found
             if (c.get("Labels") or {}).get(PROJECT_LABEL) == project
-        )
+        ]
+        return sorted(items, key=lambda i: i.name)
 
     def layers_size(self) -> int:
         return self.client.df().get("LayersSize") or 0

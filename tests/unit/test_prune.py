@@ -89,7 +89,7 @@ def test_an_image_built_from_ours_protects_it_and_is_never_ours():
     label_only = ImageInfo("sha256:d1", ("derived:1",), ours.layers)
     plan = plan_images([ours, label_only], [rec("a", 1)], Guards(REPO), keep=0)
     assert removed(plan) == [] and plan.kept[0].reason == "image derived:1 is built from it"
-    child = ImageInfo("sha256:d2", (), ours.layers + ("sha256:more",))
+    child = ImageInfo("sha256:d2", (), (*ours.layers, "sha256:more"))
     assert (
         plan_images([ours, child], [rec("a", 1)], Guards(REPO), 0)
         .kept[0]
