@@ -156,6 +156,10 @@ def plan_images(
             kept.append(Kept(name, record.target, reason))
         else:
             remove.append(image)
+    for image in images:  # say why the repository's other images stay
+        mine = [t for t in image.tags if repository_of(t) == guards.repository]
+        if mine and image.id not in project_ids:
+            kept.append(Kept(mine[0], "", "not built by this checkout (no build record)"))
     return ImagePlan(remove, kept)
 
 

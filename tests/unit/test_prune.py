@@ -36,12 +36,13 @@ def test_every_build_sharing_one_created_time_still_keeps_the_newest_build():
     # a commit) and let images in use take keep_images slots: it untagged the newest :prod.
     images = [img("c", f"{REPO}:prod-3"), img("a", f"{REPO}:prod-1"), img("b", f"{REPO}:prod-2")]
     records = [rec("a", 1), rec("b", 2), rec("c", 3)]
-    used = Guards(REPO, in_use={"sha256:a": "db"})
+    assert removed(plan_images(images, records, Guards(REPO), keep=1)) == ["b", "a"]
+    used = Guards(REPO, in_use={"sha256:c": "db"})
     plan = plan_images(images, records, used, keep=1)
-    assert removed(plan) == ["b"]
+    assert removed(plan) == ["a"]
     assert [k.reason for k in plan.kept] == [
-        "one of the 1 newest builds of prod",
         "used by container db",
+        "one of the 1 newest builds of prod",
     ]
 
 
@@ -104,6 +105,9 @@ def test_unrecorded_images_are_not_candidates_and_untagged_builds_go():
     images = [img("x", f"{REPO}:prod-x"), img("u")]
     plan = plan_images(images, [rec("u", 1)], Guards(REPO), keep=3)
     assert removed(plan) == ["u"]
+    assert [(k.image, k.reason) for k in plan.kept] == [
+        (f"{REPO}:prod-x", "not built by this checkout (no build record)")
+    ]
 
 
 def test_estimate_counts_only_layers_no_remaining_image_holds():
