@@ -54,13 +54,19 @@ def ids_from_metadata(metadata: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(metadata[k] for k in keys if isinstance(metadata.get(k), str)))
 
 
-def record(root: Path, target: str, revision: str, metadata: dict) -> None:
-    """Add one finished local build (a rebuild of the same image moves it to now)."""
+def record(root: Path, target: str, revision: str, metadata: dict) -> bool:
+    """Add one finished local build (a rebuild of the same image moves it to now). An
+    unwritable state directory does not fail the build: prune then keeps the image."""
     ids = ids_from_metadata(metadata)
-    if ids:
-        entry = BuildRecord(ids, target, revision, time.time_ns())
+    if not ids:
+        return False
+    entry = BuildRecord(ids, target, revision, time.time_ns())
+    try:
         with _locked(root):
             _write(root, [r for r in load(root) if not set(r.ids) & set(ids)] + [entry])
+    except OSError:
+        return False
+    return True
 
 
 def forget(root: Path, ids: Iterable[str]) -> None:

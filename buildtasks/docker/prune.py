@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -292,23 +293,34 @@ class Engine:
         return sorted(items, key=lambda i: i.name)
 
     def layers_size(self) -> int:
-        return self.client.df().get("LayersSize") or 0
+        """The engine's image layer usage; the median of three readings, since one reading
+        catches the transient snapshots of builds running beside us."""
+        return int(statistics.median(self.client.df().get("LayersSize") or 0 for _ in range(3)))
 
     def build_cache_records(self) -> list[dict]:
         return self.client.df().get("BuildCache") or []
 
-    def remove(self, item: Item) -> None:
+    def remove(self, item: Item) -> bool:
+        """Remove one planned item; False when it changed since the plan (a tag moved to
+        another image, a container started using the image): then it stays."""
         import docker
 
         try:
             if item.kind == "image-tag":
-                self.client.images.remove(item.name)
+                if self.client.api.inspect_image(item.name)["Id"] != item.ident:
+                    return False
+                self.client.api.remove_image(item.name)
             elif item.kind == "image":
-                self.client.images.remove(item.ident)
+                self.client.api.remove_image(item.ident)
             elif item.kind == "container":
                 self.client.api.remove_container(item.ident)
         except docker.errors.NotFound:
             pass  # already gone
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: in use now
+                raise
+            return False
+        return True
 
 
 def old_build_cache(records: list[dict], until: timedelta) -> list[dict]:
@@ -392,20 +404,33 @@ WHOLE_ENGINE = (
 )
 
 
-def run(engine: Engine, settings, items: list[Item]) -> int:
-    """Remove exactly the planned items; the bytes reclaimed as measured: the engine's
+@dataclass(frozen=True)
+class Pruned:
+    removed: list[Item]
+    skipped: list[Item]  # changed since the plan, left alone
+    reclaimed: int
+
+
+def run(engine: Engine, settings, items: list[Item]) -> Pruned:
+    """Remove exactly the planned items. The bytes reclaimed as measured: the engine's
     layer usage and the cache directories before minus after, plus the removed
     containers' writable layers."""
     dirs = [settings.root / d for d in settings.cache.dirs]
     before = engine.layers_size() + sum(directory_size(d) for d in dirs)
+    removed, skipped = [], []
     for item in items:
         if item.kind == "cache-blob":
-            os.unlink(item.ident)
-        else:
-            engine.remove(item)
-    builds.forget(settings.root, {i.ident for i in items if i.kind in ("image", "image-tag")})
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.ident)
+        elif not engine.remove(item):
+            skipped.append(item)
+            continue
+        removed.append(item)
+    gone = {i.ident for i in removed if i.kind in ("image", "image-tag")}
+    builds.forget(settings.root, gone - {i.ident for i in skipped})
     after = engine.layers_size() + sum(directory_size(d) for d in dirs)
-    return before - after + sum(i.size for i in items if i.kind == "container")
+    containers = sum(i.size for i in removed if i.kind == "container")
+    return Pruned(removed, skipped, before - after + containers)
 
 
 def usage_report(sh, settings, engine: Engine) -> dict:

@@ -79,15 +79,19 @@ def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, 
     found = pruning.plan(sh, project, engine)
     for kept in found.kept:
         print(f"keep {kept.image}  ({kept.reason})")
-    verb = "would remove" if sh.dry else "remove"
-    for item in found.items:
-        print(f"{verb} {item.kind:<10} {item.name}  {human_size(item.size)}")
-    estimate = human_size(found.estimate)
     if sh.dry:
-        print(f"would reclaim about {estimate} ({found.estimate} bytes, {len(found.items)} items)")
+        for item in found.items:
+            print(f"would remove {item.kind:<10} {item.name}  {human_size(item.size)}")
+        estimate, count = found.estimate, len(found.items)
+        print(f"would reclaim about {human_size(estimate)} ({estimate} bytes, {count} items)")
     else:
-        reclaimed = pruning.run(engine, project, found.items)
-        print(f"reclaimed {human_size(reclaimed)} ({reclaimed} bytes, {len(found.items)} items; "
+        result = pruning.run(engine, project, found.items)
+        for item in result.removed:
+            print(f"removed {item.kind:<10} {item.name}  {human_size(item.size)}")
+        for item in result.skipped:
+            print(f"skipped {item.kind:<10} {item.name}  (changed since the plan: left alone)")
+        reclaimed = result.reclaimed
+        print(f"reclaimed {human_size(reclaimed)} ({reclaimed} bytes, {len(result.removed)} items; "
               f"estimated {found.estimate} bytes)")  # fmt: skip
     if build_cache:
         sh.run(pruning.build_cache_argv(project))

@@ -95,7 +95,7 @@ def test_prune_scenario_removes_exactly_the_dry_plan_and_nothing_protected(
     (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text() + extra)
     (project / ".gitignore").write_text("content.txt\n")
     git(project, "init", "-q")
-    mib = 1 << 20
+    mib = 4 << 20  # far above the engine's noise (containers writing, others' builds)
     created = []
     try:
         c1 = commit(project, os.urandom(mib), "one")
@@ -141,10 +141,10 @@ def test_prune_scenario_removes_exactly_the_dry_plan_and_nothing_protected(
         assert [name for _, name, _ in plan] == expected, dry.stdout
         assert dry.stdout == cli(project, "--dry", "prune").stdout  # deterministic
         estimate = int(re.search(r"would reclaim about .* \((\d+) bytes", dry.stdout).group(1))
-        assert 2 * mib < estimate < 3 * mib  # two payloads, not the shared base image
+        assert 2 * mib < estimate < 2.1 * mib  # two payloads, not the shared base image
 
         result = cli(project, "prune")
-        assert listed(result.stdout, "remove") == plan
+        assert listed(result.stdout, "removed") == plan
         reclaimed = int(re.search(r"reclaimed .* \((\d+) bytes", result.stdout).group(1))
         assert abs(reclaimed - estimate) <= 0.1 * reclaimed, result.stdout
 
@@ -191,7 +191,7 @@ def test_prune_removes_only_the_projects_stale_images(engine, tmp_path):
         # deletes it), then v2; app:app floats, v3 is the 1 newest of the rest, v1 is in use
         assert planned == [*[("image", u) for u in untagged], ("image-tag", f"{prefix}/app:v2")]
         result = cli(project, "prune")
-        assert [(k, n) for k, n, _ in listed(result.stdout, "remove")] == planned
+        assert [(k, n) for k, n, _ in listed(result.stdout, "removed")] == planned
         tags = tags_of(engine)
         assert f"{prefix}/app:app" in tags  # the newest
         assert f"{prefix}/app:v1" in tags  # used by a container

@@ -179,3 +179,10 @@ def test_orphan_blobs_are_the_unreferenced_ones(tmp_path):
 def test_parse_duration():
     assert parse_duration("168h").total_seconds() == 168 * 3600
     assert parse_duration("7d").days == 7
+
+
+def test_an_unwritable_state_directory_does_not_fail_the_build(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "file"))
+    assert builds.record(tmp_path, "prod", "", {"containerimage.digest": "sha256:m"}) is False
+    assert builds.load(tmp_path) == []
