@@ -14,7 +14,8 @@ from buildtasks.errors import ConfigError
 from buildtasks.git import GitState
 
 OCI = "org.opencontainers.image"
-IMAGE_LABEL = "io.buildtasks.image"  # marks the project's images for `inv prune`
+# Informational: a FROM-derived image inherits it, so prune goes by docker/builds.py instead.
+IMAGE_LABEL = "io.buildtasks.image"
 TARGET_LABEL = "io.buildtasks.target"
 
 

@@ -12,7 +12,9 @@ from urllib.parse import urlparse
 
 from buildtasks import git
 from buildtasks.config import Settings
+from buildtasks.docker import builds
 from buildtasks.docker.build import (
+    OCI,
     BuildPlan,
     BuildRequest,
     bake_definition,
@@ -140,6 +142,8 @@ def _finish(
     if build_plan.push:
         return Built(build_plan.target, ref, digest, None)
     facts = engine.image(ref)
+    revision = build_plan.labels.get(f"{OCI}.revision", "")
+    builds.record(settings.root, build_plan.target, revision, metadata)  # what prune may remove
     target = settings.targets[build_plan.target]
     if check:
         found = violations(

@@ -1,32 +1,48 @@
-"""Reclaiming space without touching what is not the project's.
+"""Reclaiming space without touching what is not provably the project's and stale.
 
-The project's images are those of its repository or carrying its `io.buildtasks.image`
-label; an image any container uses is never removed; local cache exports lose only blobs
-no index references, so they still import afterwards.
+The project's images are the ones its builds recorded (docker/builds.py): a label would not
+do, since an image built ``FROM`` the project's image inherits every label. Of those, an
+image is kept when a container (running or stopped) uses it, another image is built from
+it, it was built from HEAD or from a commit a git tag points at, it carries a floating tag
+of a target or a tag outside the project's repository, or it is one of the ``keep_images``
+newest tagged builds of its target (by the time the build finished, not the ``created``
+label, which is the commit time). Everything is sorted, so the same engine and checkout
+give the same plan; the run removes exactly that plan.
+
+The estimate counts the layers only the removed images hold (layers are shared by chain
+id, as the engine stores them); the measured figure is the engine's own layer usage before
+minus after. Local cache exports lose only blobs no index references, so they still import.
+BuildKit's build cache belongs to the whole engine: it is pruned only on request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+import statistics
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from buildtasks.docker.build import IMAGE_LABEL, TARGET_LABEL
+from buildtasks import git
+from buildtasks.docker import builds
+from buildtasks.docker.build import render_tags, template_values
 from buildtasks.docker.compose import PROJECT_LABEL, stack_compose
+from buildtasks.errors import ConfigError
 
 _JSON_TYPES = ("manifest", "index", "json")
+_ORDER = {"container": 0, "image-tag": 1, "image": 1, "cache-blob": 2}
 
 
 @dataclass(frozen=True)
 class Item:
-    """One thing prune removes: kind, name, bytes."""
+    """One thing prune removes: kind, name, the bytes its removal is expected to free."""
 
-    kind: str  # image-tag, dangling-image, container, cache-blob, build-cache
+    kind: str  # container, image-tag, image (an untagged one), cache-blob
     name: str
     size: int
     ident: str = ""  # engine id or file path
@@ -36,36 +52,146 @@ class Item:
 class ImageInfo:
     id: str
     tags: tuple[str, ...]
-    labels: dict
-    created: str
-    size: int
+    layers: tuple[str, ...]  # diff ids, bottom first
 
 
-def is_project_image(image: ImageInfo, repository: str) -> bool:
-    return image.labels.get(IMAGE_LABEL) == repository or any(
-        tag.rsplit(":", 1)[0] == repository for tag in image.tags
+@dataclass(frozen=True)
+class Kept:
+    image: str  # first tag, or the id
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What protects an image whatever its age."""
+
+    repository: str
+    head: str = ""
+    release_commits: Mapping[str, str] = field(default_factory=dict)  # commit -> git tag
+    floating: frozenset[str] = frozenset()  # full references
+    in_use: Mapping[str, str] = field(default_factory=dict)  # image id -> container name
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    remove: list[ImageInfo]  # whole images, newest first within each target
+    kept: list[Kept]
+
+
+def repository_of(ref: str) -> str:
+    """'reg:5000/app:tag' -> 'reg:5000/app' (a tag never contains '/')."""
+    name, sep, tag = ref.rpartition(":")
+    return name if sep and "/" not in tag else ref
+
+
+def chain_ids(layers: Iterable[str]) -> list[str]:
+    """The engine's identity of each layer: a diff id on top of exactly these parents."""
+    chain: list[str] = []
+    for diff_id in layers:
+        parent = chain[-1] if chain else ""
+        chain.append(
+            diff_id
+            if not parent
+            else "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+        )
+    return chain
+
+
+def _built_from(base: ImageInfo, other: ImageInfo, project_ids: set[str]) -> bool:
+    """Whether other was built from base: it starts with all of base's layers. Two of the
+    project's builds with the same layers (same content, other labels) are siblings."""
+    if other.id == base.id or not base.layers:
+        return False
+    if other.layers[: len(base.layers)] != base.layers:
+        return False
+    return len(other.layers) > len(base.layers) or other.id not in project_ids
+
+
+def _guard(
+    image: ImageInfo,
+    record: builds.BuildRecord,
+    guards: Guards,
+    images: list[ImageInfo],
+    project_ids: set[str],
+) -> str:
+    """Why image must stay whatever its age, or ''."""
+    if image.id in guards.in_use:
+        return f"used by container {guards.in_use[image.id]}"
+    child = next((o for o in images if _built_from(image, o, project_ids)), None)
+    if child is not None:
+        return f"image {child.tags[0] if child.tags else child.id[:19]} is built from it"
+    if record.revision and record.revision == guards.head:
+        return "built from HEAD"
+    if record.revision in guards.release_commits:
+        return f"built from git tag {guards.release_commits[record.revision]}"
+    floating = sorted(set(image.tags) & guards.floating)
+    if floating:
+        return f"carries the floating tag {floating[0]}"
+    foreign = sorted(t for t in image.tags if repository_of(t) != guards.repository)
+    if foreign:
+        return f"also tagged {foreign[0]}"
+    return ""
+
+
+def plan_images(
+    images: list[ImageInfo], records: list[builds.BuildRecord], guards: Guards, keep: int
+) -> ImagePlan:
+    """Which of the project's recorded images go: per target, newest build first, the
+    guarded ones stay, then the `keep` newest tagged ones; ties break on the image id."""
+    record_of = {image_id: r for r in records for image_id in r.ids}
+    ours = sorted(
+        (i for i in images if i.id in record_of),
+        key=lambda i: (record_of[i.id].target, -record_of[i.id].built_ns, i.id),
     )
+    project_ids = {i.id for i in ours}
+    remove, kept, counted = [], [], {}
+    for image in ours:
+        record = record_of[image.id]
+        name = image.tags[0] if image.tags else image.id[:19]
+        reason = _guard(image, record, guards, images, project_ids)
+        if not reason and image.tags and counted.get(record.target, 0) < keep:
+            counted[record.target] = counted.get(record.target, 0) + 1
+            reason = f"one of the {keep} newest builds of {record.target}"
+        if reason:
+            kept.append(Kept(name, record.target, reason))
+        else:
+            remove.append(image)
+    for image in images:  # say why the repository's other images stay
+        mine = [t for t in image.tags if repository_of(t) == guards.repository]
+        if mine and image.id not in project_ids:
+            kept.append(Kept(mine[0], "", "not built by this checkout (no build record)"))
+    return ImagePlan(remove, kept)
 
 
-def stale_tags(
-    images: Iterable[ImageInfo], repository: str, keep: int, in_use: set[str]
+def image_items(
+    remove: list[ImageInfo], images: list[ImageInfo], layer_sizes: Callable[[str], list[int]]
 ) -> list[Item]:
-    """Tags of the project's images beyond the `keep` newest per target; images in use
-    by a container are kept whatever their age."""
-    by_target: dict[str, list[ImageInfo]] = {}
-    for image in images:
-        if image.tags and is_project_image(image, repository):
-            by_target.setdefault(image.labels.get(TARGET_LABEL, ""), []).append(image)
+    """Items that remove the given images: each tag, or the id of an untagged image. The
+    bytes are those of the layers no remaining image holds, on the image's last item."""
+    removed = {i.id for i in remove}
+    held = {c for i in images if i.id not in removed for c in chain_ids(i.layers)}
     items = []
-    for group in by_target.values():
-        for image in sorted(group, key=lambda i: i.created, reverse=True)[keep:]:
-            if image.id in in_use:
-                continue
-            own = [t for t in image.tags if t.rsplit(":", 1)[0] == repository] or list(image.tags)
-            items += [
-                Item("image-tag", tag, image.size if tag == own[-1] else 0, image.id) for tag in own
-            ]
+    for image in remove:
+        freed = 0
+        for chain, size in zip(chain_ids(image.layers), layer_sizes(image.id), strict=True):
+            if chain not in held:
+                held.add(chain)  # shared by two removed images: counted once
+                freed += size
+        names = sorted(image.tags) or [image.id]
+        kind = "image-tag" if image.tags else "image"
+        items += [Item(kind, n, freed if n == names[-1] else 0, image.id) for n in names]
     return items
+
+
+def align_sizes(history_sizes: list[int], layer_count: int) -> list[int]:
+    """Layer sizes from an image's history (bottom first). History also has entries that
+    make no layer (ENV, LABEL): with more entries than layers, the non-empty ones are the
+    layers, matched from the top."""
+    if len(history_sizes) == layer_count:
+        return history_sizes
+    sizes = [s for s in history_sizes if s > 0][-layer_count:] if layer_count else []
+    return [0] * (layer_count - len(sizes)) + sizes
 
 
 def referenced_blobs(layout: Path) -> set[str]:
@@ -118,8 +244,6 @@ def parse_duration(text: str) -> timedelta:
     """'168h', '7d', '30m' -> timedelta."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     if not text or text[-1] not in units or not text[:-1].isdigit():
-        from buildtasks.errors import ConfigError
-
         raise ConfigError(f"duration {text!r}: write a number with s, m, h or d (e.g. 168h)")
     return timedelta(**{units[text[-1]]: int(text[:-1])})
 
@@ -131,78 +255,84 @@ class Engine:
         self.client = client
 
     def images(self) -> list[ImageInfo]:
-        return [
-            ImageInfo(
-                i.id,
-                tuple(i.tags),
-                i.labels or {},
-                i.attrs.get("Created", ""),
-                i.attrs.get("Size", 0),
-            )
-            for i in self.client.images.list(all=True)
-        ]
+        """Every image, by id; one removed while we look is left out."""
+        import docker
 
-    def images_in_use(self) -> set[str]:
-        return {c.attrs["Image"] for c in self.client.containers.list(all=True)}
+        found = []
+        for summary in self.client.api.images(all=True):
+            try:
+                attrs = self.client.api.inspect_image(summary["Id"])
+            except docker.errors.NotFound:
+                continue
+            tags = sorted(t for t in attrs.get("RepoTags") or () if t != "<none>:<none>")
+            layers = (attrs.get("RootFS") or {}).get("Layers") or ()
+            found.append(ImageInfo(attrs["Id"], tuple(tags), tuple(layers)))
+        return sorted(found, key=lambda i: i.id)
 
-    def dangling(self, repository: str, in_use: set[str]) -> list[Item]:
-        images = self.client.images.list(
-            filters={"dangling": True, "label": f"{IMAGE_LABEL}={repository}"}
+    def layer_sizes(self, image: ImageInfo) -> list[int]:
+        history = [e.get("Size") or 0 for e in reversed(self.client.api.history(image.id))]
+        return align_sizes(history, len(image.layers))
+
+    def images_in_use(self) -> dict[str, str]:
+        """{image id: a container using it}, stopped containers included."""
+        used: dict[str, str] = {}
+        for c in sorted(self.client.api.containers(all=True), key=lambda c: c["Names"]):
+            used.setdefault(c["ImageID"], c["Names"][0].lstrip("/"))
+        return used
+
+    def stopped_containers(self, project: str) -> list[Item]:
+        """Exited containers of exactly this compose project (the label, not a prefix)."""
+        found = self.client.api.containers(
+            all=True, size=True, filters={"label": f"{PROJECT_LABEL}={project}", "status": "exited"}
         )
-        return [
-            Item("dangling-image", i.short_id, i.attrs.get("Size", 0), i.id)
-            for i in images
-            if i.id not in in_use
-        ]
-
-    def stopped_containers(self, project_prefix: str) -> list[Item]:
-        found = self.client.containers.list(
-            all=True, filters={"label": PROJECT_LABEL, "status": "exited"}
-        )
-        return [
-            Item("container", c.name, 0, c.id)
+        items = [
+            Item("container", c["Names"][0].lstrip("/"), c.get("SizeRw") or 0, c["Id"])
             for c in found
-            if c.labels.get(PROJECT_LABEL, "").startswith(project_prefix)
+            if (c.get("Labels") or {}).get(PROJECT_LABEL) == project
         ]
+        return sorted(items, key=lambda i: i.name)
+
+    def layers_size(self) -> int:
+        """The engine's image layer usage; the median of three readings, since one reading
+        catches the transient snapshots of builds running beside us."""
+        return int(statistics.median(self.client.df().get("LayersSize") or 0 for _ in range(3)))
 
     def build_cache_records(self) -> list[dict]:
         return self.client.df().get("BuildCache") or []
 
-    def usage(self) -> int:
-        """Bytes the engine holds: image layers, containers, volumes, build cache."""
-        df = self.client.df()
-        containers = sum(c.get("SizeRw", 0) or 0 for c in df.get("Containers") or [])
-        volumes = sum(
-            (v.get("UsageData") or {}).get("Size", 0) or 0 for v in df.get("Volumes") or []
-        )
-        cache = sum(b.get("Size", 0) or 0 for b in df.get("BuildCache") or [])
-        return (df.get("LayersSize") or 0) + containers + max(volumes, 0) + cache
-
-    def remove(self, item: Item) -> None:
+    def remove(self, item: Item) -> bool:
+        """Remove one planned item; False when it changed since the plan (a tag moved to
+        another image, a container started using the image): then it stays."""
         import docker
 
         try:
             if item.kind == "image-tag":
-                self.client.images.remove(item.name, noprune=False)
-            elif item.kind == "dangling-image":
-                self.client.images.remove(item.ident)
+                if self.client.api.inspect_image(item.name)["Id"] != item.ident:
+                    return False
+                self.client.api.remove_image(item.name)
+            elif item.kind == "image":
+                self.client.api.remove_image(item.ident)
             elif item.kind == "container":
-                self.client.containers.get(item.ident).remove()
+                self.client.api.remove_container(item.ident)
         except docker.errors.NotFound:
             pass  # already gone
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: in use now
+                raise
+            return False
+        return True
 
 
-def old_build_cache(records: list[dict], until: timedelta) -> list[Item]:
+def old_build_cache(records: list[dict], until: timedelta) -> list[dict]:
     """Build cache records not in use and unused for longer than until."""
     cutoff = datetime.now(UTC) - until
-    items = []
-    for record in records:
-        last = record.get("LastUsedAt") or record.get("CreatedAt") or ""
-        if not record.get("InUse") and last and _parse_time(last) < cutoff:
-            items.append(
-                Item("build-cache", record["ID"][:12], record.get("Size", 0), record["ID"])
-            )
-    return items
+    return [
+        r
+        for r in records
+        if not r.get("InUse")
+        and (last := r.get("LastUsedAt") or r.get("CreatedAt") or "")
+        and _parse_time(last) < cutoff
+    ]
 
 
 def _parse_time(text: str) -> datetime:
@@ -215,58 +345,57 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(f"{match.group(1)}{fraction}{zone}")
 
 
-def remove_blob(item: Item) -> None:
-    os.unlink(item.ident)
+def guards(sh, settings, in_use: Mapping[str, str]) -> Guards:
+    """HEAD, the commits git tags point at, the floating tags of every target, in_use."""
+    state = git.state(sh, settings.root)
+    listing = ""
+    if state.sha:
+        listing = sh.output(
+            ["git", "-C", str(settings.root), "for-each-ref", "--sort=refname",
+             "--format=%(objectname) %(*objectname) %(refname:strip=2)", "refs/tags"],
+        )  # fmt: skip
+    commits: dict[str, str] = {}
+    for line in listing.splitlines():
+        obj, peeled, name = line.split(" ", 2)
+        commits.setdefault(peeled or obj, name)  # an annotated tag peels to its commit
+    floating = {f"{repository_of(settings.image)}:latest"}
+    for target in settings.targets.values():
+        values = {
+            **template_values(target.name, settings.version, state),
+            "sha": "",
+            "short_sha": "",
+        }
+        floating.update(render_tags(target.tags, settings.image, values))
+    return Guards(repository_of(settings.image), state.sha, commits, frozenset(floating), in_use)
 
 
-def plan(settings, engine: Engine) -> list[Item]:
-    """Everything a project-scoped prune would remove."""
-    config = settings.cache
-    in_use = engine.images_in_use()
-    items = old_build_cache(engine.build_cache_records(), parse_duration(config.until))
-    items += engine.dangling(settings.image, in_use)
-    items += stale_tags(engine.images(), settings.image, config.keep_images, in_use)
-    items += engine.stopped_containers(stack_compose(settings).project)
-    for directory in config.dirs:
+@dataclass(frozen=True)
+class Plan:
+    items: list[Item]
+    kept: list[Kept]
+
+    @property
+    def estimate(self) -> int:
+        return sum(i.size for i in self.items)
+
+
+def plan(sh, settings, engine: Engine) -> Plan:
+    """Everything a project-scoped prune removes, in the order it removes it."""
+    images = engine.images()
+    protect = guards(sh, settings, engine.images_in_use())
+    chosen = plan_images(images, builds.load(settings.root), protect, settings.cache.keep_images)
+    sizes = {i.id: engine.layer_sizes(i) for i in chosen.remove}
+    items = engine.stopped_containers(stack_compose(settings).project)
+    items += image_items(chosen.remove, images, sizes.__getitem__)
+    for directory in settings.cache.dirs:
         items += orphan_blobs(settings.root / directory)
-    return items
+    return Plan(sorted(items, key=lambda i: _ORDER[i.kind]), chosen.kept)
 
 
-def apply(sh, engine: Engine, settings, items: list[Item]) -> None:
-    """Remove the planned items: containers first, then images, blobs, and build cache
-    through `docker buildx prune` (BuildKit's own age and storage limits)."""
-    order = {"container": 0, "image-tag": 1, "dangling-image": 2, "cache-blob": 3}
-    for item in sorted(items, key=lambda i: order.get(i.kind, 9)):
-        if item.kind == "cache-blob":
-            remove_blob(item)
-        elif item.kind != "build-cache":
-            engine.remove(item)
-    config = settings.cache
-    sh.run(["docker", "buildx", "prune", "--force", "--filter", f"until={config.until}",
-            "--keep-storage", config.keep_storage])  # fmt: skip
-
-
-def usage_report(settings, engine: Engine) -> dict:
-    """What `inv cache.usage` shows: sizes of everything prune looks at."""
-    cache = engine.build_cache_records()
-    images = [i for i in engine.images() if is_project_image(i, settings.image)]
-    old_cache = old_build_cache(cache, parse_duration(settings.cache.until))
-    return {
-        "build_cache": {
-            "total": sum(r.get("Size", 0) for r in cache),
-            "reclaimable": sum(r.get("Size", 0) for r in cache if not r.get("InUse")),
-            "older_than_until": sum(i.size for i in old_cache),
-        },
-        "images": [
-            {"id": i.id[:19], "tags": list(i.tags), "size": i.size, "created": i.created}
-            for i in images
-        ],
-        "dangling": [i.name for i in engine.dangling(settings.image, engine.images_in_use())],
-        "stopped_containers": [
-            i.name for i in engine.stopped_containers(stack_compose(settings).project)
-        ],
-        "cache_dirs": {d: directory_size(settings.root / d) for d in settings.cache.dirs},
-    }
+def build_cache_argv(settings) -> list[str]:
+    """BuildKit's own prune of the engine's build cache (every project's)."""
+    return ["docker", "buildx", "prune", "--force", "--filter", f"until={settings.cache.until}",
+            "--keep-storage", settings.cache.keep_storage]  # fmt: skip
 
 
 WHOLE_ENGINE = (
@@ -275,18 +404,52 @@ WHOLE_ENGINE = (
 )
 
 
-def run(sh, engine: Engine, settings, items: list[Item], whole_engine: bool) -> int:
-    """Remove items (or prune the whole engine); the bytes reclaimed, measured as usage
-    before minus usage after."""
+@dataclass(frozen=True)
+class Pruned:
+    removed: list[Item]
+    skipped: list[Item]  # changed since the plan, left alone
+    reclaimed: int
+
+
+def run(engine: Engine, settings, items: list[Item]) -> Pruned:
+    """Remove exactly the planned items. The bytes reclaimed as measured: the engine's
+    layer usage and the cache directories before minus after, plus the removed
+    containers' writable layers."""
     dirs = [settings.root / d for d in settings.cache.dirs]
+    before = engine.layers_size() + sum(directory_size(d) for d in dirs)
+    removed, skipped = [], []
+    for item in items:
+        if item.kind == "cache-blob":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(item.ident)
+        elif not engine.remove(item):
+            skipped.append(item)
+            continue
+        removed.append(item)
+    gone = {i.ident for i in removed if i.kind in ("image", "image-tag")}
+    builds.forget(settings.root, gone - {i.ident for i in skipped})
+    after = engine.layers_size() + sum(directory_size(d) for d in dirs)
+    containers = sum(i.size for i in removed if i.kind == "container")
+    return Pruned(removed, skipped, before - after + containers)
 
-    def usage() -> int:
-        return engine.usage() + sum(directory_size(d) for d in dirs)
 
-    before = usage()
-    if whole_engine:
-        for argv in WHOLE_ENGINE:
-            sh.run(argv)
-    else:
-        apply(sh, engine, settings, items)
-    return before - usage()
+def usage_report(sh, settings, engine: Engine) -> dict:
+    """What `inv cache.usage` shows. The build cache is the engine's, shared by every
+    project on it, and labelled so."""
+    cache = engine.build_cache_records()
+    old_cache = old_build_cache(cache, parse_duration(settings.cache.until))
+    chosen = plan(sh, settings, engine)
+    return {
+        "engine_build_cache": {
+            "scope": "engine-wide: every project's builds, not only this one's",
+            "total": sum(r.get("Size", 0) for r in cache),
+            "reclaimable": sum(r.get("Size", 0) for r in cache if not r.get("InUse")),
+            "older_than_until": sum(r.get("Size", 0) for r in old_cache),
+        },
+        "project": {
+            "kept": [k.__dict__ for k in chosen.kept],
+            "prune_would_remove": [i.__dict__ for i in chosen.items],
+            "prune_would_reclaim": chosen.estimate,
+        },
+        "cache_dirs": {d: directory_size(settings.root / d) for d in settings.cache.dirs},
+    }

@@ -20,43 +20,44 @@ def _engine():
 @task(help={"json": "print the report as JSON"})
 @one_line_errors
 def usage(c: Context, json_=False):
-    """Build cache, this project's images, dangling images, stopped containers, cache dirs."""
+    """The engine-wide build cache, and what prune keeps and would remove of this project."""
     from buildtasks.docker import prune
     from buildtasks.docker.checks import human_size
 
     project = settings(c)
-    report = prune.usage_report(project, _engine())
+    report = prune.usage_report(shell(c, project), project, _engine())
     if json_:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
-    cache, images = report["build_cache"], report["images"]
+    cache, mine = report["engine_build_cache"], report["project"]
     total, reclaimable = human_size(cache["total"]), human_size(cache["reclaimable"])
     old = human_size(cache["older_than_until"])
     until = project.cache.until
-    print(f"build cache      {total} total, {reclaimable} reclaimable, {old} unused for {until}+")
-    images_size = human_size(sum(i["size"] for i in images))
-    print(f"project images   {len(images)} of {project.image}, {images_size}")
-    for image in images:
-        tags = ", ".join(image["tags"]) or "<none>"
-        print(f"  {image['id']}  {human_size(image['size']):>9}  {tags}")
-    print(f"dangling images  {len(report['dangling'])}")
-    print(f"stopped containers of the stacks  {len(report['stopped_containers'])}")
+    print(f"build cache (engine-wide, every project's)  {total} total, {reclaimable} reclaimable, "
+          f"{old} unused for {until}+")  # fmt: skip
+    for kept in mine["kept"]:
+        print(f"keep    {kept['image']}  ({kept['reason']})")
+    for item in mine["prune_would_remove"]:
+        print(f"stale   {item['kind']:<10} {item['name']}  {human_size(item['size'])}")
+    print(f"inv prune would reclaim about {human_size(mine['prune_would_reclaim'])}")
     for directory, size in report["cache_dirs"].items():
-        print(f"cache dir        {directory}  {human_size(size)}")
+        print(f"cache dir  {directory}  {human_size(size)}")
 
 
 @task(
     help={
-        "until": "build cache unused for longer than this goes (e.g. 168h; default: config)",
-        "keep_storage": "keep this much build cache (e.g. 5GB; default: config)",
+        "build_cache": "also let BuildKit prune the engine's build cache (every project's) "
+        "unused for --until, down to --keep-storage",
+        "until": "with --build-cache: unused for longer than this (e.g. 168h; default: config)",
+        "keep_storage": "with --build-cache: keep this much (e.g. 5GB; default: config)",
         "all": "prune the whole engine, not only this project (needs --yes)",
         "yes": "confirm --all",
     }
 )
 @one_line_errors
-def prune(c: Context, until="", keep_storage="", all_=False, yes=False):
-    """Remove this project's stale image tags, dangling images, stopped stack containers,
-    orphaned local cache blobs and old build cache; report the bytes reclaimed."""
+def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, yes=False):
+    """Remove this project's stale images, stopped stack containers and orphaned local
+    cache blobs (exactly what --dry lists); report the bytes reclaimed."""
     from buildtasks.docker import prune as pruning
     from buildtasks.docker.checks import human_size
 
@@ -64,23 +65,38 @@ def prune(c: Context, until="", keep_storage="", all_=False, yes=False):
     overrides = {k: v for k, v in (("until", until), ("keep_storage", keep_storage)) if v}
     project = dataclasses.replace(project, cache=dataclasses.replace(project.cache, **overrides))
     sh = shell(c, project)
-    engine = _engine()
-    items = [] if all_ else pruning.plan(project, engine)
-    if all_ and not sh.dry and not (yes or _confirmed()):
-        raise Exit(
-            "error: --all prunes every unused image, container, network and the build cache of "
-            "the whole engine, other projects' too; nothing removed. Add --yes to confirm",
-            code=1,
-        )
-    if sh.dry:
-        for argv in pruning.WHOLE_ENGINE if all_ else ():
+    if all_:
+        if not sh.dry and not (yes or _confirmed()):
+            raise Exit(
+                "error: --all prunes every unused image, container, network and the build cache "
+                "of the whole engine, other projects' too; nothing removed. Add --yes to confirm",
+                code=1,
+            )
+        for argv in pruning.WHOLE_ENGINE:
             sh.run(argv)
-        for item in items:
-            print(f"would remove {item.kind:<15} {item.name}  {human_size(item.size)}")
-        print(f"would reclaim about {human_size(sum(i.size for i in items))} ({len(items)} items)")
         return
-    reclaimed = pruning.run(sh, engine, project, items, whole_engine=all_)
-    print(f"reclaimed {human_size(reclaimed)} ({reclaimed} bytes, {len(items)} items)")
+    engine = _engine()
+    found = pruning.plan(sh, project, engine)
+    for kept in found.kept:
+        print(f"keep {kept.image}  ({kept.reason})")
+    if sh.dry:
+        for item in found.items:
+            print(f"would remove {item.kind:<10} {item.name}  {human_size(item.size)}")
+        estimate, count = found.estimate, len(found.items)
+        print(f"would reclaim about {human_size(estimate)} ({estimate} bytes, {count} items)")
+    else:
+        result = pruning.run(engine, project, found.items)
+        for item in result.removed:
+            print(f"removed {item.kind:<10} {item.name}  {human_size(item.size)}")
+        for item in result.skipped:
+            print(f"skipped {item.kind:<10} {item.name}  (changed since the plan: left alone)")
+        reclaimed = result.reclaimed
+        print(f"reclaimed {human_size(reclaimed)} ({reclaimed} bytes, {len(result.removed)} items; "
+              f"estimated {found.estimate} bytes)")  # fmt: skip
+    if build_cache:
+        sh.run(pruning.build_cache_argv(project))
+        if not sh.dry:
+            print("engine-wide build cache pruned by BuildKit (not counted above)")
 
 
 def _confirmed() -> bool:

@@ -1,30 +1,153 @@
 import json
 
-from buildtasks.docker.prune import ImageInfo, Item, orphan_blobs, parse_duration, stale_tags
+from buildtasks.docker import builds
+from buildtasks.docker.builds import BuildRecord
+from buildtasks.docker.prune import (
+    Guards,
+    ImageInfo,
+    Item,
+    align_sizes,
+    chain_ids,
+    image_items,
+    orphan_blobs,
+    parse_duration,
+    plan_images,
+    repository_of,
+)
 
-REPO = "reg/app"
+REPO = "reg:5000/app"
+BASE = ("sha256:base",)
 
 
-def image(id_: str, created: str, tags=(), target="prod", repo=REPO) -> ImageInfo:
-    labels = {"io.buildtasks.image": repo, "io.buildtasks.target": target} if repo else {}
-    return ImageInfo(id_, tuple(tags), labels, created, 100)
+def img(id_: str, *tags: str) -> ImageInfo:
+    return ImageInfo(f"sha256:{id_}", tuple(tags), (*BASE, f"sha256:own-{id_}"))
 
 
-def test_stale_tags_keep_newest_per_target_in_use_and_foreign():
+def rec(id_: str, built: int, target="prod", revision="") -> BuildRecord:
+    return BuildRecord((f"sha256:{id_}",), target, revision or f"commit-{id_}", built)
+
+
+def removed(plan) -> list[str]:
+    return [i.id.removeprefix("sha256:") for i in plan.remove]
+
+
+def test_every_build_sharing_one_created_time_still_keeps_the_newest_build():
+    # The old code ordered by the `created` label (the commit time, equal for every build of
+    # a commit) and let images in use take keep_images slots: it untagged the newest :prod.
+    images = [img("c", f"{REPO}:prod-3"), img("a", f"{REPO}:prod-1"), img("b", f"{REPO}:prod-2")]
+    records = [rec("a", 1), rec("b", 2), rec("c", 3)]
+    assert removed(plan_images(images, records, Guards(REPO), keep=1)) == ["b", "a"]
+    used = Guards(REPO, in_use={"sha256:c": "db"})
+    plan = plan_images(images, records, used, keep=1)
+    assert removed(plan) == ["a"]
+    assert [k.reason for k in plan.kept] == [
+        "used by container db",
+        "one of the 1 newest builds of prod",
+    ]
+
+
+def test_plan_is_the_same_whatever_order_the_engine_lists_images_in():
+    images = [img(x, f"{REPO}:t-{x}") for x in "abcdef"]
+    records = [rec(x, 5) for x in "abcdef"]  # a tie on build time breaks on the id
+    plans = {
+        tuple(removed(plan_images(list(p), records, Guards(REPO), 2)))
+        for p in (images, images[::-1], images[2:] + images[:2])
+    }
+    assert plans == {("c", "d", "e", "f")}
+
+
+def test_head_release_tag_floating_and_foreign_tags_protect():
     images = [
-        image("new", "2026-11-23T10:00:00Z", ["reg/app:prod", "reg/app:prod-abc"]),
-        image("old", "2026-11-22T10:00:00Z", ["reg/app:prod-old"]),
-        image("used", "2026-11-21T10:00:00Z", ["reg/app:prod-used"]),
-        image("dev", "2026-11-20T10:00:00Z", ["reg/app:dev"], target="dev"),
-        image("foreign", "2026-11-01T10:00:00Z", ["other/app:1"], repo=""),
+        img("h", f"{REPO}:prod-h"),
+        img("r", f"{REPO}:prod-r"),
+        img("f", f"{REPO}:prod"),
+        img("o", f"{REPO}:prod-o", "other/tool:1"),
+        img("s", f"{REPO}:prod-s"),
     ]
-    assert stale_tags(images, REPO, keep=1, in_use={"used"}) == [
-        Item("image-tag", "reg/app:prod-old", 100, "old")
+    records = [
+        rec("h", 1, revision="HEAD1"),
+        rec("r", 2, revision="REL"),
+        rec("f", 3),
+        rec("o", 4),
+        rec("s", 5),
     ]
-    assert stale_tags(images, REPO, keep=0, in_use=set())[:2] == [
-        Item("image-tag", "reg/app:prod", 0, "new"),
-        Item("image-tag", "reg/app:prod-abc", 100, "new"),
+    guards = Guards(
+        REPO, head="HEAD1", release_commits={"REL": "v0.2.0"}, floating=frozenset({f"{REPO}:prod"})
+    )
+    plan = plan_images(images, records, guards, keep=0)
+    assert removed(plan) == ["s"]
+    assert sorted(k.reason for k in plan.kept) == [
+        "also tagged other/tool:1",
+        "built from HEAD",
+        "built from git tag v0.2.0",
+        f"carries the floating tag {REPO}:prod",
     ]
+
+
+def test_an_image_built_from_ours_protects_it_and_is_never_ours():
+    ours = img("a", f"{REPO}:prod-a")
+    # FROM ours + LABEL only: same layers, other id, inherits every io.buildtasks label.
+    label_only = ImageInfo("sha256:d1", ("derived:1",), ours.layers)
+    plan = plan_images([ours, label_only], [rec("a", 1)], Guards(REPO), keep=0)
+    assert removed(plan) == [] and plan.kept[0].reason == "image derived:1 is built from it"
+    child = ImageInfo("sha256:d2", (), (*ours.layers, "sha256:more"))
+    assert (
+        plan_images([ours, child], [rec("a", 1)], Guards(REPO), 0)
+        .kept[0]
+        .reason.startswith("image sha256:d2")
+    )
+    # Two of the project's builds with the same content are siblings, not parent and child.
+    twin = ImageInfo("sha256:t", (f"{REPO}:prod-t",), ours.layers)
+    assert removed(plan_images([ours, twin], [rec("a", 1), rec("t", 2)], Guards(REPO), 1)) == ["a"]
+
+
+def test_unrecorded_images_are_not_candidates_and_untagged_builds_go():
+    images = [img("x", f"{REPO}:prod-x"), img("u")]
+    plan = plan_images(images, [rec("u", 1)], Guards(REPO), keep=3)
+    assert removed(plan) == ["u"]
+    assert [(k.image, k.reason) for k in plan.kept] == [
+        (f"{REPO}:prod-x", "not built by this checkout (no build record)")
+    ]
+
+
+def test_estimate_counts_only_layers_no_remaining_image_holds():
+    a = ImageInfo("sha256:a", (f"{REPO}:x", f"{REPO}:y"), ("l0", "l1", "l2"))
+    b = ImageInfo("sha256:b", (), ("l0", "l1", "l3"))
+    kept = ImageInfo("sha256:k", (), ("l0", "l4"))
+    sizes = {"sha256:a": [100, 10, 1], "sha256:b": [100, 10, 5]}
+    items = image_items([a, b], [a, b, kept], sizes.__getitem__)
+    assert items == [
+        Item("image-tag", f"{REPO}:x", 0, "sha256:a"),
+        Item("image-tag", f"{REPO}:y", 10 + 1, "sha256:a"),
+        Item("image", "sha256:b", 5, "sha256:b"),
+    ]
+
+
+def test_chain_ids_and_history_alignment():
+    assert chain_ids(["sha256:a"]) == ["sha256:a"]
+    assert chain_ids(["a", "b"])[1] != chain_ids(["c", "b"])[1]
+    assert align_sizes([7, 0, 3], 3) == [7, 0, 3]
+    assert align_sizes([7, 0, 3, 0], 2) == [7, 3]  # a LABEL entry makes no layer
+    assert align_sizes([0, 3], 2) == [0, 3]
+    assert repository_of("reg:5000/app:v1") == "reg:5000/app"
+    assert repository_of("reg:5000/app") == "reg:5000/app"
+
+
+def test_build_records_round_trip_and_a_rebuild_moves_to_now(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    root = tmp_path / "project"
+    meta = {"containerimage.digest": "sha256:m", "containerimage.config.digest": "sha256:c"}
+    builds.record(root, "prod", "abc", meta)
+    builds.record(root, "dev", "abc", {"containerimage.digest": "sha256:other"})
+    builds.record(root, "prod", "def", meta)
+    records = builds.load(root)
+    assert [(r.ids, r.target, r.revision) for r in records] == [
+        (("sha256:other",), "dev", "abc"),
+        (("sha256:m", "sha256:c"), "prod", "def"),
+    ]
+    builds.forget(root, ["sha256:c"])
+    assert [r.target for r in builds.load(root)] == ["dev"]
+    assert builds.state_file(root).is_relative_to(tmp_path / "state")  # not into the tree
 
 
 def test_orphan_blobs_are_the_unreferenced_ones(tmp_path):
@@ -56,3 +179,10 @@ def test_orphan_blobs_are_the_unreferenced_ones(tmp_path):
 def test_parse_duration():
     assert parse_duration("168h").total_seconds() == 168 * 3600
     assert parse_duration("7d").days == 7
+
+
+def test_an_unwritable_state_directory_does_not_fail_the_build(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "file"))
+    assert builds.record(tmp_path, "prod", "", {"containerimage.digest": "sha256:m"}) is False
+    assert builds.load(tmp_path) == []
