@@ -90,7 +90,7 @@ def test_archive_create_sorts_members_and_refuses_links(tmp_path):
     (source / "b").mkdir(parents=True)
     (source / "b/2.txt").write_text("2")
     (source / "a.txt").write_text("1")
-    assert archive.create(source, tmp_path / "out.tar") == 3
+    assert archive.create(source, tmp_path / "out.tar") == (3, [])
     with tarfile.open(tmp_path / "out.tar") as tar:
         assert tar.getnames() == ["a.txt", "b", "b/2.txt"]
     (source / "link").symlink_to("/etc/passwd")
