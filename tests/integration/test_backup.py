@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -263,3 +266,338 @@ def test_restore_into_the_running_example_stack(example_stack, tmp_path):
     assert stack_exec(env, "redis", "redis-cli", "DBSIZE") == "1000"
     owner = stack_exec(env, "api", "stat", "-c", "%u:%g", "/app/data/jobs.db", "/app/data/jobs")
     assert owner.split() == ["1000:1000", "1000:1000"]
+
+
+# --- issue 10: backups you can trust -------------------------------------------------
+
+
+def make_db(path: Path, rows: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    db.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(rows)])
+    db.commit()
+    db.close()
+
+
+def rows(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return db.execute("SELECT count(*) FROM t").fetchone()[0]
+    finally:
+        db.close()
+
+
+def tree_digest(path: Path) -> str:
+    """Names, kinds and contents of every entry under path."""
+    digest = hashlib.sha256()
+    for entry in sorted(path.rglob("*")):
+        digest.update(entry.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(entry.read_bytes() if entry.is_file() else b"<dir>")
+    return digest.hexdigest()
+
+
+def reseal(directory: Path, change) -> None:
+    """Alter a set's manifest and recompute its checksum, as anyone who can write it can."""
+    body = json.loads((directory / "manifest.json").read_text())
+    del body["checksum"]
+    change(body)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    body["checksum"] = hashlib.sha256(canonical).hexdigest()
+    (directory / "manifest.json").write_text(json.dumps(body))
+
+
+def one_line_error(result) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def backup(project: Path, *args: str) -> str:
+    """Run `buildtasks backup`; the id of the set it made."""
+    result = run_cli(["buildtasks", "backup", "--json", *args], cwd=project)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["id"]
+
+
+def restore_cli(project: Path, *args: str):
+    return run_cli(["buildtasks", "restore", "--yes", *args], cwd=project)
+
+
+def leftovers(*directories: Path) -> list[str]:
+    return [p.name for d in directories for p in d.iterdir() if ".restore-" in p.name]
+
+
+def test_overlapping_sources_capture_the_database_only_through_the_backup_api(tmp_path):
+    """Item 1: files = ["data"] holding sqlite data/jobs.db under a writer."""
+    project = host_project(tmp_path)
+    (project / "pyproject.toml").write_text(
+        '[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.backup]\n'
+        'sqlite = ["data/jobs.db"]\nfiles = ["data"]\n'
+    )
+    db_path = project / "data/jobs.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db_path), "wal"])
+    try:
+        while committed(db_path) < 50:
+            time.sleep(0.05)
+        before = committed(db_path)
+        result = run_cli(["buildtasks", "backup"], cwd=project)
+        assert result.returncode == 0, result.stderr
+    finally:
+        writer.kill()
+        writer.wait()
+    assert "left out (captured by the sqlite backup API): jobs.db" in result.stdout
+    settings = config.load(project)
+    (made,) = sets.listing(settings)[0]
+    files = next(a for a in made.artifacts if a.kind == "files")
+    assert {"jobs.db", "jobs.db-wal", "jobs.db-shm"} & set(files.details["left_out"])
+    with tarfile.open(sets.backup_dir(settings) / made.id / files.file) as tar:
+        names = tar.getnames()
+    assert "jobs/1/result.json" in names and not [n for n in names if "jobs.db" in n]
+    restored = run_cli(["buildtasks", "restore", "--id", made.id, "--yes"], cwd=project)
+    assert restored.returncode == 0, restored.stderr
+    assert assert_whole(db_path) >= before
+    assert (project / "data/jobs/1/result.json").read_text() == '{"words": 3}'
+    assert leftovers(project / "data") == []
+
+
+def test_a_resealed_manifest_cannot_steer_restore(tmp_path):
+    """Item 2: paths come from the configuration; a manifest entry it does not account
+    for refuses the whole restore before anything changes."""
+    project = host_project(tmp_path / "project")
+    make_db(project / "data/jobs.db", 10)
+    outside = tmp_path / "outside"
+    (outside / "precious").mkdir(parents=True)
+    (outside / "precious/keep.txt").write_text("mine")
+    make_db(outside / "victim.db", 3)
+    set_id = backup(project)
+    make_db(project / "data/jobs.db", 5)  # the live state restore must leave alone
+    directory = sets.backup_dir(config.load(project)) / set_id
+    original = (directory / "manifest.json").read_text()
+    live = (rows(project / "data/jobs.db"), tree_digest(project / "data/jobs"))
+    outside_before = tree_digest(tmp_path / "outside")
+
+    def artifact(body, kind):
+        return next(a for a in body["artifacts"] if a["kind"] == kind)
+
+    changes = {
+        "file outside the set": lambda b: artifact(b, "sqlite").update(file="../../../x.db"),
+        "unconfigured source": lambda b: artifact(b, "sqlite").update(source="../victim.db"),
+        "files source outside": lambda b: artifact(b, "files").update(
+            source=str(outside / "precious")
+        ),
+        "another configured name": lambda b: artifact(b, "files").update(
+            file=artifact(b, "sqlite")["file"]
+        ),
+        "unknown kind": lambda b: artifact(b, "files").update(kind="evil"),
+        "twice": lambda b: b["artifacts"].append(dict(artifact(b, "sqlite"))),
+    }
+    for name, change in changes.items():
+        (directory / "manifest.json").write_text(original)
+        reseal(directory, change)
+        line = one_line_error(restore_cli(project, "--id", set_id))
+        assert "nothing restored" in line, (name, line)
+        assert len(sets.listing(config.load(project))[0]) == 1, "no safety backup was taken"
+        live_now = (rows(project / "data/jobs.db"), tree_digest(project / "data/jobs"))
+        assert live_now == live, name
+        assert tree_digest(tmp_path / "outside") == outside_before, name
+        assert not list(tmp_path.rglob("x.db")), name
+    (directory / "manifest.json").write_text(original)
+    reseal(directory, lambda b: artifact(b, "sqlite").update(file="../../../x.db"))
+    verify = run_cli(["buildtasks", "backup.verify", "--id", set_id], cwd=project)
+    assert verify.returncode == 1 and "not a plain file name" in verify.stderr
+
+
+@pytest.mark.parametrize("members", ["deep", "file-then-under-it"])
+def test_a_hostile_files_tar_refuses_the_restore_before_the_database_is_swapped(tmp_path, members):
+    """Item 4: verify says no, restore refuses, the database keeps its rows, no leftovers."""
+    from tests.unit.test_backup import HOSTILE, tar_of
+
+    project = host_project(tmp_path)
+    make_db(project / "data/jobs.db", 10_848)
+    set_id = backup(project)
+    db = sqlite3.connect(project / "data/jobs.db")
+    db.execute("DELETE FROM t WHERE rowid > 5000")
+    db.commit()
+    db.close()
+    directory = sets.backup_dir(config.load(project)) / set_id
+    (tar_path,) = directory.glob("files-*.tar")
+    tar_path.write_bytes(tar_of(HOSTILE[members]))
+    size, digest = tar_path.stat().st_size, hashlib.sha256(tar_path.read_bytes()).hexdigest()
+
+    def rechecksum(body):
+        files = next(a for a in body["artifacts"] if a["kind"] == "files")
+        files.update(size=size, sha256=digest)
+
+    reseal(directory, rechecksum)
+    verify = run_cli(["buildtasks", "backup.verify", "--id", set_id], cwd=project)
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    one_line_error(restore_cli(project, "--id", set_id))
+    assert rows(project / "data/jobs.db") == 5000
+    assert leftovers(project / "data") == []
+
+
+def test_a_failing_swap_puts_every_live_store_back(tmp_path):
+    """Item 4: files are already swapped in when the database swap fails (its -wal is a
+    mount point, which cannot be moved): both are put back, one line, no leftovers."""
+    project = host_project(tmp_path)
+    make_db(project / "data/jobs.db", 100)
+    set_id = backup(project)
+    make_db(project / "data/jobs.db", 1)
+    (project / "data/jobs/2").mkdir()
+    (project / "data/jobs/2/result.json").write_text("new")
+    wal = project / "data/jobs.db-wal"
+    wal.touch()
+    live = (tree_digest(project / "data/jobs"), (project / "data/jobs.db").read_bytes())
+    subprocess.run(["mount", "--bind", "/dev/null", str(wal)], check=True)
+    try:
+        line = one_line_error(restore_cli(project, "--id", set_id))
+    finally:
+        subprocess.run(["umount", str(wal)], check=True)
+    assert "the live data is as it was" in line
+    assert (tree_digest(project / "data/jobs"), (project / "data/jobs.db").read_bytes()) == live
+    assert leftovers(project / "data") == []
+    wal.unlink()
+    assert restore_cli(project, "--id", set_id).returncode == 0
+    assert rows(project / "data/jobs.db") == 100
+    assert not (project / "data/jobs/2").exists()
+
+
+def test_two_backups_at_once_wait_for_each_other(tmp_path):
+    """Item 5: concurrent backups with retention on one directory."""
+    project = host_project(tmp_path, "keep_last = 2\n")
+    make_db(project / "data/jobs.db", 1000)
+    for _ in range(5):
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "buildtasks", "backup"],
+                cwd=project,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for process in runs:
+            out, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err
+            assert "Traceback" not in err and "verified" in out
+    settings = config.load(project)
+    valid, invalid = sets.listing(settings)
+    assert len(valid) == 2 and invalid == []
+    assert all(sets.verify(settings, Shell(echo=False), m.id) == [] for m in valid)
+
+
+def test_the_backup_directory_is_shared_with_people(tmp_path):
+    """Item 6: only the tool's own names with its marker are swept; a kept copy of a set
+    does not break the next backups; the directory may not be /, the root or a source."""
+    project = host_project(tmp_path, "keep_last = 1\n")
+    make_db(project / "data/jobs.db", 10)
+    root = project / "backups"
+    first = backup(project)
+    shutil.copytree(root / first, root / f"keep-{first}")
+    users = [root / ".tmp-userdata", root / ".tmp-20260101T000000.000000Z-999999"]
+    for path in users:  # the user's, even the one named like ours: no marker inside
+        path.mkdir()
+        (path / "notes.txt").write_text("mine")
+    killed = root / ".del-20260101T000000.000000Z"  # a retention killed mid-delete
+    shutil.copytree(root / first, killed)
+    for _ in range(3):
+        backup(project)
+    assert all((p / "notes.txt").read_text() == "mine" for p in users)
+    assert not killed.exists()
+    assert (root / f"keep-{first}/manifest.json").is_file()
+    listed = run_cli(["buildtasks", "backup.list"], cwd=project)
+    assert listed.returncode == 0 and "keep-" not in listed.stdout + listed.stderr
+    assert len(listed.stdout.strip().splitlines()) == 1
+    for directory in ("/", ".", "data/jobs/backups", str(project / "data/jobs"), str(project)):
+        (project / "pyproject.toml").write_text(
+            '[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.backup]\n'
+            f'sqlite = ["data/jobs.db"]\nfiles = ["data/jobs"]\ndir = "{directory}"\n'
+        )
+        for command in (["backup"], ["restore", "--yes"]):
+            result = run_cli(["buildtasks", *command], cwd=project)
+            assert "[tool.buildtasks.backup] dir" in one_line_error(result), directory
+            assert result.returncode == 2
+    assert not (project / "data/jobs/backups").exists()
+
+
+def test_failures_end_in_one_line(tmp_path):
+    """Item 7: an unknown artifact kind, a full disk, a read-only backup directory."""
+    project = host_project(tmp_path / "project")
+    make_db(project / "data/jobs.db", 10)
+    set_id = backup(project)
+    directory = project / "backups" / set_id
+    reseal(directory, lambda b: b["artifacts"][0].update(kind="tape"))
+    verify = run_cli(["buildtasks", "backup.verify", "--id", set_id], cwd=project)
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    assert "unknown artifact kind 'tape'" in verify.stderr  # one line per problem
+    assert "unknown artifact kind 'tape'" in one_line_error(restore_cli(project, "--id", set_id))
+    mount = tmp_path / "small"
+    mount.mkdir()
+    (project / "pyproject.toml").write_text(
+        (project / "pyproject.toml").read_text() + f'dir = "{mount}"\n'
+    )
+    outcomes = set()
+    try:
+        for inodes in range(3, 9):  # every step of a set, the manifest too, runs out
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"nr_inodes={inodes}", "tmpfs",
+                            str(mount)], check=True)  # fmt: skip
+            try:
+                result = run_cli(["buildtasks", "backup"], cwd=project)
+                if result.returncode != 0:
+                    outcomes.add(one_line_error(result).split(": ", 2)[-1])
+                else:
+                    outcomes.add("ok")
+            finally:
+                subprocess.run(["umount", str(mount)], check=True)
+        assert "No space left on device" in outcomes and "ok" in outcomes, outcomes
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(mount)], check=True)
+        try:
+            line = one_line_error(run_cli(["buildtasks", "backup"], cwd=project))
+            assert "Read-only file system" in line
+        finally:
+            subprocess.run(["umount", str(mount)], check=True)
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_partial_sets_are_apart_from_full_ones(tmp_path):
+    """Item 9: a `backup --only` set is marked partial, never counted by keep_last, never
+    the default restore target; `restore --only` restores a subset."""
+    project = host_project(tmp_path, "keep_last = 1\n")
+    make_db(project / "data/jobs.db", 7)
+    full = backup(project)
+    make_db(project / "data/jobs.db", 3)
+    partial = backup(project, "--only", "sqlite")
+    valid, _ = sets.listing(config.load(project))
+    assert {m.id: m.partial for m in valid} == {full: False, partial: True}
+    listed = run_cli(["buildtasks", "backup.list"], cwd=project).stdout
+    assert "sqlite (partial)" in listed
+    (project / "data/jobs/1/result.json").write_text("changed")
+    make_db(project / "data/jobs.db", 100)
+    plan = run_cli(["buildtasks", "restore"], cwd=project)
+    assert f"restore backup {full}" in plan.stdout
+    restored = restore_cli(project, "--only", "files")
+    assert restored.returncode == 0, restored.stderr
+    assert (project / "data/jobs/1/result.json").read_text() == '{"words": 3}'
+    assert rows(project / "data/jobs.db") == 110, "--only files left the database alone"
+    line = one_line_error(restore_cli(project, "--id", partial, "--only", "files"))
+    assert "holds no files" in line
+    assert restore_cli(project, "--id", partial).returncode == 0
+    assert rows(project / "data/jobs.db") == 10
+
+
+def test_backup_json_is_one_document_with_retention(tmp_path):
+    """`inv backup --json`: one JSON document on stdout even when retention deletes."""
+    project = host_project(tmp_path, "keep_last = 1\n")
+    make_db(project / "data/jobs.db", 1)
+    first = backup(project)
+    result = run_cli(["buildtasks", "backup", "--json"], cwd=project)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["retention_deleted"] == [first]
+    assert f"retention: deleted {first}" in result.stderr
