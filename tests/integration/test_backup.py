@@ -601,3 +601,124 @@ def test_backup_json_is_one_document_with_retention(tmp_path):
     document = json.loads(result.stdout)
     assert document["retention_deleted"] == [first]
     assert f"retention: deleted {first}" in result.stderr
+
+
+# A project unlike example/: its compose file at its root, other service names, data
+# under /srv/state and /var/lib/cache, a data owner of its own; stock mirror images only.
+FIXTURE_COMPOSE = """
+services:
+  cache:
+    image: ${REDIS_IMAGE:-127.0.0.1:5000/mirror/redis:7}
+    command: ["redis-server", "--dir", "/var/lib/cache", "--dbfilename", "cache.rdb",
+              "--bind", "0.0.0.0", "--protected-mode", "no"]
+    volumes: [cache-data:/var/lib/cache]
+    stop_grace_period: 2s
+    healthcheck: {test: ["CMD", "redis-cli", "ping"], interval: 1s, retries: 30}
+  web:
+    image: ${FIXTURE_PYTHON:-127.0.0.1:5000/mirror/python:3.11-slim}
+    command: ["python3", "-c", "import time; time.sleep(10**9)"]
+    volumes: [state:/srv/state]
+    stop_grace_period: 1s
+    healthcheck: {test: ["CMD", "python3", "-c", "pass"], interval: 1s, retries: 30}
+    depends_on: {cache: {condition: service_healthy}}
+volumes:
+  cache-data:
+  state:
+"""
+FIXTURE_CONFIG = """[tool.buildtasks]
+image = "127.0.0.1:5000/fixture/none"
+[tool.buildtasks.stack]
+compose = ["docker-compose.yml"]
+project = "${STACK_PROJECT}"
+app_service = "web"
+data_owner = "1234:1234"
+[tool.buildtasks.backup]
+dir = "saved"
+sqlite = ["web:/srv/state/app.sqlite"]
+files = ["web:/srv/state/blobs"]
+redis = { service = "cache" }
+"""
+FIXTURE_DATA = """
+import os, sqlite3
+db = sqlite3.connect("/srv/state/app.sqlite")
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE items (k INTEGER PRIMARY KEY, v TEXT)")
+db.execute("CREATE TABLE tags (k INTEGER, t TEXT)")
+db.executemany("INSERT INTO items (v) VALUES (?)", [(str(i) * 50,) for i in range(3000)])
+db.executemany("INSERT INTO tags VALUES (?, 't')", [(i,) for i in range(120)])
+db.commit()
+for n in range(40):
+    os.makedirs(f"/srv/state/blobs/{n % 7}", exist_ok=True)
+    with open(f"/srv/state/blobs/{n % 7}/{n}.bin", "wb") as f:
+        f.write(os.urandom(3000))
+"""
+FIXTURE_STATE = """
+import hashlib, os, sqlite3
+db = sqlite3.connect("file:/srv/state/app.sqlite?mode=ro", uri=True)
+print(*[db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("items", "tags")])
+digest = hashlib.sha256()
+for top, dirs, files in sorted(os.walk("/srv/state/blobs")):
+    dirs.sort()
+    for name in sorted(files):
+        path = os.path.join(top, name)
+        digest.update(path.encode() + open(path, "rb").read())
+print(digest.hexdigest())
+st = [os.stat(p) for p in ("/srv/state/app.sqlite", "/srv/state/blobs")]
+print(*[f"{s.st_uid}:{s.st_gid}" for s in st])
+"""
+
+
+def compose_exec(project: Path, name: str, service: str, *argv: str) -> str:
+    return subprocess.run(
+        ["docker", "compose", "-p", name, "-f", str(project / "docker-compose.yml"),
+         "exec", "-T", service, *argv],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def fixture_state(project: Path, name: str) -> dict:
+    counts, digest, owners = compose_exec(
+        project, name, "web", "python3", "-c", FIXTURE_STATE
+    ).splitlines()
+    return {
+        "rows": counts,
+        "files": digest,
+        "owners": owners,
+        "dbsize": compose_exec(project, name, "cache", "redis-cli", "DBSIZE"),
+        "sample": compose_exec(project, name, "cache", "redis-cli", "GET", "key:4321"),
+    }
+
+
+def test_disaster_recovery_on_a_project_laid_out_otherwise(engine, tmp_path):
+    """Item 10: `down -v` (volumes gone), then `restore --yes` with nothing running: the
+    volumes are created, the data written through helpers of the services' images, the
+    stack started and healthy, and every store holds what the set holds."""
+    project = tmp_path / "fixture"
+    project.mkdir()
+    (project / "docker-compose.yml").write_text(FIXTURE_COMPOSE)
+    (project / "pyproject.toml").write_text(FIXTURE_CONFIG)
+    name = f"fixture-backup-{uuid.uuid4().hex[:6]}"
+    env = {"STACK_PROJECT": name}
+    compose = ["docker", "compose", "-p", name, "-f", str(project / "docker-compose.yml")]
+    try:
+        up = run_cli(["buildtasks", "up"], cwd=project, env=env)
+        assert up.returncode == 0, up.stderr[-2000:]
+        compose_exec(project, name, "web", "python3", "-c", FIXTURE_DATA)
+        compose_exec(project, name, "web", "chown", "-R", "1234:1234", "/srv/state")
+        compose_exec(project, name, "cache", "redis-cli", "EVAL", POPULATE, "0", "5000")
+        before = fixture_state(project, name)
+        assert before["dbsize"] == "5000" and before["owners"] == "1234:1234 1234:1234"
+        made = run_cli(["buildtasks", "backup"], cwd=project, env=env)
+        assert made.returncode == 0, made.stderr[-2000:]
+        subprocess.run([*compose, "down", "--volumes"], check=True, capture_output=True)
+        restored = run_cli(["buildtasks", "restore", "--yes"], cwd=project, env=env)
+        assert restored.returncode == 0, restored.stdout[-2000:] + restored.stderr[-2000:]
+        assert "no container" not in restored.stderr
+        assert fixture_state(project, name) == before
+        states = subprocess.run(
+            [*compose, "ps", "--format", "{{.Service}} {{.Health}}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split("\n")  # fmt: skip
+        assert sorted(s for s in states if s) == ["cache healthy", "web healthy"]
+    finally:
+        subprocess.run([*compose, "down", "--volumes"], capture_output=True)
