@@ -101,7 +101,7 @@ def verify(c: Context, id=""):
     from buildtasks.backup import sets
 
     project = settings(c)
-    set_id = id or sets.find(project).id
+    set_id = id if sets.is_set_id(id) else sets.find(project, id).id  # "" or a prefix
     problems = sets.verify(project, shell(c, project), set_id)
     if problems:
         listing = "".join(f"\n  - {p}" for p in problems)

@@ -209,6 +209,8 @@ def test_redis_at_a_url_round_trip(tmp_path):
 @pytest.fixture
 def example_stack(engine, registry_prefix):
     """The example's prod stack under a unique project name and free ports."""
+    from dotenv import dotenv_values
+
     project = f"jobsvc-backuptest-{uuid.uuid4().hex[:6]}"
     env = {
         "REGISTRY": registry_prefix,
@@ -216,23 +218,28 @@ def example_stack(engine, registry_prefix):
         "API_PORT": str(free_port()),
         "GRPC_PORT": str(free_port()),
     }
-    deployed = run_cli(["invoke", "deploy"], env=env)
-    assert deployed.returncode == 0, deployed.stderr[-3000:]
-    yield env
-    run_cli(["invoke", "down", "--volumes"], env=env)
+    redis_image = os.environ.get("REDIS_IMAGE") or dotenv_values(REPO / ".env").get("REDIS_IMAGE")
+    if redis_image:  # compose reads .env next to the compose files, not the project's
+        env["REDIS_IMAGE"] = redis_image
+    try:
+        deployed = run_cli(["invoke", "deploy"], env=env)
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        yield env
+    finally:
+        run_cli(["invoke", "down", "--volumes"], env=env)
+
+
+def stack_compose_argv(env: dict, *args: str) -> list[str]:
+    return ["docker", "compose", "-p", env["STACK_PROJECT"], "-f", str(REPO / "compose/prod.yml"),
+            *args]  # fmt: skip
 
 
 def stack_exec(env: dict, service: str, *argv: str) -> str:
-    compose = [
-        "docker",
-        "compose",
-        "-p",
-        env["STACK_PROJECT"],
-        "-f",
-        str(REPO / "compose/prod.yml"),
-    ]
     return subprocess.run(
-        [*compose, "exec", "-T", service, *argv], capture_output=True, text=True, check=True
+        stack_compose_argv(env, "exec", "-T", service, *argv),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
 
 
@@ -266,6 +273,42 @@ def test_restore_into_the_running_example_stack(example_stack, tmp_path):
     assert stack_exec(env, "redis", "redis-cli", "DBSIZE") == "1000"
     owner = stack_exec(env, "api", "stat", "-c", "%u:%g", "/app/data/jobs.db", "/app/data/jobs")
     assert owner.split() == ["1000:1000", "1000:1000"]
+
+    # Disaster recovery (item 10): volumes gone, nothing running, restore the newest set.
+    assert run_cli(["invoke", "backup"], env=env).returncode == 0
+    before = example_state(env)
+    subprocess.run(stack_compose_argv(env, "down", "--volumes"), check=True, capture_output=True)
+    restore = run_cli(["invoke", "restore", "--yes"], env=env)
+    assert restore.returncode == 0, restore.stdout[-2000:] + restore.stderr[-2000:]
+    assert example_state(env) == before
+    health = json.loads(urllib.request.urlopen(f"{api}/health").read())
+    assert health["status"] == "ok" and health["database"]["jobs"] == 3
+
+
+EXAMPLE_STATE = """
+import hashlib, os, sqlite3
+db = sqlite3.connect("file:/app/data/jobs.db?mode=ro", uri=True)
+tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+print(*sorted(f"{t}={db.execute(f'SELECT count(*) FROM {t}').fetchone()[0]}" for t in tables))
+digest = hashlib.sha256()
+for top, dirs, files in sorted(os.walk("/app/data/jobs")):
+    dirs.sort()
+    for name in sorted(files):
+        path = os.path.join(top, name)
+        digest.update(path.encode() + open(path, "rb").read())
+print(digest.hexdigest())
+"""
+
+
+def example_state(env: dict) -> dict:
+    rows, files = stack_exec(env, "api", "python", "-c", EXAMPLE_STATE).splitlines()
+    return {
+        "rows": rows,
+        "files": files,
+        "dbsize": stack_exec(env, "redis", "redis-cli", "DBSIZE"),
+        "sample": stack_exec(env, "redis", "redis-cli", "GET", "key:777"),
+        "owner": stack_exec(env, "api", "stat", "-c", "%u:%g", "/app/data/jobs.db"),
+    }
 
 
 # --- issue 10: backups you can trust -------------------------------------------------
