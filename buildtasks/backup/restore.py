@@ -188,15 +188,16 @@ def run(settings: Settings, sh: Shell, found: Manifest, only: tuple[str, ...] = 
             prepare_stack(settings, sh, stack)
         safety = sets.create(settings, sh, skip_missing=True)
         print(f"safety backup: {safety.id}", flush=True)
-        if in_stack:
-            sh.run(stack.argv("stop"))
-        try:
-            Restorer(settings, sh, root / found.id).apply(chosen)
-        finally:
-            if in_stack:
-                from buildtasks.stack import up
+        from buildtasks.stack import interrupts_on_sigterm, up
 
-                up(sh, stack, settings.stack.wait_timeout)
+        with interrupts_on_sigterm():  # SIGTERM unwinds like Ctrl-C: put back, start
+            if in_stack:
+                sh.run(stack.argv("stop"))
+            try:
+                Restorer(settings, sh, root / found.id).apply(chosen)
+            finally:
+                if in_stack:
+                    up(sh, stack, settings.stack.wait_timeout)
     return safety
 
 
@@ -230,6 +231,8 @@ class Restorer(sets.ServiceAccess):
     """Stages each artifact of a set directory, swaps them all in, puts back on failure."""
 
     def apply(self, chosen: list[Step]) -> None:
+        from buildtasks.stack import signals_deferred
+
         placements = self._placements([s for s in chosen if s.artifact.kind != "redis"])
         swapped: list[Placement] = []
         try:
@@ -241,15 +244,17 @@ class Restorer(sets.ServiceAccess):
                 if step.artifact.kind == "redis":
                     self._redis(step)
         except BaseException as exc:
-            self._phase("undo", swapped[::-1])
-            self._phase("discard", [p for p in placements if p not in swapped])
+            with signals_deferred():  # putting the live data back must not be cut short
+                self._phase("undo", swapped[::-1])
+                self._phase("discard", [p for p in placements if p not in swapped])
             if isinstance(exc, OSError):
                 raise RestoreFailed(
                     f"restore of {self.directory.name} failed, the live data is as it was: "
                     f"{exc.strerror or exc}"
                 ) from None
             raise
-        self._phase("commit", placements)
+        with signals_deferred():  # dropping the old files is quick; no half-done commit
+            self._phase("commit", placements)
 
     def _placements(self, chosen: list[Step]) -> list[Placement]:
         pid = os.getpid()

@@ -765,3 +765,48 @@ def test_disaster_recovery_on_a_project_laid_out_otherwise(engine, tmp_path):
         assert sorted(s for s in states if s) == ["cache healthy", "web healthy"]
     finally:
         subprocess.run([*compose, "down", "--volumes"], capture_output=True)
+
+
+def test_sigterm_during_restore_leaves_old_or_new_never_a_mix(tmp_path):
+    """A restore stopped by SIGTERM at random points: the live database and files are
+    wholly the state before or wholly the set's, and nothing of the restore is left."""
+    project = host_project(tmp_path / "project", "keep_last = 100\n")
+    make_db(project / "data/jobs.db", 1)
+    db = sqlite3.connect(project / "data/jobs.db")
+    db.executemany("INSERT INTO t VALUES (randomblob(100000))", [()] * 300)  # ~30 MB
+    db.commit()
+    db.close()
+    for n in range(300):
+        (project / f"data/jobs/{n}.bin").write_bytes(os.urandom(30_000))
+    set_id = backup(project)
+    new = state(project)
+    make_db(project / "data/jobs.db", 5)
+    shutil.rmtree(project / "data/jobs/1")
+    old = state(project)
+    saved = tmp_path / "old"
+    shutil.copytree(project / "data", saved)
+    started = time.monotonic()
+    assert restore_cli(project, "--id", set_id).returncode == 0
+    duration = time.monotonic() - started
+    rng = random.Random(11)
+    outcomes = []
+    for _ in range(8):
+        shutil.rmtree(project / "data")
+        shutil.copytree(saved, project / "data")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "buildtasks", "restore", "--yes", "--id", set_id],
+            cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(rng.uniform(0.1, duration))
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+        assert "Traceback" not in err
+        now = state(project)
+        assert now in (old, new)
+        outcomes.append(now == new)
+        assert leftovers(project / "data") == []
+    assert False in outcomes, "no SIGTERM landed before the swap was done"
+
+
+def state(project: Path) -> tuple:
+    return rows(project / "data/jobs.db"), tree_digest(project / "data/jobs")
