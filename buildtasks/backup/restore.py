@@ -37,9 +37,10 @@ ORDER = {"files": 0, "sqlite": 1, "redis": 2}  # a database inside a files tree 
 # `stage` writes next to the target, `swap` moves the live files into TARGET.restore-old
 # and the staged copy in, `commit` drops the old files, `undo` puts them back.
 SERVICE_SCRIPT = """set -e
-owner() {  # the live target's owner; else its directory's; else the configured data owner
-  if [ -e "$1" ]; then stat -c %u:%g "$1"
-  elif [ "$(stat -c %u "$(dirname "$1")")" != 0 ]; then stat -c %u:%g "$(dirname "$1")"
+owner() {  # the live target's owner; else its nearest directory's; else the data owner
+  p=$1
+  while [ ! -e "$p" ]; do p=$(dirname "$p"); done
+  if [ "$p" = "$1" ] || [ "$(stat -c %u "$p")" != 0 ]; then stat -c %u:%g "$p"
   else echo "$DATA_OWNER"; fi
 }
 live() {  # KIND TARGET: the live files a swap replaces

@@ -677,8 +677,8 @@ app_service = "web"
 data_owner = "1234:1234"
 [tool.buildtasks.backup]
 dir = "saved"
-sqlite = ["web:/srv/state/app.sqlite"]
-files = ["web:/srv/state/blobs"]
+sqlite = ["web:/srv/state/app.sqlite", "web:/srv/state/blobs/index.sqlite"]
+files = ["web:/srv/state/blobs"]  # holds index.sqlite: captured by the backup API only
 redis = { service = "cache" }
 """
 FIXTURE_DATA = """
@@ -694,15 +694,22 @@ for n in range(40):
     os.makedirs(f"/srv/state/blobs/{n % 7}", exist_ok=True)
     with open(f"/srv/state/blobs/{n % 7}/{n}.bin", "wb") as f:
         f.write(os.urandom(3000))
+index = sqlite3.connect("/srv/state/blobs/index.sqlite")
+index.execute("PRAGMA journal_mode=WAL")
+index.execute("CREATE TABLE blobs (name TEXT)")
+index.executemany("INSERT INTO blobs VALUES (?)", [(str(n),) for n in range(40)])
+index.commit()
 """
 FIXTURE_STATE = """
 import hashlib, os, sqlite3
 db = sqlite3.connect("file:/srv/state/app.sqlite?mode=ro", uri=True)
-print(*[db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("items", "tags")])
+index = sqlite3.connect("file:/srv/state/blobs/index.sqlite?mode=ro", uri=True)
+print(*[db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("items", "tags")],
+      index.execute("SELECT count(*) FROM blobs").fetchone()[0])
 digest = hashlib.sha256()
 for top, dirs, files in sorted(os.walk("/srv/state/blobs")):
     dirs.sort()
-    for name in sorted(files):
+    for name in sorted(f for f in files if not f.startswith("index.sqlite")):
         path = os.path.join(top, name)
         digest.update(path.encode() + open(path, "rb").read())
 print(digest.hexdigest())
@@ -753,6 +760,7 @@ def test_disaster_recovery_on_a_project_laid_out_otherwise(engine, tmp_path):
         assert before["dbsize"] == "5000" and before["owners"] == "1234:1234 1234:1234"
         made = run_cli(["buildtasks", "backup"], cwd=project, env=env)
         assert made.returncode == 0, made.stderr[-2000:]
+        assert "left out (captured by the sqlite backup API): index.sqlite" in made.stdout
         subprocess.run([*compose, "down", "--volumes"], check=True, capture_output=True)
         restored = run_cli(["buildtasks", "restore", "--yes"], cwd=project, env=env)
         assert restored.returncode == 0, restored.stdout[-2000:] + restored.stderr[-2000:]
