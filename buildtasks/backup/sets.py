@@ -422,17 +422,17 @@ def find(settings: Settings, set_id: str = "") -> Manifest:
     return matches[0]
 
 
-def verify(settings: Settings, sh: Shell, set_id: str) -> list[str]:
-    """Every problem of a set: manifest, file names, sizes, checksums, SQLite integrity,
-    archive members, RDB check."""
-    if not is_set_id(set_id):
-        return [f"{set_id!r} is not a backup set id"]
-    directory = backup_dir(settings) / set_id
+def verify(settings: Settings, sh: Shell, name: str) -> list[str]:
+    """Every problem of a set (by id, or a copy's directory name such as `keep-ID`):
+    manifest, file names, sizes, checksums, SQLite integrity, archive members, RDB check."""
+    if not is_plain_name(name) or name.startswith("."):
+        return [f"{name!r} is not a backup set in {backup_dir(settings)}"]
+    directory = backup_dir(settings) / name
     try:
         found = manifest.load(directory)
     except InvalidManifest as exc:
         return [str(exc)]
-    if found.id != set_id:
+    if is_set_id(name) and found.id != name:
         return [f"{directory}: the manifest is of set {found.id}"]
     problems = []
     checks = {"sqlite": sqlite.check, "files": archive.check, "redis": lambda p: redis.check(sh, p)}

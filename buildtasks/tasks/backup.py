@@ -94,14 +94,15 @@ def list_(c: Context, json_=False):
 
 
 # IDs are flags (--id), not positionals: invoke has no optional positional arguments.
-@task(help={"id": "the set to verify (default: the newest)"})
+@task(help={"id": "the set to verify: an id, its prefix or a copy's name (default: newest)"})
 @one_line_errors
 def verify(c: Context, id=""):
     """Verify a set: manifest, checksums, SQLite integrity, redis-check-rdb."""
     from buildtasks.backup import sets
 
     project = settings(c)
-    set_id = id if sets.is_set_id(id) else sets.find(project, id).id  # "" or a prefix
+    named = id and (sets.backup_dir(project) / id).is_dir()  # a set, or a copy (keep-ID)
+    set_id = id if named else sets.find(project, id).id
     problems = sets.verify(project, shell(c, project), set_id)
     if problems:
         listing = "".join(f"\n  - {p}" for p in problems)

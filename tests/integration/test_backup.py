@@ -553,6 +553,9 @@ def test_the_backup_directory_is_shared_with_people(tmp_path):
     assert all((p / "notes.txt").read_text() == "mine" for p in users)
     assert not killed.exists()
     assert (root / f"keep-{first}/manifest.json").is_file()
+    assert not (root / first).exists(), "retention pruned the original"
+    kept = run_cli(["buildtasks", "backup.verify", "--id", f"keep-{first}"], cwd=project)
+    assert kept.returncode == 0 and "verified" in kept.stdout, kept.stderr
     listed = run_cli(["buildtasks", "backup.list"], cwd=project)
     assert listed.returncode == 0 and "keep-" not in listed.stdout + listed.stderr
     assert len(listed.stdout.strip().splitlines()) == 1
