@@ -35,6 +35,7 @@ class Manifest:
     tool: str
     artifacts: tuple[Artifact, ...]
     schema: int = SCHEMA
+    partial: bool = False  # taken with `backup --only`: never counted as a full set
 
     def body(self) -> dict:
         body = asdict(self)
@@ -62,12 +63,25 @@ def loads(text: str, where: str = NAME) -> Manifest:
             raise InvalidManifest(
                 f"{where}: schema {data['schema']}, this buildtasks reads {SCHEMA}"
             )
-        artifacts = tuple(Artifact(**a) for a in data.pop("artifacts"))
-        return Manifest(artifacts=artifacts, **data)
+        artifacts = tuple(_typed(Artifact, a) for a in data.pop("artifacts"))
+        return _typed(Manifest, {**data, "artifacts": artifacts})
     except InvalidManifest:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise InvalidManifest(f"{where}: unreadable manifest ({exc})") from None
+
+
+def _typed(cls, values: dict):
+    """cls(**values) with every field of the type its annotation names (read back, the
+    values are input: a number where a name belongs must not reach a path join)."""
+    kinds = {"str": str, "int": int, "bool": bool, "dict": dict}
+    made = cls(**values)
+    for name, annotation in cls.__annotations__.items():
+        expected = kinds.get(str(annotation).split("[")[0])
+        value = getattr(made, name)
+        if expected and (type(value) is not expected):
+            raise TypeError(f"{name} is {type(value).__name__}, not {expected.__name__}")
+    return made
 
 
 def load(directory: Path) -> Manifest:

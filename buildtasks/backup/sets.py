@@ -1,17 +1,26 @@
 """Backup sets: one directory per backup named by UTC time, built under a hidden temporary
 name, fsynced, manifest written last, renamed into place. A directory without a valid
-manifest is not a backup; leftovers of killed runs are swept by the next one."""
+manifest is not a backup; leftovers of killed runs are swept by the next one.
+
+The backup directory is shared with people: only names of the tool's own patterns that
+carry its marker file are ever swept, and one flock serialises backup, restore and
+retention on it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import sqlite3
 import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from buildtasks import __version__
 from buildtasks.atomic import fsync_dir, fsync_file, sha256, write_text
@@ -24,7 +33,14 @@ from buildtasks.platforms import pid_alive
 from buildtasks.shell import Shell
 
 TMP_PREFIX = ".tmp-"
+DEL_PREFIX = ".del-"
+MARKER = ".buildtasks-set"  # written first into every set this tool builds
+LOCK = ".buildtasks.lock"
+LOCK_WAIT = 600  # seconds a run waits for another one holding the directory
 ID_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+ID_PATTERN = r"\d{8}T\d{6}\.\d{6}Z"
+_OWN = re.compile(rf"^(?:\{TMP_PREFIX}({ID_PATTERN})-(\d+)|\{DEL_PREFIX}({ID_PATTERN}))$")
+KINDS = ("sqlite", "files", "redis")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -34,6 +50,25 @@ class BackupFailed(BuildtasksError):
 
 class SourceMissing(BackupFailed):
     """A configured source does not exist (yet)."""
+
+
+class DirectoryBusy(BuildtasksError):
+    """Another backup, restore or retention holds the backup directory."""
+
+
+def is_set_id(name: str) -> bool:
+    return re.fullmatch(ID_PATTERN, name) is not None
+
+
+def is_plain_name(name: str) -> bool:
+    """A file name that stays inside the set directory."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )
 
 
 @dataclass(frozen=True)
@@ -57,8 +92,28 @@ def artifact_file(kind: str, source: str, suffix: str) -> str:
     return f"{kind}-{re.sub(r'[^A-Za-z0-9]+', '-', source).strip('-') or 'root'}{suffix}"
 
 
+def artifact_name(kind: str, source: str) -> str:
+    """The file a configured source is saved as: restore expects exactly this name."""
+    if kind == "redis":
+        return "redis.rdb"
+    return artifact_file(kind, source, ".db" if kind == "sqlite" else ".tar")
+
+
 def backup_dir(settings: Settings) -> Path:
-    return settings.root / settings.backup.dir
+    """The backup directory; never /, the project root or inside a configured source
+    (retention and restores would then reach the user's own files)."""
+    root = (settings.root / settings.backup.dir).resolve()
+    where = f"[tool.buildtasks.backup] dir = {settings.backup.dir!r} ({root})"
+    if root == Path(root.anchor) or root == settings.root.resolve():
+        raise ConfigError(f"{where} is / or the project root; use a directory of its own")
+    for kind, source in sources(settings):
+        location = parse_location(source)
+        if kind == "redis" or location.service:
+            continue
+        path = (settings.root / location.path).resolve()
+        if root == path or path in root.parents:
+            raise ConfigError(f"{where} is inside the {kind} source {source!r}; move it out")
+    return root
 
 
 def sources(settings: Settings, only: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -67,10 +122,76 @@ def sources(settings: Settings, only: tuple[str, ...] = ()) -> list[tuple[str, s
     pairs = [("sqlite", s) for s in config.sqlite] + [("files", s) for s in config.files]
     if config.redis:
         pairs.append(("redis", next(iter(config.redis.values()))))
-    unknown = set(only) - {"sqlite", "files", "redis"}
+    unknown = set(only) - set(KINDS)
     if unknown:
-        raise ConfigError(f"--only: unknown kind {min(unknown)!r}; kinds: sqlite, files, redis")
+        raise ConfigError(f"--only: unknown kind {min(unknown)!r}; kinds: {', '.join(KINDS)}")
+    names = [artifact_name(kind, source) for kind, source in pairs]
+    clash = next((n for n in names if names.count(n) > 1), "")
+    if clash:
+        raise ConfigError(f"[tool.buildtasks.backup]: two sources would both be saved as {clash}")
     return [(kind, source) for kind, source in pairs if not only or kind in only]
+
+
+def overlapping(settings: Settings, files_source: str) -> frozenset[str]:
+    """Names, relative to a files source, of the configured SQLite databases (and their
+    -wal/-shm/-journal) inside it: those are captured only through the backup API, a tar
+    of a live database file is torn."""
+    tree = parse_location(files_source)
+    names = set()
+    for db in settings.backup.sqlite:
+        location = parse_location(db)
+        if location.service != tree.service:
+            continue
+        if tree.service:
+            path, base = PurePosixPath(location.path), PurePosixPath(tree.path)
+        else:
+            path = (settings.root / location.path).resolve()
+            base = (settings.root / tree.path).resolve()
+        if base not in path.parents:
+            continue
+        relative = path.relative_to(base).as_posix()
+        names.update(relative + suffix for suffix in ("", "-wal", "-shm", "-journal"))
+    return frozenset(names)
+
+
+_held: dict[Path, int] = {}  # directories this process holds the lock of (re-entrant)
+
+
+@contextlib.contextmanager
+def locked(root: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the backup directory's flock; waits up to `wait` seconds for another run."""
+    if _held.get(root):
+        _held[root] += 1
+        try:
+            yield
+        finally:
+            _held[root] -= 1
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise BackupFailed(f"cannot use the backup directory {root}: {exc.strerror}") from None
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DirectoryBusy(
+                        f"{root} is held by another backup, restore or retention "
+                        f"(waited {wait:g}s for {root / LOCK}); try again when it has finished"
+                    ) from None
+                time.sleep(0.1)
+        _held[root] = 1
+        try:
+            yield
+        finally:
+            del _held[root]
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 class ServiceAccess:
@@ -113,7 +234,7 @@ class Collector(ServiceAccess):
 
     def sqlite(self, source: str) -> tuple[str, str, dict]:
         location = parse_location(source)
-        file = artifact_file("sqlite", source, ".db")
+        file = artifact_name("sqlite", source)
         dest = self.directory / file
         if not location.service:
             path = self.settings.root / location.path
@@ -122,6 +243,8 @@ class Collector(ServiceAccess):
             integrity = sqlite.snapshot(str(path), str(dest))
         else:
             container = self.container(location.service)
+            if container.status != "running":
+                return file, self._stopped_sqlite(container, location.path, dest), {}
             if container.exec_run(["test", "-f", location.path])[0] != 0:
                 raise FileNotFoundError(f"{location.path} does not exist in {container.name}")
             scratch = f"/tmp/buildtasks-snapshot-{os.getpid()}.db"
@@ -133,24 +256,40 @@ class Collector(ServiceAccess):
                 self.engine.exec(container, ["rm", "-f", scratch])
         return file, integrity, {}
 
+    def _stopped_sqlite(self, container, path: str, dest: Path) -> str:
+        """A database in a stopped container (a restore into a stack that is down): its
+        file and WAL copied out, the WAL applied in a scratch copy, then snapshotted."""
+        with tempfile.TemporaryDirectory(prefix="buildtasks-sqlite-") as scratch:
+            copy = Path(scratch) / "db"
+            self._copy_single_file(container, path, copy)
+            with contextlib.suppress(FileNotFoundError):
+                self._copy_single_file(container, path + "-wal", copy.with_name("db-wal"))
+            sqlite3.connect(copy).close()  # the last connection checkpoints the WAL
+            return sqlite.snapshot(str(copy), str(dest))
+
     def files(self, source: str) -> tuple[str, str, dict]:
         location = parse_location(source)
-        file = artifact_file("files", source, ".tar")
+        file = artifact_name("files", source)
         dest = self.directory / file
         if not location.service:
             path = self.settings.root / location.path
             if not path.is_dir():
                 raise FileNotFoundError(f"no directory at {path}")
-            count = archive.create(path, dest)
+            count, left_out = archive.create(path, dest, overlapping(self.settings, source))
         else:
             stream = dest.with_name(dest.name + ".stream")
             self.engine.copy_out(self.container(location.service), location.path, stream)
-            count = archive.rewrite_sorted(stream, dest, strip=Path(location.path).name)
+            strip = Path(location.path).name
+            exclude = overlapping(self.settings, source)
+            count, left_out = archive.rewrite_sorted(stream, dest, strip, exclude)
             stream.unlink()
-        return file, archive.check(dest), {"members": count}
+        details: dict = {"members": count}
+        if left_out:  # said in the summary: these are captured by the sqlite artifacts
+            details["left_out"] = left_out
+        return file, archive.check(dest), details
 
     def redis(self, source: str) -> tuple[str, str, dict]:
-        file = "redis.rdb"
+        file = artifact_name("redis", source)
         dest = self.directory / file
         if "service" in self.settings.backup.redis:
             details = redis.snapshot_service(
@@ -169,11 +308,15 @@ class Collector(ServiceAccess):
 
 
 def sweep(root: Path) -> list[str]:
-    """Remove temporary directories of runs that are no longer alive."""
+    """Remove what killed runs left: this tool's temporary and half-deleted sets (its name
+    patterns, its marker inside, no live owner). Called with the lock held."""
     removed = []
-    for path in root.glob(f"{TMP_PREFIX}*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or pid_alive(int(pid))):
+    for path in sorted(root.iterdir()):
+        own = _OWN.match(path.name)
+        if not own or path.is_symlink() or not (path / MARKER).is_file():
+            continue
+        pid = own.group(2)
+        if pid and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
@@ -183,21 +326,39 @@ def sweep(root: Path) -> list[str]:
 def create(
     settings: Settings, sh: Shell, only: tuple[str, ...] = (), skip_missing: bool = False
 ) -> Manifest:
-    """Take a backup set of every configured source (or the kinds in only). skip_missing
-    leaves out sources that do not exist, as a safety backup before a restore must."""
+    """Take a backup set of every configured source (or the kinds in only: a partial
+    set). skip_missing leaves out sources that do not exist, as a safety backup before a
+    restore must."""
     pairs = sources(settings, only)
     if not pairs:
         raise ConfigError(
             "nothing to back up: configure [tool.buildtasks.backup] sqlite/files/redis"
         )
     root = backup_dir(settings)
-    root.mkdir(parents=True, exist_ok=True)
+    with locked(root):
+        try:
+            return _create(settings, sh, root, pairs, bool(only), skip_missing)
+        except OSError as exc:  # disk full, read-only directory: nothing was added
+            raise BackupFailed(
+                f"writing the backup set in {root} failed: {exc.strerror or exc}"
+            ) from None
+
+
+def _create(
+    settings: Settings,
+    sh: Shell,
+    root: Path,
+    pairs: list[tuple[str, str]],
+    partial: bool,
+    skip_missing: bool,
+) -> Manifest:
     sweep(root)
     now = datetime.now(UTC)
     set_id = now.strftime(ID_FORMAT)
     building = root / f"{TMP_PREFIX}{set_id}-{os.getpid()}"
     building.mkdir()
     try:
+        (building / MARKER).write_text(f"buildtasks {__version__}\n")
         collector = Collector(settings, sh, building)
         artifacts = []
         for kind, source in pairs:
@@ -212,6 +373,7 @@ def create(
             created=now.isoformat(),
             tool=f"buildtasks {__version__}",
             artifacts=tuple(artifacts),
+            partial=partial,
         )
         write_text(building / manifest.NAME, manifest.dumps(result))
         fsync_dir(building)
@@ -223,46 +385,64 @@ def create(
 
 
 def listing(settings: Settings) -> tuple[list[Manifest], list[str]]:
-    """(valid sets newest first, names of directories that are not valid sets)."""
+    """(valid sets newest first, names of set directories that are not valid sets).
+    Directories not named like a set (a user's `keep-<id>` copy) are not the tool's:
+    neither listed nor counted, verified or deleted."""
     root = backup_dir(settings)
     valid, invalid = [], []
     for path in sorted(root.iterdir() if root.is_dir() else (), reverse=True):
-        if path.name.startswith(".") or not path.is_dir():
+        if not is_set_id(path.name) or not path.is_dir() or path.is_symlink():
             continue
         try:
-            valid.append(manifest.load(path))
+            found = manifest.load(path)
         except InvalidManifest:
+            invalid.append(path.name)
+            continue
+        if found.id == path.name:
+            valid.append(found)
+        else:
             invalid.append(path.name)
     return valid, invalid
 
 
 def find(settings: Settings, set_id: str = "") -> Manifest:
-    """A valid set by id (or id prefix); the newest when set_id is empty."""
+    """A valid set by id (or id prefix); the newest full set when set_id is empty (a
+    partial set from `backup --only` is restored only when named)."""
     valid, _ = listing(settings)
-    matches = [m for m in valid if m.id.startswith(set_id)]
+    matches = [m for m in valid if m.id.startswith(set_id) and (set_id or not m.partial)]
     if not matches:
         raise BuildtasksError(
             f"no valid backup set {set_id!r} in {backup_dir(settings)}; see inv backup.list"
             if set_id
-            else f"no valid backup set in {backup_dir(settings)}; take one with inv backup"
+            else f"no valid full backup set in {backup_dir(settings)}; take one with inv backup"
+            " (partial sets are restored only with --id)"
         )
     if set_id and len(matches) > 1 and matches[0].id != set_id:
         raise BuildtasksError(f"backup id {set_id!r} is ambiguous; give more of it")
     return matches[0]
 
 
-def verify(settings: Settings, sh: Shell, set_id: str) -> list[str]:
-    """Every problem of a set: manifest, sizes, checksums, SQLite integrity, RDB check."""
-    directory = backup_dir(settings) / set_id
+def verify(settings: Settings, sh: Shell, name: str) -> list[str]:
+    """Every problem of a set (by id, or a copy's directory name such as `keep-ID`):
+    manifest, file names, sizes, checksums, SQLite integrity, archive members, RDB check."""
+    if not is_plain_name(name) or name.startswith("."):
+        return [f"{name!r} is not a backup set in {backup_dir(settings)}"]
+    directory = backup_dir(settings) / name
     try:
         found = manifest.load(directory)
     except InvalidManifest as exc:
         return [str(exc)]
+    if is_set_id(name) and found.id != name:
+        return [f"{directory}: the manifest is of set {found.id}"]
     problems = []
     checks = {"sqlite": sqlite.check, "files": archive.check, "redis": lambda p: redis.check(sh, p)}
     for artifact in found.artifacts:
         path = directory / artifact.file
-        if not path.is_file():
+        if artifact.kind not in checks:
+            problems.append(f"{artifact.file[:80]!r}: unknown artifact kind {artifact.kind[:20]!r}")
+        elif not is_plain_name(artifact.file) or artifact.file in (manifest.NAME, MARKER):
+            problems.append(f"{artifact.file[:80]!r}: not a plain file name inside the set")
+        elif path.is_symlink() or not path.is_file():
             problems.append(f"{artifact.file}: missing")
         elif path.stat().st_size != artifact.size:
             problems.append(
@@ -279,15 +459,19 @@ def intact(settings: Settings, found: Manifest) -> bool:
     """Cheap check for retention: every artifact present with its recorded size."""
     directory = backup_dir(settings) / found.id
     return all(
-        (directory / a.file).is_file() and (directory / a.file).stat().st_size == a.size
+        is_plain_name(a.file)
+        and (directory / a.file).is_file()
+        and (directory / a.file).stat().st_size == a.size
         for a in found.artifacts
     )
 
 
 def remove(settings: Settings, set_id: str) -> None:
-    """Hide the set first (atomic), then delete it: a half-deleted set never looks valid."""
+    """Hide the set first (atomic), then delete it: a half-deleted set never looks valid;
+    a `.del-` directory a kill left behind is swept by the next run."""
     root = backup_dir(settings)
-    hidden = root / f".del-{set_id}"
+    hidden = root / f"{DEL_PREFIX}{set_id}"
+    (root / set_id / MARKER).touch()  # sets of older versions: the sweep knows it as ours
     os.rename(root / set_id, hidden)
     fsync_dir(root)
     shutil.rmtree(hidden)
@@ -295,14 +479,30 @@ def remove(settings: Settings, set_id: str) -> None:
 
 def apply_retention(settings: Settings, dry: bool) -> list[str]:
     """Delete the intact sets the retention policy does not keep; returns their ids.
-    Sets that are not intact are neither counted nor deleted: they are left to inspect."""
+    Full sets and each kind of partial set (`backup --only redis`, ...) are counted
+    apart: a partial set never displaces a full one. Sets that are not intact are
+    neither counted nor deleted: they are left to inspect."""
     from buildtasks.backup import retention
 
-    valid, _ = listing(settings)
-    intact_ids = [m.id for m in valid if intact(settings, m)]
+    root = backup_dir(settings)
     config = settings.backup
-    _, delete = retention.plan(intact_ids, config.keep_last, config.keep_daily, config.keep_weekly)
-    if not dry:
-        for set_id in delete:
-            remove(settings, set_id)
-    return delete
+    with contextlib.nullcontext() if dry else locked(root):
+        try:
+            if not dry:
+                sweep(root)
+            valid, _ = listing(settings)
+            groups: dict[tuple, list[str]] = {}
+            for m in valid:
+                if intact(settings, m):
+                    key = tuple(sorted({a.kind for a in m.artifacts})) if m.partial else ()
+                    groups.setdefault(key, []).append(m.id)
+            delete = []
+            for ids in groups.values():
+                plan = retention.plan(ids, config.keep_last, config.keep_daily, config.keep_weekly)
+                delete += plan[1]
+            if not dry:
+                for set_id in delete:
+                    remove(settings, set_id)
+        except OSError as exc:
+            raise BackupFailed(f"retention in {root} failed: {exc.strerror or exc}") from None
+    return sorted(delete, reverse=True)

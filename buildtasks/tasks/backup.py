@@ -13,18 +13,25 @@ def _short(digest: str) -> str:
     return f"sha256:{digest[:12]}"
 
 
-def _apply_retention(project, dry: bool) -> None:
+def _kinds(only: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in only.split(",") if k.strip())
+
+
+def _apply_retention(project, dry: bool) -> list[str]:
+    """Retention after a backup; its lines go to stderr (stdout may carry --json)."""
     from buildtasks.backup import sets
 
-    for set_id in sets.apply_retention(project, dry):
-        print(f"retention: {'would delete' if dry else 'deleted'} {set_id}")
+    deleted = sets.apply_retention(project, dry)
+    for set_id in deleted:
+        print(f"retention: {'would delete' if dry else 'deleted'} {set_id}", file=sys.stderr)
+    return deleted
 
 
 @task(
     default=True,
     help={
         "only": "comma-separated kinds to back up: sqlite, files, redis (default: all)",
-        "json": "print the manifest as JSON",
+        "json": "print the manifest (and the sets retention deleted) as one JSON document",
     },
 )
 @one_line_errors
@@ -35,7 +42,7 @@ def create(c: Context, only="", json_=False):
 
     project = settings(c)
     sh = shell(c, project)
-    kinds = tuple(k.strip() for k in only.split(",") if k.strip())
+    kinds = _kinds(only)
     if sh.dry:
         for kind, source in sets.sources(project, kinds):
             print(f"would back up {kind} {source} into {sets.backup_dir(project)}")
@@ -45,15 +52,23 @@ def create(c: Context, only="", json_=False):
     problems = sets.verify(project, sh, made.id)
     if problems:
         raise Exit(f"error: backup {made.id} failed verification: {'; '.join(problems)}", code=1)
-    if json_:
-        sys.stdout.write(manifest.dumps(made) + "\n")
-    else:
+    if not json_:
         for a in made.artifacts:
             size = human_size(a.size)
             print(f"  {a.kind:<7} {a.source:<28} {size:>9}  {_short(a.sha256)}  {a.integrity}")
+            if a.details.get("left_out"):
+                names = ", ".join(a.details["left_out"])
+                print(f"          left out (captured by the sqlite backup API): {names}")
         total = sum(a.size for a in made.artifacts)
-        print(f"backup {made.id}: {len(made.artifacts)} artifacts, {human_size(total)}, verified")
-    _apply_retention(project, dry=False)
+        partial = " (partial: not counted by retention, restored only with --id)"
+        print(
+            f"backup {made.id}: {len(made.artifacts)} artifacts, {human_size(total)}, "
+            f"verified{partial if made.partial else ''}"
+        )
+    deleted = _apply_retention(project, dry=False)
+    if json_:
+        document = {**json.loads(manifest.dumps(made)), "retention_deleted": deleted}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 @task(name="list", help={"json": "print the sets as JSON"})
@@ -70,7 +85,7 @@ def list_(c: Context, json_=False):
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     for m in valid:
-        kinds = ",".join(a.kind for a in m.artifacts)
+        kinds = ",".join(a.kind for a in m.artifacts) + (" (partial)" if m.partial else "")
         print(f"{m.id}  {human_size(sum(a.size for a in m.artifacts)):>9}  {kinds}")
     if invalid:
         print(
@@ -79,14 +94,15 @@ def list_(c: Context, json_=False):
 
 
 # IDs are flags (--id), not positionals: invoke has no optional positional arguments.
-@task(help={"id": "the set to verify (default: the newest)"})
+@task(help={"id": "the set to verify: an id, its prefix or a copy's name (default: newest)"})
 @one_line_errors
 def verify(c: Context, id=""):
     """Verify a set: manifest, checksums, SQLite integrity, redis-check-rdb."""
     from buildtasks.backup import sets
 
     project = settings(c)
-    set_id = id or sets.find(project).id
+    named = id and (sets.backup_dir(project) / id).is_dir()  # a set, or a copy (keep-ID)
+    set_id = id if named else sets.find(project, id).id
     problems = sets.verify(project, shell(c, project), set_id)
     if problems:
         listing = "".join(f"\n  - {p}" for p in problems)
@@ -96,19 +112,23 @@ def verify(c: Context, id=""):
 
 @task(
     help={
-        "id": "the set to restore (default: the newest)",
+        "id": "the set to restore (default: the newest full set)",
+        "only": "comma-separated kinds to restore: sqlite, files, redis (default: all)",
         "yes": "act; without it only the plan is shown",
     },
 )
 @one_line_errors
-def restore(c: Context, id="", yes=False):
-    """Restore a backup set (verify, safety backup, stop, swap, start, health)."""
+def restore(c: Context, id="", only="", yes=False):
+    """Restore a backup set (verify, safety backup, stop, stage, swap, start, health).
+    Works with the stack down or never started: its volumes are created first."""
     from buildtasks.backup import restore as restoring
     from buildtasks.backup import sets
 
     project = settings(c)
+    kinds = _kinds(only)
+    sets.sources(project, kinds)  # an unknown kind is refused before anything else
     found = sets.find(project, id)
-    for line in restoring.plan_lines(project, found):
+    for line in restoring.plan_lines(project, found, kinds):
         print(line)
     if c.config.run.dry:
         return
@@ -116,7 +136,7 @@ def restore(c: Context, id="", yes=False):
         raise Exit("error: nothing restored; rerun with --yes to restore this set", code=1)
     from buildtasks.stack import stack_shell
 
-    safety = restoring.run(project, stack_shell(project, dry=False), found)
+    safety = restoring.run(project, stack_shell(project, dry=False), found, kinds)
     print(f"restored {found.id}; the state before is in backup {safety.id}")
 
 
