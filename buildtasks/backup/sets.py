@@ -98,17 +98,17 @@ class Collector(ServiceAccess):
 
     def collect(self, kind: str, source: str) -> Artifact:
         handler = {"sqlite": self.sqlite, "files": self.files, "redis": self.redis}[kind]
+        shown = redis.redact(source) if kind == "redis" else source  # no password shown/kept
         try:
             file, integrity, details = handler(source)
         except FileNotFoundError as exc:
-            raise SourceMissing(f"{kind} {source}: {exc}") from None
+            raise SourceMissing(f"{kind} {shown}: {exc}") from None
         except (OSError, tarfile.TarError, sqlite3.Error) as exc:
-            raise BackupFailed(f"{kind} {source}: {exc}") from None
+            raise BackupFailed(f"{kind} {shown}: {exc}") from None
         path = self.directory / file
         fsync_file(path)
         if integrity != "ok":
-            raise BackupFailed(f"{kind} {source}: the copy failed its check ({integrity})")
-        shown = redis.redact(source) if kind == "redis" else source  # no password in manifests
+            raise BackupFailed(f"{kind} {shown}: the copy failed its check ({integrity})")
         return Artifact(kind, shown, file, path.stat().st_size, sha256(path), integrity, details)
 
     def sqlite(self, source: str) -> tuple[str, str, dict]:

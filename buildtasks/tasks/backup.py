@@ -30,7 +30,7 @@ def _apply_retention(project, dry: bool) -> None:
 @one_line_errors
 def create(c: Context, only="", json_=False):
     """Back up SQLite, job files and Redis into a new verified set; then apply retention."""
-    from buildtasks.backup import manifest, sets
+    from buildtasks.backup import manifest, redis, sets
     from buildtasks.docker.checks import human_size
 
     project = settings(c)
@@ -38,7 +38,8 @@ def create(c: Context, only="", json_=False):
     kinds = tuple(k.strip() for k in only.split(",") if k.strip())
     if sh.dry:
         for kind, source in sets.sources(project, kinds):
-            print(f"would back up {kind} {source} into {sets.backup_dir(project)}")
+            shown = redis.redact(source) if kind == "redis" else source
+            print(f"would back up {kind} {shown} into {sets.backup_dir(project)}")
         _apply_retention(project, dry=True)
         return
     made = sets.create(project, sh, kinds)
