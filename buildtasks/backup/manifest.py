@@ -35,6 +35,7 @@ class Manifest:
     tool: str
     artifacts: tuple[Artifact, ...]
     schema: int = SCHEMA
+    quiesce: dict = field(default_factory=dict)  # services paused for the capture, seconds
 
     def body(self) -> dict:
         body = asdict(self)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from buildtasks import __version__
 from buildtasks.atomic import fsync_dir, fsync_file, sha256, write_text
-from buildtasks.backup import archive, manifest, redis, sqlite
+from buildtasks.backup import archive, manifest, quiesce, redis, sqlite
 from buildtasks.backup.manifest import Artifact, InvalidManifest, Manifest
 from buildtasks.config import Settings
 from buildtasks.docker.compose import stack_compose
@@ -122,6 +122,11 @@ class Collector(ServiceAccess):
             integrity = sqlite.snapshot(str(path), str(dest))
         else:
             container = self.container(location.service)
+            if container.status == "paused":  # quiesced: exec is refused, a helper reads it
+                integrity = quiesce.sqlite_snapshot(
+                    self.engine, container, location.path, dest, self._copy_single_file
+                )
+                return file, integrity, {}
             if container.exec_run(["test", "-f", location.path])[0] != 0:
                 raise FileNotFoundError(f"{location.path} does not exist in {container.name}")
             scratch = f"/tmp/buildtasks-snapshot-{os.getpid()}.db"
@@ -181,10 +186,15 @@ def sweep(root: Path) -> list[str]:
 
 
 def create(
-    settings: Settings, sh: Shell, only: tuple[str, ...] = (), skip_missing: bool = False
+    settings: Settings,
+    sh: Shell,
+    only: tuple[str, ...] = (),
+    skip_missing: bool = False,
+    quiesce_services: tuple[str, ...] = (),
 ) -> Manifest:
     """Take a backup set of every configured source (or the kinds in only). skip_missing
-    leaves out sources that do not exist, as a safety backup before a restore must."""
+    leaves out sources that do not exist, as a safety backup before a restore must;
+    quiesce_services are paused for the capture (see quiesce)."""
     pairs = sources(settings, only)
     if not pairs:
         raise ConfigError(
@@ -200,18 +210,20 @@ def create(
     try:
         collector = Collector(settings, sh, building)
         artifacts = []
-        for kind, source in pairs:
-            try:
-                artifacts.append(collector.collect(kind, source))
-            except SourceMissing as exc:
-                if not skip_missing:
-                    raise
-                print(f"safety backup: skipping {exc}", flush=True)
+        with quiesce.paused(collector, quiesce_services) as pause:
+            for kind, source in pairs:
+                try:
+                    artifacts.append(collector.collect(kind, source))
+                except SourceMissing as exc:
+                    if not skip_missing:
+                        raise
+                    print(f"safety backup: skipping {exc}", flush=True)
         result = Manifest(
             id=set_id,
             created=now.isoformat(),
             tool=f"buildtasks {__version__}",
             artifacts=tuple(artifacts),
+            quiesce=pause.record(),
         )
         write_text(building / manifest.NAME, manifest.dumps(result))
         fsync_dir(building)

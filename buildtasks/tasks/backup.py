@@ -25,10 +25,12 @@ def _apply_retention(project, dry: bool) -> None:
     help={
         "only": "comma-separated kinds to back up: sqlite, files, redis (default: all)",
         "json": "print the manifest as JSON",
+        "quiesce": "pause the services of [tool.buildtasks.backup] quiesce during the capture "
+        "(the default when configured; --no-quiesce captures without pausing)",
     },
 )
 @one_line_errors
-def create(c: Context, only="", json_=False):
+def create(c: Context, only="", json_=False, quiesce=True):
     """Back up SQLite, job files and Redis into a new verified set; then apply retention."""
     from buildtasks.backup import manifest, redis, sets
     from buildtasks.docker.checks import human_size
@@ -36,13 +38,16 @@ def create(c: Context, only="", json_=False):
     project = settings(c)
     sh = shell(c, project)
     kinds = tuple(k.strip() for k in only.split(",") if k.strip())
+    services = project.backup.quiesce if quiesce else ()
     if sh.dry:
+        if services:
+            print(f"would pause {', '.join(services)} while capturing")
         for kind, source in sets.sources(project, kinds):
             shown = redis.redact(source) if kind == "redis" else source
             print(f"would back up {kind} {shown} into {sets.backup_dir(project)}")
         _apply_retention(project, dry=True)
         return
-    made = sets.create(project, sh, kinds)
+    made = sets.create(project, sh, kinds, quiesce_services=services)
     problems = sets.verify(project, sh, made.id)
     if problems:
         raise Exit(f"error: backup {made.id} failed verification: {'; '.join(problems)}", code=1)
@@ -52,6 +57,9 @@ def create(c: Context, only="", json_=False):
         for a in made.artifacts:
             size = human_size(a.size)
             print(f"  {a.kind:<7} {a.source:<28} {size:>9}  {_short(a.sha256)}  {a.integrity}")
+        if made.quiesce:
+            paused = ", ".join(made.quiesce["services"])
+            print(f"  paused {paused} for {made.quiesce['paused_seconds']:.2f} s")
         total = sum(a.size for a in made.artifacts)
         print(f"backup {made.id}: {len(made.artifacts)} artifacts, {human_size(total)}, verified")
     _apply_retention(project, dry=False)
