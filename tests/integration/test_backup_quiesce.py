@@ -31,7 +31,8 @@ import redis
 db = sqlite3.connect("/app/data/jobs.db", timeout=30, isolation_level=None)
 queue = redis.Redis.from_url(os.environ["REDIS_URL"])
 jobs = pathlib.Path("/app/data/jobs")
-while True:
+end = time.time() + float(os.environ["SECONDS_TO_RUN"])
+while time.time() < end:
     job, now = uuid.uuid4().hex, time.time()
     db.execute("INSERT INTO jobs VALUES (?, 'done', '{}', '{}', ?, ?)", (job, now, now))
     queue.set("job:" + job, "done")
@@ -82,7 +83,8 @@ def counts(directory, body: dict) -> dict[str, int]:
 
 def test_a_quiesced_set_holds_as_many_rows_entries_and_files(stack, tmp_path):
     env = {**stack, "BUILDTASKS_BACKUP_DIR": str(tmp_path)}
-    writer = compose(env, "exec", "-T", "api", "python", "-c", WRITER)
+    # Killing `compose exec` would not stop the process in the container: it ends itself.
+    writer = compose(env, "exec", "-T", "-e", "SECONDS_TO_RUN=25", "api", "python", "-c", WRITER)
     try:
         time.sleep(3)  # the writer is in full swing
         taken = {}
@@ -90,15 +92,16 @@ def test_a_quiesced_set_holds_as_many_rows_entries_and_files(stack, tmp_path):
             result = run_cli(["invoke", "backup", flag, "--json"], env=env)
             assert result.returncode == 0, result.stderr[-2000:]
             taken[flag] = json.loads(result.stdout)
+        assert writer.poll() is None, "the writer ran during both backups"
     finally:
-        writer.kill()
         writer.wait()
     quiesced = counts(tmp_path / taken["--quiesce"]["id"], taken["--quiesce"])
     loose = counts(tmp_path / taken["--no-quiesce"]["id"], taken["--no-quiesce"])
-    assert quiesced["sqlite"] > 50, quiesced
+    assert quiesced["sqlite"] > 10, quiesced
     # The writer is frozen between two of its three writes at worst: one job in flight.
     assert max(quiesced.values()) - min(quiesced.values()) <= 1, quiesced
     assert max(loose.values()) - min(loose.values()) > 1, loose  # the test can tell
+    print("quiesced:", quiesced, "not quiesced:", loose)
     record = taken["--quiesce"]["quiesce"]
     assert record["services"] == ["api", "worker"] and 0 < record["paused_seconds"] < 30
     assert taken["--no-quiesce"]["quiesce"] == {}
@@ -116,7 +119,8 @@ def test_sigterm_to_the_process_group_during_the_pause_unpauses(stack, engine, t
         )  # fmt: skip
         deadline = time.monotonic() + 120
         while states(engine, env).get("api") != "paused":
-            assert backup.poll() is None and time.monotonic() < deadline, "never paused"
+            assert backup.poll() is None, backup.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "never paused"
             time.sleep(0.02)
         os.killpg(backup.pid, signal.SIGTERM)
         _, err = backup.communicate(timeout=120)
