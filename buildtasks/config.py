@@ -364,6 +364,9 @@ class BackupSettings:
     files: tuple[Annotated[str, Rule(_source)], ...] = ()  # directories, same forms
     redis: Mapping[str, str] = field(default_factory=dict)  # {service = "..."} or {url = "..."}
     redis_timeout: Seconds = 300  # seconds a BGSAVE may take
+    # compose services paused (docker pause) while SQLite, Redis and files are captured, so
+    # the stores of a set come from one instant; `inv backup --no-quiesce` skips it
+    quiesce: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

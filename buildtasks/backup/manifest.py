@@ -36,6 +36,7 @@ class Manifest:
     artifacts: tuple[Artifact, ...]
     schema: int = SCHEMA
     partial: bool = False  # taken with `backup --only`: never counted as a full set
+    quiesce: dict = field(default_factory=dict)  # services paused for the capture, seconds
 
     def body(self) -> dict:
         body = asdict(self)

@@ -4,13 +4,20 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+import re
+import secrets
 import shlex
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
+from buildtasks import shell
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import free_port
 from buildtasks.shell import Shell
@@ -81,19 +88,82 @@ def _wait(deadline: float, what: str) -> None:
     time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A Redis server given by URL. The password is held here only: it reaches redis-cli
+    through REDISCLI_AUTH and the redis client in memory, never an argv."""
+
+    host: str
+    port: int
+    db: int
+    username: str
+    password: str
+    tls: bool
+
+
+def parse_url(url: str, environ: Mapping[str, str]) -> Endpoint:
+    """redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB], read as redis-cli reads it: a user
+    part without a colon is the password; without a password, REDISCLI_AUTH is used."""
+    shown = redact(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise RedisBackupError(
+            f"redis url {shown}: write redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
+        )
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    username, colon, password = userinfo.partition(":")
+    if not colon:
+        username, password = "", username
+    db = parts.path.strip("/") or "0"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 0
+    if not db.isdigit() or not port or parts.query or parts.fragment:
+        raise RedisBackupError(f"redis url {shown}: bad port, database number or extra parts")
+    return Endpoint(
+        host=parts.hostname,
+        port=port,
+        db=int(db),
+        username=unquote(username),
+        password=unquote(password) or environ.get("REDISCLI_AUTH", ""),
+        tls=parts.scheme == "rediss",
+    )
+
+
+def cli_shell(sh: Shell, password: str) -> Shell:
+    """sh whose redis-cli authenticates with password (REDISCLI_AUTH: the environment of a
+    process is readable by its user only, its argv by everyone)."""
+    if not password:
+        return sh
+    env = {**sh.env, "REDISCLI_AUTH": password}
+    return dataclasses.replace(sh, env=env, secrets=sh.secrets | {password})
+
+
 def snapshot_url(sh: Shell, url: str, dest: Path) -> dict:
-    result = sh.run(["redis-cli", "-u", url, "--rdb", str(dest)], capture=True, check=False)
+    """`redis-cli --rdb` of the server at url: every logical database, as a replica sees it."""
+    endpoint = parse_url(url, {**os.environ, **sh.env})
+    argv = ["redis-cli", "-h", endpoint.host, "-p", str(endpoint.port)]
+    argv += ["--user", endpoint.username] if endpoint.username else []
+    argv += ["--tls"] if endpoint.tls else []
+    result = cli_shell(sh, endpoint.password).run(
+        [*argv, "--rdb", str(dest)], capture=True, check=False
+    )
     if result.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no RDB written"]
+        output = shell.redact((result.stderr or "") + (result.stdout or ""), {endpoint.password})
+        detail = output.strip().splitlines()[-1:] or ["no RDB written"]
         raise RedisBackupError(f"redis-cli --rdb from {redact(url)} failed: {detail[0]}")
     return {"url": redact(url)}
 
 
 def redact(url: str) -> str:
-    """A URL without its password, for manifests and messages."""
-    scheme, sep, rest = url.partition("://")
-    _credentials, at, host = rest.rpartition("@")
-    return f"{scheme}{sep}{'***@' if at else ''}{host}" if sep else url
+    """A URL without its credentials, for manifests and messages (also when it is malformed:
+    everything before the last @ that is not the scheme goes)."""
+    head, at, host = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, _credentials = head.partition("://")
+    return f"{scheme}{sep}***@{host}" if sep else f"***@{host}"
 
 
 # Loads the RDB into a scratch Redis and rewrites the AOF from it, so a server with
@@ -140,19 +210,26 @@ def restore_script(details: dict) -> str:
 
 
 @contextlib.contextmanager
-def scratch_server(sh: Shell, directory: Path) -> Iterator[list[str]]:
+def scratch_server(sh: Shell, directory: Path, password: str = "") -> Iterator[list[str]]:
     """A throwaway redis-server on 127.0.0.1 loading directory/dump.rdb if there is one;
-    yields the redis-cli argv that reaches it, and shuts it down without saving."""
+    yields the redis-cli argv that reaches it, and shuts it down without saving. With a
+    password, other users of the machine cannot read it: the password is in a 0600
+    config file and reaches redis-cli through REDISCLI_AUTH, never an argv."""
     port = str(free_port())
-    sh.run(
-        ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", str(directory),
-         "--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "yes",
-         "--logfile", str(directory / "redis.log")],
-    )  # fmt: skip
+    conf = directory / "scratch-redis.conf"
+    settings = {
+        "port": port, "bind": "127.0.0.1", "dir": str(directory), "dbfilename": "dump.rdb",
+        "save": "", "appendonly": "no", "daemonize": "yes",
+        "logfile": str(directory / "redis.log"), "requirepass": password,
+    }  # fmt: skip
+    conf.touch(mode=0o600)
+    conf.write_text("".join(f"{k} {_quoted(v)}\n" for k, v in settings.items() if v or k == "save"))
+    scratch = cli_shell(sh, password)
+    scratch.run(["redis-server", str(conf)])
     cli = ["redis-cli", "-p", port]
     try:
         for _ in range(200):
-            if sh.run([*cli, "ping"], query=True, check=False).stdout.strip() == "PONG":
+            if scratch.run([*cli, "ping"], query=True, check=False).stdout.strip() == "PONG":
                 break
             time.sleep(0.05)
         else:
@@ -161,37 +238,114 @@ def scratch_server(sh: Shell, directory: Path) -> Iterator[list[str]]:
             )
         yield cli
     finally:
-        sh.run([*cli, "shutdown", "nosave"], query=True, check=False)
+        scratch.run([*cli, "shutdown", "nosave"], capture=True, check=False)
+        conf.unlink(missing_ok=True)
+
+
+def _quoted(value: str) -> str:
+    """A redis.conf string (double quotes, backslash escapes)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def rdb_keys(sh: Shell, rdb: Path) -> tuple[int, int]:
+    """(keys, keys with an expiry) in an RDB file, as redis-check-rdb counts them."""
+    output = sh.run(["redis-check-rdb", str(rdb)], query=True, check=False).stdout
+    found = {
+        label: int(n) for n, label in re.findall(r"\[info\] (\d+) (keys read|expires)", output)
+    }
+    if "keys read" not in found:
+        raise RedisBackupError(f"redis-check-rdb could not read {rdb.name}; nothing restored")
+    return found["keys read"], found.get("expires", 0)
 
 
 def restore_url(sh: Shell, rdb: Path, url: str, scratch: Path) -> int:
-    """Load the RDB into a scratch redis-server and MIGRATE every key into the target
-    (REPLACE); returns the number of keys moved."""
+    """Make the server at url hold exactly the RDB's keys, in every logical database: load
+    the RDB into a scratch redis-server, FLUSHALL the target, then DUMP/RESTORE each key
+    with its TTL. Every reply is checked; a target left with fewer keys than the set
+    holds fails. Returns the number of keys restored."""
+    endpoint = parse_url(url, {**os.environ, **sh.env})
+    where = redact(url)
+    keys, expiring = rdb_keys(sh, rdb)
     shutil.copy(rdb, scratch / "dump.rdb")
-    with scratch_server(sh, scratch) as local:
-        keys = sh.output([*local, "--scan"]).split("\n")
-        keys = [k for k in keys if k]
-        target = _target(url)
-        for start in range(0, len(keys), 1000):
-            batch = keys[start : start + 1000]
-            sh.run(
-                [*local, "MIGRATE", target["host"], target["port"], "", target["db"], "10000",
-                 "COPY", "REPLACE", *target["auth"], "KEYS", *batch],
-                query=True,
-            )  # fmt: skip
-        return len(keys)
+    token = secrets.token_hex(16)
+    with scratch_server(sh, scratch, token) as cli, _errors(where):
+        local = Endpoint("127.0.0.1", int(cli[2]), 0, "", token, tls=False)
+        loaded = _keyspace(_client(local))
+        if sum(loaded.values()) < keys - expiring:  # only keys that expired since may go
+            raise RedisBackupError(
+                f"the scratch server loaded {sum(loaded.values())} of the set's {keys} keys; "
+                "nothing restored"
+            )
+        target = _client(endpoint)
+        target.ping()  # a refused password fails here, before anything changed
+        target.flushall()
+        restored = with_ttl = 0
+        for db in sorted(loaded):
+            moved, expiring_moved = _copy_db(_client(local, db), _client(endpoint, db))
+            restored, with_ttl = restored + moved, with_ttl + expiring_moved
+        now = sum(_keyspace(target).values())
+    if now < restored - with_ttl:
+        raise RedisBackupError(
+            f"{where} holds {now} keys after the restore, the set {restored}; "
+            "restore the safety backup"
+        )
+    return restored
 
 
-def _target(url: str) -> dict:
-    from urllib.parse import urlparse
+def _copy_db(source, target) -> tuple[int, int]:
+    """DUMP + PTTL from the scratch server, RESTORE ... REPLACE into the target, 1000 keys a
+    round trip; returns (keys restored, of which with an expiry)."""
+    restored = with_ttl = 0
+    batch: list[bytes] = []
 
-    parsed = urlparse(url)
-    auth = []
-    if parsed.password:
-        auth = ["AUTH2", parsed.username or "default", parsed.password]
-    return {
-        "host": parsed.hostname or "127.0.0.1",
-        "port": str(parsed.port or 6379),
-        "db": (parsed.path or "/0").lstrip("/") or "0",
-        "auth": auth,
-    }
+    def flush() -> None:
+        nonlocal restored, with_ttl
+        reading = source.pipeline(transaction=False)
+        for key in batch:
+            reading.dump(key)
+            reading.pttl(key)
+        replies = reading.execute()
+        writing = target.pipeline(transaction=False)
+        for key, payload, ttl in zip(batch, replies[::2], replies[1::2], strict=True):
+            if payload is None:  # expired on the scratch server meanwhile
+                continue
+            writing.restore(key, max(ttl, 0), payload, replace=True)
+            restored, with_ttl = restored + 1, with_ttl + (ttl > 0)
+        writing.execute()  # raises on the first error reply
+        batch.clear()
+
+    for key in source.scan_iter(count=1000):
+        batch.append(key)
+        if len(batch) == 1000:
+            flush()
+    if batch:
+        flush()
+    return restored, with_ttl
+
+
+def _client(endpoint: Endpoint, db: int | None = None):
+    import redis as redis_client
+
+    return redis_client.Redis(
+        host=endpoint.host, port=endpoint.port, db=endpoint.db if db is None else db,
+        username=endpoint.username or None, password=endpoint.password or None,
+        ssl=endpoint.tls, socket_timeout=60, socket_connect_timeout=10,
+    )  # fmt: skip
+
+
+def _keyspace(client) -> dict[int, int]:
+    """{database number: keys} of the databases that hold keys."""
+    return {int(name[2:]): entry["keys"] for name, entry in client.info("keyspace").items()}
+
+
+@contextlib.contextmanager
+def _errors(where: str) -> Iterator[None]:
+    """The redis client's errors (a refused password, an error reply, a lost connection)
+    as one line naming the server."""
+    import redis as redis_client
+
+    try:
+        yield
+    except redis_client.exceptions.RedisError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RedisBackupError(f"redis restore into {where} failed: {message}") from None

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from buildtasks import __version__
 from buildtasks.atomic import fsync_dir, fsync_file, sha256, write_text
-from buildtasks.backup import archive, manifest, redis, sqlite
+from buildtasks.backup import archive, manifest, quiesce, redis, sqlite
 from buildtasks.backup.manifest import Artifact, InvalidManifest, Manifest
 from buildtasks.config import Settings
 from buildtasks.docker.compose import stack_compose
@@ -219,17 +219,17 @@ class Collector(ServiceAccess):
 
     def collect(self, kind: str, source: str) -> Artifact:
         handler = {"sqlite": self.sqlite, "files": self.files, "redis": self.redis}[kind]
+        shown = redis.redact(source) if kind == "redis" else source  # no password shown/kept
         try:
             file, integrity, details = handler(source)
         except FileNotFoundError as exc:
-            raise SourceMissing(f"{kind} {source}: {exc}") from None
+            raise SourceMissing(f"{kind} {shown}: {exc}") from None
         except (OSError, tarfile.TarError, sqlite3.Error) as exc:
-            raise BackupFailed(f"{kind} {source}: {exc}") from None
+            raise BackupFailed(f"{kind} {shown}: {exc}") from None
         path = self.directory / file
         fsync_file(path)
         if integrity != "ok":
-            raise BackupFailed(f"{kind} {source}: the copy failed its check ({integrity})")
-        shown = redis.redact(source) if kind == "redis" else source  # no password in manifests
+            raise BackupFailed(f"{kind} {shown}: the copy failed its check ({integrity})")
         return Artifact(kind, shown, file, path.stat().st_size, sha256(path), integrity, details)
 
     def sqlite(self, source: str) -> tuple[str, str, dict]:
@@ -243,6 +243,11 @@ class Collector(ServiceAccess):
             integrity = sqlite.snapshot(str(path), str(dest))
         else:
             container = self.container(location.service)
+            if container.status == "paused":  # quiesced: exec is refused, a helper reads it
+                integrity = quiesce.sqlite_snapshot(
+                    self.engine, container, location.path, dest, self._copy_single_file
+                )
+                return file, integrity, {}
             if container.status != "running":
                 return file, self._stopped_sqlite(container, location.path, dest), {}
             if container.exec_run(["test", "-f", location.path])[0] != 0:
@@ -324,11 +329,15 @@ def sweep(root: Path) -> list[str]:
 
 
 def create(
-    settings: Settings, sh: Shell, only: tuple[str, ...] = (), skip_missing: bool = False
+    settings: Settings,
+    sh: Shell,
+    only: tuple[str, ...] = (),
+    skip_missing: bool = False,
+    quiesce_services: tuple[str, ...] = (),
 ) -> Manifest:
     """Take a backup set of every configured source (or the kinds in only: a partial
     set). skip_missing leaves out sources that do not exist, as a safety backup before a
-    restore must."""
+    restore must; quiesce_services are paused for the capture (see quiesce)."""
     pairs = sources(settings, only)
     if not pairs:
         raise ConfigError(
@@ -337,7 +346,7 @@ def create(
     root = backup_dir(settings)
     with locked(root):
         try:
-            return _create(settings, sh, root, pairs, bool(only), skip_missing)
+            return _create(settings, sh, root, pairs, bool(only), skip_missing, quiesce_services)
         except OSError as exc:  # disk full, read-only directory: nothing was added
             raise BackupFailed(
                 f"writing the backup set in {root} failed: {exc.strerror or exc}"
@@ -351,6 +360,7 @@ def _create(
     pairs: list[tuple[str, str]],
     partial: bool,
     skip_missing: bool,
+    quiesce_services: tuple[str, ...],
 ) -> Manifest:
     sweep(root)
     now = datetime.now(UTC)
@@ -361,19 +371,21 @@ def _create(
         (building / MARKER).write_text(f"buildtasks {__version__}\n")
         collector = Collector(settings, sh, building)
         artifacts = []
-        for kind, source in pairs:
-            try:
-                artifacts.append(collector.collect(kind, source))
-            except SourceMissing as exc:
-                if not skip_missing:
-                    raise
-                print(f"safety backup: skipping {exc}", flush=True)
+        with quiesce.paused(collector, quiesce_services) as pause:
+            for kind, source in pairs:
+                try:
+                    artifacts.append(collector.collect(kind, source))
+                except SourceMissing as exc:
+                    if not skip_missing:
+                        raise
+                    print(f"safety backup: skipping {exc}", flush=True)
         result = Manifest(
             id=set_id,
             created=now.isoformat(),
             tool=f"buildtasks {__version__}",
             artifacts=tuple(artifacts),
             partial=partial,
+            quiesce=pause.record(),
         )
         write_text(building / manifest.NAME, manifest.dumps(result))
         fsync_dir(building)

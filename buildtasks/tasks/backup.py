@@ -32,23 +32,29 @@ def _apply_retention(project, dry: bool) -> list[str]:
     help={
         "only": "comma-separated kinds to back up: sqlite, files, redis (default: all)",
         "json": "print the manifest (and the sets retention deleted) as one JSON document",
+        "quiesce": "pause the services of [tool.buildtasks.backup] quiesce during the capture "
+        "(the default when configured; --no-quiesce captures without pausing)",
     },
 )
 @one_line_errors
-def create(c: Context, only="", json_=False):
+def create(c: Context, only="", json_=False, quiesce=True):
     """Back up SQLite, job files and Redis into a new verified set; then apply retention."""
-    from buildtasks.backup import manifest, sets
+    from buildtasks.backup import manifest, redis, sets
     from buildtasks.docker.checks import human_size
 
     project = settings(c)
     sh = shell(c, project)
     kinds = _kinds(only)
+    services = project.backup.quiesce if quiesce else ()
     if sh.dry:
+        if services:
+            print(f"would pause {', '.join(services)} while capturing")
         for kind, source in sets.sources(project, kinds):
-            print(f"would back up {kind} {source} into {sets.backup_dir(project)}")
+            shown = redis.redact(source) if kind == "redis" else source
+            print(f"would back up {kind} {shown} into {sets.backup_dir(project)}")
         _apply_retention(project, dry=True)
         return
-    made = sets.create(project, sh, kinds)
+    made = sets.create(project, sh, kinds, quiesce_services=services)
     problems = sets.verify(project, sh, made.id)
     if problems:
         raise Exit(f"error: backup {made.id} failed verification: {'; '.join(problems)}", code=1)
@@ -59,6 +65,9 @@ def create(c: Context, only="", json_=False):
             if a.details.get("left_out"):
                 names = ", ".join(a.details["left_out"])
                 print(f"          left out (captured by the sqlite backup API): {names}")
+        if made.quiesce:
+            paused = ", ".join(made.quiesce["services"])
+            print(f"  paused {paused} for {made.quiesce['paused_seconds']:.2f} s")
         total = sum(a.size for a in made.artifacts)
         partial = " (partial: not counted by retention, restored only with --id)"
         print(

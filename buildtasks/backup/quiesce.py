@@ -1,0 +1,151 @@
+"""Quiesce: the application's compose services are paused (`docker pause`: the cgroup
+freezer, no signal reaches the processes) while SQLite, Redis and the files are captured,
+so the three stores of a set come from one instant of the application. They are unpaused
+whatever happens: an error, SIGINT or SIGTERM (handlers installed for the duration; a
+signal during the unpause starts it again)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildtasks.backup import sqlite
+from buildtasks.docker.compose import stack_compose
+from buildtasks.errors import BuildtasksError, EngineError
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BuildtasksError):
+    """A signal ended the backup; the paused services were unpaused first."""
+
+    def __init__(self, signum: int):
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}: no set was made; the paused services run again")
+        self.exit_code = 128 + signum
+
+
+@dataclass
+class Pause:
+    services: tuple[str, ...]
+    seconds: float = 0.0
+    containers: list = field(default_factory=list)
+
+    def record(self) -> dict:
+        """What the manifest keeps: {} when nothing was paused."""
+        if not self.services:
+            return {}
+        return {"services": list(self.services), "paused_seconds": round(self.seconds, 3)}
+
+
+def containers(engine, project: str, services: Sequence[str]) -> list:
+    """The running containers of the services; a service without one is an error (its
+    writes would not be held back, so the set would not be consistent)."""
+    found = []
+    for service in services:
+        labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
+        running = engine.client.containers.list(filters={"label": labels, "status": "running"})
+        if not running:
+            raise EngineError(
+                f"quiesce: service {service!r} of compose project {project!r} has no running "
+                "container; start the stack (inv up), fix [tool.buildtasks.backup] quiesce, "
+                "or back up with --no-quiesce"
+            )
+        found += running
+    return found
+
+
+@contextlib.contextmanager
+def paused(access, services: Sequence[str]) -> Iterator[Pause]:
+    """Pause the services' containers of the project's stack (access: a sets.ServiceAccess)
+    for the body; always unpause the ones paused here (a container the user had paused
+    already is left as it was)."""
+    pause = Pause(tuple(services))
+    if not services:
+        yield pause
+        return
+    project = stack_compose(access.settings).project
+    pause.containers = containers(access.engine, project, services)
+    previous = _install_handlers()
+    started = time.monotonic()
+    try:
+        for container in pause.containers:
+            container.pause()
+        yield pause
+    finally:
+        interrupted = None
+        while True:  # a signal during the unpause: unpause again, then end as it asked
+            try:
+                stuck = _unpause(pause.containers)
+                break
+            except Interrupted as exc:
+                interrupted = exc
+        pause.seconds = time.monotonic() - started
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if stuck:
+            raise EngineError(
+                f"quiesce: could not unpause {', '.join(stuck)}; "
+                f"run docker unpause {' '.join(stuck)}"
+            )
+        if interrupted:
+            raise interrupted
+
+
+def _raise(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def _install_handlers() -> dict:
+    """SIGINT and SIGTERM raise Interrupted (so the finally clause unpauses); only the
+    main thread may install handlers, elsewhere the caller's handling stays."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, _raise) for signum in SIGNALS}
+
+
+def _unpause(paused_here: list) -> list[str]:
+    """Unpause every container of the list that is paused; names of those that failed.
+    The list is walked whole: a pause cut short by a signal paused only some."""
+    stuck = []
+    for container in paused_here:
+        try:
+            container.reload()
+            if container.status == "paused":
+                container.unpause()
+        except Exception as exc:  # the docker SDK's errors: try the others, report this one
+            if not type(exc).__module__.startswith(("docker.", "requests.", "urllib3.")):
+                raise
+            stuck.append(container.name)
+    return stuck
+
+
+def sqlite_snapshot(
+    engine, container, path: str, dest: Path, copy_out: Callable, timeout: int = 600
+) -> str:
+    """Snapshot a database of a paused container (exec is refused there) from a helper
+    container on its volumes, as its user (a -wal/-shm SQLite creates stays the app's);
+    copy_out(helper, path, dest) takes the copy out. Returns the integrity check."""
+    scratch = "/tmp/buildtasks-snapshot.db"
+    helper = engine.client.containers.create(
+        container.image.id, ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), path, scratch],
+        entrypoint=[], user=container.attrs["Config"].get("User") or "",
+        volumes_from=[container.id], network_mode="none",
+    )  # fmt: skip
+    try:
+        helper.start()
+        code = helper.wait(timeout=timeout)["StatusCode"]
+        output = helper.logs().decode(errors="replace").strip()
+        if code != 0:
+            if "unable to open database file" in output:
+                raise FileNotFoundError(f"{path} does not exist in {container.name}")
+            raise EngineError(f"SQLite snapshot of {path} failed (exit {code}): {output[-300:]}")
+        copy_out(helper, scratch, dest)
+    finally:
+        helper.remove(force=True)
+    return output.splitlines()[-1]
