@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -144,6 +145,9 @@ def test_prune_scenario_removes_exactly_the_dry_plan_and_nothing_protected(
         expected = [f"{stack}-{run_id}", f"{repo}:extra2", f"{repo}:extra"]
         assert [name for _, name, _ in plan] == expected, dry.stdout
         assert dry.stdout == cli(project, "--dry", "prune").stdout  # deterministic
+        usage = json.loads(cli(project, "cache.usage", "--json").stdout)
+        assert usage["engine_build_cache"]["scope"].startswith("engine-wide")
+        assert [i["name"] for i in usage["project"]["prune_would_remove"]] == expected
         estimate = int(re.search(r"would reclaim about .* \((\d+) bytes", dry.stdout).group(1))
         assert 2 * mib < estimate < 2.1 * mib  # two payloads, not the shared base image
 
