@@ -137,9 +137,7 @@ def run_protoc(sh: Shell, argv: list[str]) -> int:
     a second interpreter and its grpc_tools import would double a small generation's time."""
     from grpc_tools import protoc
 
-    if sh.echo:
-        print(("[dry] " if sh.dry else "") + sh.show(argv), file=sys.stderr, flush=True)
-    if sh.dry:
+    if not sh.change(argv):
         return 0
     well_known = Path(protoc.__file__).parent / "_proto"  # as `python -m grpc_tools.protoc` adds
     return protoc.main(["protoc", *argv[3:], f"--proto_path={well_known}"])

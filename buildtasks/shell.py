@@ -42,6 +42,14 @@ class Shell:
     def show(self, argv: Sequence[str]) -> str:
         return redact(shlex.join(argv), self.secrets)
 
+    def change(self, argv: Sequence[str]) -> bool:
+        """Announce a change to the world as the command that makes it (echoed, redacted);
+        False under dry-run, where the caller must skip it. Commands run here use it, and
+        so does work done in-process that stands for a command (protoc)."""
+        if self.echo:
+            print(("[dry] " if self.dry else "") + self.show(argv), file=sys.stderr, flush=True)
+        return not self.dry
+
     def run(
         self,
         argv: Sequence[str],
@@ -57,13 +65,7 @@ class Shell:
         (and is not echoed); ``capture=True`` returns stdout instead of streaming it;
         ``shielded=True`` runs it in its own session, out of reach of the terminal's Ctrl-C
         and of signals sent to our process group."""
-        if self.echo and not query:
-            print(
-                ("[dry] " if self.dry else "") + self.show(argv),
-                file=sys.stderr,
-                flush=True,
-            )
-        if self.dry and not query:
+        if not query and not self.change(argv):
             return subprocess.CompletedProcess(list(argv), 0, "", "")
         try:
             result = subprocess.run(
