@@ -164,6 +164,8 @@ def _duration(value: str, _: _Context) -> str | None:
 
 
 def _repository(value: str, _: _Context) -> str | None:
+    if not value:
+        return "is empty; set image to the repository to build (e.g. reg:5000/team/app)"
     if len(value) <= 255 and _REPOSITORY.fullmatch(value):
         return None
     if _REFERENCE.fullmatch(value):
@@ -554,6 +556,7 @@ def parse(
     """Validate and interpolate a ``[tool.buildtasks]`` table."""
     project = project or {}
     where = f"{file}: tool.buildtasks"
+    _known(Settings, table, where, {"root", "dotenv"})
     raw = dict(table)
     sections = {
         name: raw.pop(name, None)
@@ -572,8 +575,6 @@ def parse(
             raise ConfigError(f"{file}: project.{key} must be a string")
     raw.setdefault("image", project.get("name", ""))
     raw.setdefault("version", _release_version(root, release, where) or project.get("version", ""))
-    if not raw["image"]:
-        raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
     values = _fields(Settings, raw, where, env, ctx, skip={"root", "dotenv", *sections})
     ctx = _Context(root, (root / values.get("context", ".")).resolve())
 
@@ -669,9 +670,17 @@ def _fields(
     cls: type, table: Mapping, where: str, env, ctx: _Context, skip=frozenset({"name"})
 ) -> dict:
     """Check table against the declared fields of cls; return the converted values."""
-    known = {f.name for f in fields(cls)} - set(skip)
+    _known(cls, table, where, skip)
     values = {}
     for key, value in table.items():
+        values[key] = _check(cls, key, _value(cls, key, value, where, env), where, ctx)
+    return values
+
+
+def _known(cls: type, table: Mapping, where: str, skip) -> None:
+    """Every key first: a typo explains the errors it causes elsewhere."""
+    known = {f.name for f in fields(cls)} - set(skip)
+    for key in table:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = (
@@ -680,8 +689,6 @@ def _fields(
                 else f"; known keys: {', '.join(sorted(known))}"
             )
             raise ConfigError(f"{where}: unknown key `{_key(key)}`{hint}")
-        values[key] = _check(cls, key, _value(cls, key, value, where, env), where, ctx)
-    return values
 
 
 def _value(cls: type, key: str, value: object, where: str, env: Mapping[str, str]):

@@ -487,3 +487,12 @@ def test_tasks_reuse_the_settings_the_namespace_loaded(tmp_path):
     namespace = collection(loaded)
     context = Context(Config(overrides=namespace.configuration()))
     assert task_settings(context) is loaded  # one parse per process, not one per task
+
+
+def test_a_typo_is_reported_before_what_it_causes(tmp_path):
+    root = write_project(tmp_path, '[tool.buildtasks]\nimgae = "x"\n')
+    with pytest.raises(ConfigError) as error:
+        config.load(root)
+    assert str(error.value) == (
+        "pyproject.toml: tool.buildtasks: unknown key `imgae` (did you mean `image`?)"
+    )
