@@ -301,7 +301,7 @@ class Target:
     build_args: Mapping[Annotated[str, Rule(_arg_name)], str] = field(default_factory=dict)
     secrets: tuple[Annotated[str, Rule(_secret)], ...] = ()
     platforms: Platforms = ()  # push/release platforms; local builds use the native one
-    size_budget: Annotated[str, Rule(_budget)] = ""  # as `docker images` shows the image
+    size_budget: Annotated[str, Rule(_budget)] = ""  # held against the uncompressed size
     checks: tuple[str, ...] | None = None  # None: every check for "prod", none otherwise
     cache_from: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
     cache_to: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
@@ -311,9 +311,8 @@ class Target:
         field(default_factory=dict)
     )
     attest: tuple[typing.Literal["provenance", "sbom"], ...] = ()  # none by default
-    cache: typing.Literal["", "registry"] = (
-        ""  # share BuildKit cache as {image}:buildcache-{target}
-    )
+    # "registry": share BuildKit cache as {image}:buildcache-{target}
+    cache: typing.Literal["", "registry"] = ""
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
@@ -472,7 +471,7 @@ def _read_text(path: Path, where: str) -> str:
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: {_key(path.name)} is not UTF-8 text") from None
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{where}: cannot read {_key(str(path))}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
