@@ -164,6 +164,8 @@ def _duration(value: str, _: _Context) -> str | None:
 
 
 def _repository(value: str, _: _Context) -> str | None:
+    if not value:
+        return "is empty; set image to the repository to build (e.g. reg:5000/team/app)"
     if len(value) <= 255 and _REPOSITORY.fullmatch(value):
         return None
     if _REFERENCE.fullmatch(value):
@@ -299,7 +301,7 @@ class Target:
     build_args: Mapping[Annotated[str, Rule(_arg_name)], str] = field(default_factory=dict)
     secrets: tuple[Annotated[str, Rule(_secret)], ...] = ()
     platforms: Platforms = ()  # push/release platforms; local builds use the native one
-    size_budget: Annotated[str, Rule(_budget)] = ""  # as `docker images` shows the image
+    size_budget: Annotated[str, Rule(_budget)] = ""  # held against the uncompressed size
     checks: tuple[str, ...] | None = None  # None: every check for "prod", none otherwise
     cache_from: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
     cache_to: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
@@ -309,9 +311,8 @@ class Target:
         field(default_factory=dict)
     )
     attest: tuple[typing.Literal["provenance", "sbom"], ...] = ()  # none by default
-    cache: typing.Literal["", "registry"] = (
-        ""  # share BuildKit cache as {image}:buildcache-{target}
-    )
+    # "registry": share BuildKit cache as {image}:buildcache-{target}
+    cache: typing.Literal["", "registry"] = ""
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
@@ -473,7 +474,7 @@ def _read_text(path: Path, where: str) -> str:
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: {_key(path.name)} is not UTF-8 text") from None
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{where}: cannot read {_key(str(path))}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -557,6 +558,7 @@ def parse(
     """Validate and interpolate a ``[tool.buildtasks]`` table."""
     project = project or {}
     where = f"{file}: tool.buildtasks"
+    _known(Settings, table, where, {"root", "dotenv"})
     raw = dict(table)
     sections = {
         name: raw.pop(name, None)
@@ -575,8 +577,6 @@ def parse(
             raise ConfigError(f"{file}: project.{key} must be a string")
     raw.setdefault("image", project.get("name", ""))
     raw.setdefault("version", _release_version(root, release, where) or project.get("version", ""))
-    if not raw["image"]:
-        raise ConfigError(f"{where}.image is not set; set it to the image repository to build")
     values = _fields(Settings, raw, where, env, ctx, skip={"root", "dotenv", *sections})
     ctx = _Context(root, (root / values.get("context", ".")).resolve())
 
@@ -672,9 +672,17 @@ def _fields(
     cls: type, table: Mapping, where: str, env, ctx: _Context, skip=frozenset({"name"})
 ) -> dict:
     """Check table against the declared fields of cls; return the converted values."""
-    known = {f.name for f in fields(cls)} - set(skip)
+    _known(cls, table, where, skip)
     values = {}
     for key, value in table.items():
+        values[key] = _check(cls, key, _value(cls, key, value, where, env), where, ctx)
+    return values
+
+
+def _known(cls: type, table: Mapping, where: str, skip) -> None:
+    """Every key first: a typo explains the errors it causes elsewhere."""
+    known = {f.name for f in fields(cls)} - set(skip)
+    for key in table:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = (
@@ -683,8 +691,6 @@ def _fields(
                 else f"; known keys: {', '.join(sorted(known))}"
             )
             raise ConfigError(f"{where}: unknown key `{_key(key)}`{hint}")
-        values[key] = _check(cls, key, _value(cls, key, value, where, env), where, ctx)
-    return values
 
 
 def _value(cls: type, key: str, value: object, where: str, env: Mapping[str, str]):

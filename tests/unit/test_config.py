@@ -398,22 +398,20 @@ def _typed(hint) -> st.SearchStrategy:
     return _mostly(typed, _VALUE)
 
 
-def _table_of(cls, **sections):
+def _table_of(cls, required: dict | None = None, **sections):
     """A table with a few of cls's own keys, mostly of their types (so checks deep inside
     the schema run), maybe an unknown key, and sections that are themselves such tables."""
+    required = required or {}
     fields = {
         name: _typed(hint)
         for name, hint in typing.get_type_hints(cls).items()
-        if name not in ("root", "dotenv", "name", *sections)
+        if name not in ("root", "dotenv", "name", *sections, *required)
     }
     fields["unknown_key"] = _VALUE
     chosen = st.lists(st.sampled_from(sorted(fields)), max_size=3, unique=True)
     return st.tuples(
         chosen.flatmap(lambda keys: st.fixed_dictionaries({k: fields[k] for k in keys})),
-        st.fixed_dictionaries(
-            {k: v for k, v in sections.items() if k == "image"},
-            optional={k: v for k, v in sections.items() if k != "image"},
-        ),
+        st.fixed_dictionaries(required, optional=sections),
     ).map(lambda parts: {**parts[0], **parts[1]})
 
 
@@ -424,7 +422,7 @@ _TARGETS = st.dictionaries(
 )
 _BUILDTASKS = _table_of(
     config.Settings,
-    image=_mostly(st.sampled_from(["reg/x", "127.0.0.1:5000/a/b"]), _TEXT),
+    {"image": _mostly(st.sampled_from(["reg/x", "127.0.0.1:5000/a/b"]), _TEXT)},
     targets=_TARGETS | _ANY,
     proto=_table_of(config.ProtoSettings) | _ANY,
     stack=_table_of(config.StackSettings) | _ANY,
@@ -487,3 +485,12 @@ def test_tasks_reuse_the_settings_the_namespace_loaded(tmp_path):
     namespace = collection(loaded)
     context = Context(Config(overrides=namespace.configuration()))
     assert task_settings(context) is loaded  # one parse per process, not one per task
+
+
+def test_a_typo_is_reported_before_what_it_causes(tmp_path):
+    root = write_project(tmp_path, '[tool.buildtasks]\nimgae = "x"\n')
+    with pytest.raises(ConfigError) as error:
+        config.load(root)
+    assert str(error.value) == (
+        "pyproject.toml: tool.buildtasks: unknown key `imgae` (did you mean `image`?)"
+    )
