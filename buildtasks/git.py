@@ -22,8 +22,25 @@ class GitState:
         return self.sha[:7]
 
 
+_states: dict[Path, GitState] = {}
+
+
 def state(sh: Shell, root: Path) -> GitState:
-    """The checkout's HEAD, branch and dirtiness; an empty state outside a git repository."""
+    """The checkout's HEAD, branch and dirtiness; an empty state outside a git repository.
+    Read once per process and root (a task asks several times: tags, labels, the dirty
+    check); whatever moves HEAD or edits the tree calls `forget` afterwards."""
+    root = Path(root).resolve()
+    if root not in _states:
+        _states[root] = _read_state(sh, root)
+    return _states[root]
+
+
+def forget() -> None:
+    """Drop the states read so far: HEAD or the tree changed (a release commit)."""
+    _states.clear()
+
+
+def _read_state(sh: Shell, root: Path) -> GitState:
 
     def git(*args: str) -> str:
         result = sh.run(["git", "-C", str(root), *args], query=True, check=False)

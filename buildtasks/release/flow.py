@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from buildtasks import config
+from buildtasks import config, git
 from buildtasks.atomic import write_text
 from buildtasks.config import Settings
 from buildtasks.docker import registry
@@ -252,6 +252,7 @@ def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
         _git(sh, settings, "commit", "--quiet", "-m", f"Release {progress.version}")
         _git(sh, settings, "tag", "-a", progress.tag, "-m", f"Release {progress.version}")
         progress.commit = _out(sh, settings, "rev-parse", "HEAD")
+        git.forget()  # the images are labelled with the release commit
         progress.done.append("commit")
         save(settings, progress)
     if "images" not in progress.done:
@@ -284,6 +285,7 @@ def rollback(settings: Settings, sh: Shell, progress: Progress) -> None:
     if _out(sh, settings, "rev-parse", "HEAD") != progress.previous:
         _git(sh, settings, "reset", "--quiet", "--soft", progress.previous, check=False)
     _git(sh, settings, "checkout", progress.previous, "--", *progress.files, check=False)
+    git.forget()
     registry_lines = remove_staging_tags(settings, sh, progress)
     progress_path(settings).unlink(missing_ok=True)
     print(f"release {progress.version} rolled back: no local commit or tag remains", flush=True)
