@@ -286,19 +286,26 @@ def read_leases(engine: Engine) -> dict[str, bytes]:
 
 def remove_project(engine: Engine, project: str) -> list[str]:
     """Remove a compose project's containers, networks and volumes, and its lease."""
+    import docker
+
     client = engine.client
     removed = []
     selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}
     lease = _lease_container(client, project)
-    for container in [*_containers(client, selector), *([lease] if lease else [])]:
-        removed.append(f"container {_name(container)}")
-        container.remove(force=True, v=True)
-    for network in client.networks.list(filters=selector):
-        removed.append(f"network {network.name}")
-        network.remove()
-    for volume in client.volumes.list(filters=selector):
-        removed.append(f"volume {volume.name}")
-        volume.remove(force=True)
+    containers = [c for c in [*_containers(client, selector), lease] if c]
+    parts = [  # containers first: networks and volumes are in use until they are gone
+        *((f"container {_name(c)}", c, {"force": True, "v": True}) for c in containers),
+        *((f"network {n.name}", n, {}) for n in client.networks.list(filters=selector)),
+        *((f"volume {v.name}", v, {"force": True}) for v in client.volumes.list(filters=selector)),
+    ]
+    for label, part, options in parts:
+        try:
+            part.remove(**options)
+        except docker.errors.NotFound:
+            continue  # removed meanwhile
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot remove {label} of {project}: {_reason(exc)}") from None
+        removed.append(label)
     return removed
 
 

@@ -78,6 +78,27 @@ def fixture_project(tmp_path: Path, mirror: str, test: str = "pass", **env: str)
     return tmp_path
 
 
+@pytest.fixture
+def make_project(engine, mirror, tmp_path):
+    """fixture_project(...) whose stacks and leases are removed afterwards whatever happened
+    (a failing assertion must not leave them on the shared engine)."""
+    made = []
+
+    def make(test: str = "pass", **env: str) -> Path:
+        project = fixture_project(tmp_path, mirror, test, **env)
+        made.append(project_name(project))
+        return project
+
+    yield make
+    from buildtasks.docker.engine import Engine, compose_resources, read_leases, remove_project
+
+    client = Engine()
+    labels = {r.labels["com.docker.compose.project"] for r in compose_resources(client)}
+    for project in labels | read_leases(client).keys():
+        if project.startswith(tuple(made)):
+            remove_project(client, project)
+
+
 def project_name(project: Path) -> str:
     return project.joinpath("pyproject.toml").read_text().split('project = "')[1].split('"')[0]
 
@@ -154,9 +175,9 @@ MOMENTS = {
 
 @pytest.mark.parametrize("moment", MOMENTS)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_to_the_process_group_leaves_nothing(engine, mirror, tmp_path, signum, moment):
+def test_signal_to_the_process_group_leaves_nothing(engine, make_project, signum, moment):
     test, env, line, delay = MOMENTS[moment]
-    project = fixture_project(tmp_path, mirror, test, **env)
+    project = make_project(test, **env)
     run = Run(nox(project), project)
     try:
         if line:
@@ -174,6 +195,8 @@ def test_signal_to_the_process_group_leaves_nothing(engine, mirror, tmp_path, si
     assert leftovers(engine, project_name(project)) == [], output[-3000:]
     if moment != "up":
         assert "stack btdown" in output and " removed; artifacts in " in output, output[-3000:]
+    if moment == "down":  # the signal did not cancel it: no retry was needed
+        assert output.count(" down --remove-orphans") == 1, output[-3000:]
 
 
 def clean_elsewhere(project: Path) -> subprocess.CompletedProcess:
@@ -186,8 +209,8 @@ def clean_elsewhere(project: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_clean_from_another_host_spares_a_live_run_and_removes_a_dead_one(engine, mirror, tmp_path):
-    project = fixture_project(tmp_path, mirror, "slow")
+def test_clean_from_another_host_spares_a_live_run_and_removes_a_dead_one(engine, make_project):
+    project = make_project("slow")
     prefix = project_name(project)
     run = Run(nox(project), project)
     try:
@@ -211,7 +234,7 @@ def test_clean_from_another_host_spares_a_live_run_and_removes_a_dead_one(engine
     finally:
         if run.process.poll() is None:
             run.signal_group(signal.SIGKILL)
-        subprocess.run(nox(project, "e2e-clean"), cwd=project, env=nox_env(), capture_output=True)
+            run.finish()
 
 
 # --- inv up / down / health / deploy -------------------------------------------------------
@@ -221,8 +244,8 @@ def inv(project: Path, *args: str) -> subprocess.CompletedProcess:
     return run_cli(["invoke", *args], cwd=project)
 
 
-def test_one_shot_service_is_completed_and_deploy_json_is_one_document(engine, mirror, tmp_path):
-    project = fixture_project(tmp_path, mirror)
+def test_one_shot_service_is_completed_and_deploy_json_is_one_document(engine, make_project):
+    project = make_project()
     name = project_name(project)
     built = STACK.replace("${FRONT_IMAGE}", "${BUILDTASKS_IMAGE_FRONT}", 1)  # front only
     (project / "stack.yml").write_text(built)
@@ -247,9 +270,9 @@ def test_one_shot_service_is_completed_and_deploy_json_is_one_document(engine, m
     assert leftovers(engine, name) == []
 
 
-def test_unpullable_image_is_named(engine, mirror, tmp_path):
+def test_unpullable_image_is_named(engine, make_project):
     missing = f"127.0.0.1:5000/no-such-image-{uuid.uuid4().hex[:6]}:1"
-    project = fixture_project(tmp_path, mirror, MIGRATE_IMAGE=missing)
+    project = make_project(MIGRATE_IMAGE=missing)
     try:
         result = inv(project, "up")
     finally:
@@ -263,8 +286,8 @@ def test_unpullable_image_is_named(engine, mirror, tmp_path):
     assert "did not become healthy" not in result.stderr
 
 
-def test_down_names_what_it_could_not_remove(engine, mirror, tmp_path):
-    project = fixture_project(tmp_path, mirror)
+def test_down_names_what_it_could_not_remove(engine, make_project):
+    project = make_project()
     name = project_name(project)
     up = inv(project, "up")
     assert up.returncode == 0, up.stderr[-3000:]
@@ -273,12 +296,11 @@ def test_down_names_what_it_could_not_remove(engine, mirror, tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert "[dry] docker compose" in dry.stderr
     assert leftovers(engine, name) == stack  # containers, network and volume all still there
-    image = f"{mirror + '/' if mirror else ''}python:3.11-slim"
+    image = project.joinpath(".env").read_text().split("FRONT_IMAGE=")[1].split()[0]
     # a container that is not the project's holds on to the project's network
-    squatter = engine.containers.run(
-        image, ["sleep", "300"], detach=True, network=f"{name}_default"
-    )
+    squatter = engine.containers.create(image, ["sleep", "300"], network=f"{name}_default")
     try:
+        squatter.start()
         down = inv(project, "down")
         assert down.returncode != 0
         last = down.stderr.strip().splitlines()[-1]
@@ -291,8 +313,8 @@ def test_down_names_what_it_could_not_remove(engine, mirror, tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_inv_down_does_not_cancel_it(engine, mirror, tmp_path, signum):
-    project = fixture_project(tmp_path, mirror)
+def test_signal_during_inv_down_does_not_cancel_it(engine, make_project, signum):
+    project = make_project()
     name = project_name(project)
     up = inv(project, "up")
     assert up.returncode == 0, up.stderr[-3000:]
@@ -309,3 +331,4 @@ def test_signal_during_inv_down_does_not_cancel_it(engine, mirror, tmp_path, sig
         inv(project, "down", "--volumes")
     assert code != 0, run.output  # interrupted, after the stack is gone
     assert left == [], run.output
+    assert run.output.count(" down --remove-orphans") == 1, run.output  # not even retried
