@@ -100,3 +100,5 @@ def deploy(c: Context, json_=False, file=None, project=""):
     report = stack.deploy(sh, config, compose)
     if not sh.dry:
         _report(report, json_)
+    elif json_:  # the plan is the commands echoed on stderr; stdout stays one document
+        sys.stdout.write(json.dumps({"dry_run": True, "stack": compose.project}) + "\n")

@@ -371,8 +371,9 @@ JSON_TASKS = [
 ]
 
 
+@pytest.mark.parametrize("dry", [(), ("--dry",)], ids=["run", "dry"])
 @pytest.mark.parametrize("task", JSON_TASKS, ids=" ".join)
-def test_json_output_is_one_document(live_project, task):
+def test_json_output_is_one_document(live_project, task, dry):
     root, _remote, _prefix, _project = live_project
-    result = ok(inv(root, *task))
+    result = ok(inv(root, *dry, *task))
     json.loads(result.stdout)  # exactly one document: anything else on stdout fails here
