@@ -13,11 +13,11 @@ def _short(digest: str) -> str:
     return f"sha256:{digest[:12]}"
 
 
-def _apply_retention(project, dry: bool) -> None:
+def _apply_retention(project, dry: bool, out=sys.stdout) -> None:
     from buildtasks.backup import sets
 
     for set_id in sets.apply_retention(project, dry):
-        print(f"retention: {'would delete' if dry else 'deleted'} {set_id}")
+        print(f"retention: {'would delete' if dry else 'deleted'} {set_id}", file=out)
 
 
 @task(
@@ -62,7 +62,7 @@ def create(c: Context, only="", json_=False, quiesce=True):
             print(f"  paused {paused} for {made.quiesce['paused_seconds']:.2f} s")
         total = sum(a.size for a in made.artifacts)
         print(f"backup {made.id}: {len(made.artifacts)} artifacts, {human_size(total)}, verified")
-    _apply_retention(project, dry=False)
+    _apply_retention(project, dry=False, out=sys.stderr if json_ else sys.stdout)  # one JSON doc
 
 
 @task(name="list", help={"json": "print the sets as JSON"})
