@@ -16,7 +16,7 @@ from pathlib import Path
 
 from buildtasks.backup import sqlite
 from buildtasks.docker.compose import stack_compose
-from buildtasks.errors import BuildtasksError, EngineError
+from buildtasks.errors import BuildtasksError, ConfigError, EngineError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -69,6 +69,12 @@ def paused(access, services: Sequence[str]) -> Iterator[Pause]:
     if not services:
         yield pause
         return
+    redis_service = access.settings.backup.redis.get("service")
+    if redis_service in services:  # BGSAVE needs it running; paused writers leave it still
+        raise ConfigError(
+            f"[tool.buildtasks.backup] quiesce: leave out the Redis service {redis_service!r}; "
+            "pausing the services that write to it is enough"
+        )
     project = stack_compose(access.settings).project
     pause.containers = containers(access.engine, project, services)
     previous = _install_handlers()

@@ -222,6 +222,7 @@ def scratch_server(sh: Shell, directory: Path, password: str = "") -> Iterator[l
         "save": "", "appendonly": "no", "daemonize": "yes",
         "logfile": str(directory / "redis.log"), "requirepass": password,
     }  # fmt: skip
+    conf.unlink(missing_ok=True)  # a leftover keeps its mode: start from 0600
     conf.touch(mode=0o600)
     conf.write_text("".join(f"{k} {_quoted(v)}\n" for k, v in settings.items() if v or k == "save"))
     scratch = cli_shell(sh, password)

@@ -124,10 +124,10 @@ def test_sigterm_to_the_process_group_during_the_pause_unpauses(stack, engine, t
             time.sleep(0.02)
         os.killpg(backup.pid, signal.SIGTERM)
         _, err = backup.communicate(timeout=120)
+        assert set(states(engine, env).values()) == {"running"}, states(engine, env)
         assert backup.returncode == 128 + signal.SIGTERM, err[-2000:]
         assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM")
         assert "Traceback" not in err
-        assert set(states(engine, env).values()) == {"running"}, states(engine, env)
         assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")], "no set made"
     finally:
         compose(env, "exec", "-T", "api", "rm", "-f", "/app/data/jobs/big.bin").wait()

@@ -4,6 +4,7 @@ auth form works, and the password is never in argv, output or the backup directo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -247,3 +248,13 @@ def test_rediss_backup_and_restore(tmp_path):
         assert client.dbsize() == 100 and client.get("k1") == b"1"
     finally:
         client.shutdown(nosave=True)
+
+
+def test_json_stays_one_document_when_retention_deletes(server, tmp_path):
+    root = project(tmp_path / "project", f"redis://:{PASSWORD}@127.0.0.1:{server}")
+    (root / "pyproject.toml").write_text((root / "pyproject.toml").read_text() + "keep_last = 1\n")
+    first = run_cli(["buildtasks", "backup", "--json"], cwd=root)
+    second = run_cli(["buildtasks", "backup", "--json"], cwd=root)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["id"] > json.loads(first.stdout)["id"]
+    assert "retention: deleted" in second.stderr
