@@ -17,14 +17,10 @@ def _kinds(only: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in only.split(",") if k.strip())
 
 
-def _apply_retention(project, dry: bool) -> list[str]:
-    """Retention after a backup; its lines go to stderr (stdout may carry --json)."""
-    from buildtasks.backup import sets
-
-    deleted = sets.apply_retention(project, dry)
+def _report_retention(deleted: list[str], dry: bool) -> None:
+    """Retention lines go to stderr: stdout may carry --json."""
     for set_id in deleted:
         print(f"retention: {'would delete' if dry else 'deleted'} {set_id}", file=sys.stderr)
-    return deleted
 
 
 @task(
@@ -46,12 +42,15 @@ def create(c: Context, only="", json_=False):
     if sh.dry:
         for kind, source in sets.sources(project, kinds):
             print(f"would back up {kind} {source} into {sets.backup_dir(project)}")
-        _apply_retention(project, dry=True)
+        _report_retention(sets.apply_retention(project, dry=True), dry=True)
         return
-    made = sets.create(project, sh, kinds)
-    problems = sets.verify(project, sh, made.id)
-    if problems:
-        raise Exit(f"error: backup {made.id} failed verification: {'; '.join(problems)}", code=1)
+    with sets.locked(sets.backup_dir(project)):  # no other run's retention in between
+        made = sets.create(project, sh, kinds)
+        problems = sets.verify(project, sh, made.id)
+        if problems:
+            listing = "; ".join(problems)
+            raise Exit(f"error: backup {made.id} failed verification: {listing}", code=1)
+        deleted = sets.apply_retention(project, dry=False)
     if not json_:
         for a in made.artifacts:
             size = human_size(a.size)
@@ -65,7 +64,7 @@ def create(c: Context, only="", json_=False):
             f"backup {made.id}: {len(made.artifacts)} artifacts, {human_size(total)}, "
             f"verified{partial if made.partial else ''}"
         )
-    deleted = _apply_retention(project, dry=False)
+    _report_retention(deleted, dry=False)
     if json_:
         document = {**json.loads(manifest.dumps(made)), "retention_deleted": deleted}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
