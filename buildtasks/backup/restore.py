@@ -187,7 +187,7 @@ def run(settings: Settings, sh: Shell, found: Manifest, only: tuple[str, ...] = 
         stack = stack_compose(settings)
         if in_stack:
             prepare_stack(settings, sh, stack)
-        safety = sets.create(settings, sh, skip_missing=True)
+        safety = sets.create(settings, sh, safety=True)
         print(f"safety backup: {safety.id}", flush=True)
         from buildtasks.stack import interrupts_on_sigterm, up
 
