@@ -514,7 +514,7 @@ def test_two_backups_at_once_wait_for_each_other(tmp_path):
     other run's retention would delete a set before its own run verified it)."""
     project = host_project(tmp_path, "keep_last = 1\n")
     make_db(project / "data/jobs.db", 1000)
-    for _ in range(5):
+    for _ in range(15):  # the crash in retention took a few rounds to show
         runs = [
             subprocess.Popen(
                 [sys.executable, "-m", "buildtasks", "backup"],
