@@ -65,7 +65,9 @@ def check_members(members: list[tarfile.TarInfo], allow_top: str = "") -> None:
     implied: set[PurePosixPath] = set()  # directories that members lie under
     for member in members:
         name = PurePosixPath(member.name)
-        if name.is_absolute() or ".." in name.parts or not name.parts or "\0" in member.name:
+        # Only canonical relative names: no "", "." or ".." component (absolute, `a//b`,
+        # `a/.` would each land somewhere else than the name says)
+        if {"", ".", ".."} & set(member.name.split("/")) or "\0" in member.name:
             raise UnsafeArchive(f"archive member {member.name[:80]!r} would escape the target")
         if not (member.isfile() or member.isdir()):
             raise UnsafeArchive(

@@ -158,18 +158,21 @@ def needs_stack(settings: Settings, chosen: list[Step]) -> bool:
 
 def plan_lines(settings: Settings, found: Manifest, only: tuple[str, ...] = ()) -> list[str]:
     chosen = steps(settings, found, only)
-    partial = " (partial set)" if found.partial else ""
-    lines = [f"restore backup {found.id} ({found.created}){partial}:", "  1. verify the set"]
     in_stack = needs_stack(settings, chosen)
-    if in_stack:
-        lines.append("  2. create the stack's containers and volumes if missing (no start)")
-    lines.append("  3. take a safety backup of the current state")
-    if in_stack:
-        lines.append("  4. stop the compose stack")
-    lines.append("  5. stage every artifact, then swap them in (the live data kept until done)")
-    lines += [f"     {s.describe()}" for s in chosen]
-    if in_stack:
-        lines.append("  6. start the stack and wait until it is healthy")
+    actions = [
+        ("verify the set", True),
+        ("create the stack's containers and volumes if missing (no start)", in_stack),
+        ("take a safety backup of the current state", True),
+        ("stop the compose stack", in_stack),
+        ("stage every artifact, then swap them in (the live data kept until done)", True),
+        ("start the stack and wait until it is healthy", in_stack),
+    ]
+    partial = " (partial set)" if found.partial else ""
+    lines = [f"restore backup {found.id} ({found.created}){partial}:"]
+    for number, action in enumerate((a for a, wanted in actions if wanted), start=1):
+        lines.append(f"  {number}. {action}")
+        if action.startswith("stage"):
+            lines += [f"     {s.describe()}" for s in chosen]
     return lines
 
 
@@ -187,7 +190,7 @@ def run(settings: Settings, sh: Shell, found: Manifest, only: tuple[str, ...] = 
         stack = stack_compose(settings)
         if in_stack:
             prepare_stack(settings, sh, stack)
-        safety = sets.create(settings, sh, skip_missing=True)
+        safety = sets.create(settings, sh, safety=True)
         print(f"safety backup: {safety.id}", flush=True)
         from buildtasks.stack import interrupts_on_sigterm, up
 

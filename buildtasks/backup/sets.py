@@ -217,18 +217,24 @@ class ServiceAccess:
 class Collector(ServiceAccess):
     """Copies each source into a set directory being built."""
 
-    def collect(self, kind: str, source: str) -> Artifact:
+    def collect(self, kind: str, source: str, safety: bool = False) -> Artifact:
+        """One artifact. A safety backup (before a restore) keeps what it finds even when
+        it is not sound: a damaged database is the usual reason to restore."""
         handler = {"sqlite": self.sqlite, "files": self.files, "redis": self.redis}[kind]
         shown = redis.redact(source) if kind == "redis" else source  # no password shown/kept
         try:
             file, integrity, details = handler(source)
         except FileNotFoundError as exc:
             raise SourceMissing(f"{kind} {shown}: {exc}") from None
-        except (OSError, tarfile.TarError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
+            if not safety:
+                raise BackupFailed(f"{kind} {shown}: {exc}") from None
+            file, integrity, details = self._raw_sqlite(source, exc)
+        except (OSError, tarfile.TarError) as exc:
             raise BackupFailed(f"{kind} {shown}: {exc}") from None
         path = self.directory / file
         fsync_file(path)
-        if integrity != "ok":
+        if integrity != "ok" and not safety:
             raise BackupFailed(f"{kind} {shown}: the copy failed its check ({integrity})")
         return Artifact(kind, shown, file, path.stat().st_size, sha256(path), integrity, details)
 
@@ -260,6 +266,18 @@ class Collector(ServiceAccess):
             finally:
                 self.engine.exec(container, ["rm", "-f", scratch])
         return file, integrity, {}
+
+    def _raw_sqlite(self, source: str, error: sqlite3.Error) -> tuple[str, str, dict]:
+        """The bytes of a database the backup API cannot read (a safety backup only)."""
+        location = parse_location(source)
+        file = artifact_name("sqlite", source)
+        if location.service:
+            self._copy_single_file(
+                self.container(location.service), location.path, self.directory / file
+            )
+        else:
+            shutil.copy(self.settings.root / location.path, self.directory / file)
+        return file, f"raw copy, not a sound database: {error}", {}
 
     def _stopped_sqlite(self, container, path: str, dest: Path) -> str:
         """A database in a stopped container (a restore into a stack that is down): its
@@ -332,12 +350,13 @@ def create(
     settings: Settings,
     sh: Shell,
     only: tuple[str, ...] = (),
-    skip_missing: bool = False,
+    safety: bool = False,
     quiesce_services: tuple[str, ...] = (),
 ) -> Manifest:
     """Take a backup set of every configured source (or the kinds in only: a partial
-    set). skip_missing leaves out sources that do not exist, as a safety backup before a
-    restore must; quiesce_services are paused for the capture (see quiesce)."""
+    set). A safety backup (before a restore) leaves out sources that do not exist and
+    keeps unsound ones as they are; such a set is marked partial. quiesce_services are
+    paused for the capture (see quiesce)."""
     pairs = sources(settings, only)
     if not pairs:
         raise ConfigError(
@@ -346,7 +365,7 @@ def create(
     root = backup_dir(settings)
     with locked(root):
         try:
-            return _create(settings, sh, root, pairs, bool(only), skip_missing, quiesce_services)
+            return _create(settings, sh, root, pairs, bool(only), safety, quiesce_services)
         except OSError as exc:  # disk full, read-only directory: nothing was added
             raise BackupFailed(
                 f"writing the backup set in {root} failed: {exc.strerror or exc}"
@@ -359,7 +378,7 @@ def _create(
     root: Path,
     pairs: list[tuple[str, str]],
     partial: bool,
-    skip_missing: bool,
+    safety: bool,
     quiesce_services: tuple[str, ...],
 ) -> Manifest:
     sweep(root)
@@ -374,11 +393,15 @@ def _create(
         with quiesce.paused(collector, quiesce_services) as pause:
             for kind, source in pairs:
                 try:
-                    artifacts.append(collector.collect(kind, source))
+                    artifacts.append(collector.collect(kind, source, safety))
                 except SourceMissing as exc:
-                    if not skip_missing:
+                    if not safety:
                         raise
                     print(f"safety backup: skipping {exc}", flush=True)
+                    partial = True
+        for unsound in [a for a in artifacts if a.integrity != "ok"]:
+            print(f"safety backup: {unsound.kind} {unsound.source}: {unsound.integrity}")
+            partial = True
         result = Manifest(
             id=set_id,
             created=now.isoformat(),

@@ -17,14 +17,34 @@ def _kinds(only: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in only.split(",") if k.strip())
 
 
-def _apply_retention(project, dry: bool) -> list[str]:
-    """Retention after a backup; its lines go to stderr (stdout may carry --json)."""
-    from buildtasks.backup import sets
-
-    deleted = sets.apply_retention(project, dry)
+def _report_retention(deleted: list[str], dry: bool) -> None:
+    """Retention lines go to stderr: stdout may carry --json."""
     for set_id in deleted:
         print(f"retention: {'would delete' if dry else 'deleted'} {set_id}", file=sys.stderr)
-    return deleted
+
+
+def _show_plan(project, kinds: tuple[str, ...], services: tuple[str, ...], as_json: bool):
+    """What `inv --dry backup` would do: pause, capture, retention."""
+    from buildtasks.backup import redis, sets
+
+    plan = {
+        "dry_run": True,
+        "pause": list(services),
+        "back_up": [
+            {"kind": kind, "source": redis.redact(source) if kind == "redis" else source}
+            for kind, source in sets.sources(project, kinds)
+        ],
+        "into": str(sets.backup_dir(project)),
+        "retention_would_delete": sets.apply_retention(project, dry=True),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(plan, indent=2) + "\n")
+        return
+    if services:
+        print(f"would pause {', '.join(services)} while capturing")
+    for item in plan["back_up"]:
+        print(f"would back up {item['kind']} {item['source']} into {plan['into']}")
+    _report_retention(plan["retention_would_delete"], dry=True)
 
 
 @task(
@@ -39,7 +59,7 @@ def _apply_retention(project, dry: bool) -> list[str]:
 @one_line_errors
 def create(c: Context, only="", json_=False, quiesce=True):
     """Back up SQLite, job files and Redis into a new verified set; then apply retention."""
-    from buildtasks.backup import manifest, redis, sets
+    from buildtasks.backup import manifest, sets
     from buildtasks.docker.checks import human_size
 
     project = settings(c)
@@ -47,17 +67,15 @@ def create(c: Context, only="", json_=False, quiesce=True):
     kinds = _kinds(only)
     services = project.backup.quiesce if quiesce else ()
     if sh.dry:
-        if services:
-            print(f"would pause {', '.join(services)} while capturing")
-        for kind, source in sets.sources(project, kinds):
-            shown = redis.redact(source) if kind == "redis" else source
-            print(f"would back up {kind} {shown} into {sets.backup_dir(project)}")
-        _apply_retention(project, dry=True)
+        _show_plan(project, kinds, services, json_)
         return
-    made = sets.create(project, sh, kinds, quiesce_services=services)
-    problems = sets.verify(project, sh, made.id)
-    if problems:
-        raise Exit(f"error: backup {made.id} failed verification: {'; '.join(problems)}", code=1)
+    with sets.locked(sets.backup_dir(project)):  # no other run's retention in between
+        made = sets.create(project, sh, kinds, quiesce_services=services)
+        problems = sets.verify(project, sh, made.id)
+        if problems:
+            listing = "; ".join(problems)
+            raise Exit(f"error: backup {made.id} failed verification: {listing}", code=1)
+        deleted = sets.apply_retention(project, dry=False)
     if not json_:
         for a in made.artifacts:
             size = human_size(a.size)
@@ -74,7 +92,7 @@ def create(c: Context, only="", json_=False, quiesce=True):
             f"backup {made.id}: {len(made.artifacts)} artifacts, {human_size(total)}, "
             f"verified{partial if made.partial else ''}"
         )
-    deleted = _apply_retention(project, dry=False)
+    _report_retention(deleted, dry=False)
     if json_:
         document = {**json.loads(manifest.dumps(made)), "retention_deleted": deleted}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")

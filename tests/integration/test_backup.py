@@ -510,10 +510,11 @@ def test_a_failing_swap_puts_every_live_store_back(tmp_path):
 
 
 def test_two_backups_at_once_wait_for_each_other(tmp_path):
-    """Item 5: concurrent backups with retention on one directory."""
-    project = host_project(tmp_path, "keep_last = 2\n")
+    """Item 5: concurrent backups with retention on one directory (keep_last = 1: the
+    other run's retention would delete a set before its own run verified it)."""
+    project = host_project(tmp_path, "keep_last = 1\n")
     make_db(project / "data/jobs.db", 1000)
-    for _ in range(5):
+    for _ in range(15):  # the crash in retention took a few rounds to show
         runs = [
             subprocess.Popen(
                 [sys.executable, "-m", "buildtasks", "backup"],
@@ -530,7 +531,7 @@ def test_two_backups_at_once_wait_for_each_other(tmp_path):
             assert "Traceback" not in err and "verified" in out
     settings = config.load(project)
     valid, invalid = sets.listing(settings)
-    assert len(valid) == 2 and invalid == []
+    assert len(valid) == 1 and invalid == []
     assert all(sets.verify(settings, Shell(echo=False), m.id) == [] for m in valid)
 
 
@@ -821,3 +822,29 @@ def test_sigterm_during_restore_leaves_old_or_new_never_a_mix(tmp_path):
 
 def state(project: Path) -> tuple:
     return rows(project / "data/jobs.db"), tree_digest(project / "data/jobs")
+
+
+@pytest.mark.parametrize("damage", ["pages", "header"])
+def test_a_damaged_live_database_is_restored_and_kept_in_the_safety_set(tmp_path, damage):
+    """A malformed database is the usual reason to restore: its safety backup keeps it as
+    it is (marked partial, never the default target) instead of refusing the restore."""
+    project = host_project(tmp_path)
+    make_db(project / "data/jobs.db", 1)
+    db = sqlite3.connect(project / "data/jobs.db")
+    db.executemany("INSERT INTO t VALUES (randomblob(3000))", [()] * 400)
+    db.commit()
+    db.close()
+    set_id = backup(project)
+    live = project / "data/jobs.db"
+    data = bytearray(live.read_bytes())
+    start = 0 if damage == "header" else len(data) // 2
+    data[start : start + 8192] = os.urandom(8192)
+    live.write_bytes(bytes(data))
+    restored = restore_cli(project)
+    assert restored.returncode == 0, restored.stderr
+    assert rows(live) == 401
+    safety = sets.find(config.load(project), restored.stdout.split("backup ")[-1].strip())
+    assert safety.partial and safety.artifacts[0].integrity != "ok"
+    kept = sets.backup_dir(config.load(project)) / safety.id / safety.artifacts[0].file
+    assert kept.read_bytes() == bytes(data), "the damaged file is kept as it was"
+    assert sets.find(config.load(project)).id == set_id, "the default target stays the good set"
