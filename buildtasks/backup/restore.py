@@ -96,7 +96,10 @@ class Step:
     location: sets.Location  # from the configuration, never from the manifest
 
     def describe(self) -> str:
-        return f"{self.artifact.kind:<7} {self.artifact.file} -> {self.location}"
+        where = str(self.location)
+        if self.artifact.kind == "redis":
+            where = redis.redact(where)  # the configured URL may carry a password
+        return f"{self.artifact.kind:<7} {self.artifact.file} -> {where}"
 
 
 def steps(settings: Settings, found: Manifest, only: tuple[str, ...] = ()) -> list[Step]:
