@@ -244,9 +244,9 @@ class Restorer(sets.ServiceAccess):
         swapped: list[Placement] = []
         try:
             self._stage(placements)
-            for placement in placements:
-                swapped.append(placement)
-                self._phase("swap", [placement])
+            for group in _swap_groups(placements):
+                swapped += group  # undo checks what a partly done group really moved
+                self._phase("swap", group)
             for step in chosen:
                 if step.artifact.kind == "redis":
                     self._redis(step)
@@ -335,6 +335,22 @@ class Restorer(sets.ServiceAccess):
                 shutil.copy(path, Path(scratch) / name)
             timeout = max(600, self.settings.backup.redis_timeout)
             self.engine.run_helper(container.image.id, container.id, script, Path(scratch), timeout)
+
+
+def _swap_groups(placements: list[Placement]) -> list[list[Placement]]:
+    """Local placements one by one; a service's together, in one helper container."""
+    groups: list[list[Placement]] = []
+    by_service: dict[str, list[Placement]] = {}
+    for placement in placements:
+        service = placement.step.location.service
+        if not service:
+            groups.append([placement])
+        elif service not in by_service:
+            by_service[service] = [placement]
+            groups.append(by_service[service])
+        else:
+            by_service[service].append(placement)
+    return groups
 
 
 def _call(*words: str) -> str:
