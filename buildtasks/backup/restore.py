@@ -30,6 +30,7 @@ from buildtasks.docker import compose
 from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
+from buildtasks.stack import interrupts_on_sigterm, signals_deferred, up
 
 ORDER = {"files": 0, "sqlite": 1, "redis": 2}  # a database inside a files tree after it
 
@@ -195,7 +196,6 @@ def run(settings: Settings, sh: Shell, found: Manifest, only: tuple[str, ...] = 
             prepare_stack(settings, sh, stack)
         safety = sets.create(settings, sh, safety=True)
         print(f"safety backup: {safety.id}", flush=True)
-        from buildtasks.stack import interrupts_on_sigterm, up
 
         with interrupts_on_sigterm():  # SIGTERM unwinds like Ctrl-C: put back, start
             if in_stack:
@@ -238,7 +238,6 @@ class Restorer(sets.ServiceAccess):
     """Stages each artifact of a set directory, swaps them all in, puts back on failure."""
 
     def apply(self, chosen: list[Step]) -> None:
-        from buildtasks.stack import signals_deferred
 
         placements = self._placements([s for s in chosen if s.artifact.kind != "redis"])
         swapped: list[Placement] = []
