@@ -1,9 +1,11 @@
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 
-from buildtasks.docker import builds
+from buildtasks.docker import builder, builds
+from buildtasks.docker.build import OCI, BuildPlan
 from buildtasks.docker.builds import BuildRecord
 from buildtasks.docker.prune import (
     CacheLayoutError,
@@ -246,3 +248,18 @@ def test_an_unwritable_state_directory_does_not_fail_the_build(tmp_path, monkeyp
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "file"))
     assert builds.record(tmp_path, "prod", "", {"containerimage.digest": "sha256:m"}) is False
     assert builds.load(tmp_path) == []
+
+
+def test_a_pushed_build_is_recorded_for_prune(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    plan = BuildPlan(
+        target="prod", context=tmp_path, dockerfile=tmp_path / "Dockerfile", stage="",
+        tags=("reg:5000/app:prod",), labels={f"{OCI}.revision": "abc"}, build_args={},
+        secrets=(), contexts={}, platforms=("linux/amd64",), cache_from=(), cache_to=(),
+        push=True, no_cache=False,
+    )  # fmt: skip
+    settings = SimpleNamespace(root=tmp_path)
+    builder._finish(None, settings, plan, {"containerimage.digest": "sha256:idx"}, check=True)
+    assert [(r.ids, r.target, r.revision) for r in builds.load(tmp_path)] == [
+        (("sha256:idx",), "prod", "abc")
+    ]
