@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import urllib.request
 import uuid
 
 import docker
@@ -403,3 +404,30 @@ def test_prune_flags_are_checked_like_the_configuration(engine, tmp_path, flag, 
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: {flag}: ") and reason in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_pushed_build_is_the_projects_own(engine, tmp_path):
+    """A push keeps the image in the engine's store: prune knows it built it."""
+    marker = uuid.uuid4().hex[:8]
+    repo = f"127.0.0.1:5000/prune-{marker}/app"
+    machine = {"x86_64": "amd64", "aarch64": "arm64"}[engine.info()["Architecture"]]
+    project = project_dir(tmp_path / "p", repo, "FROM scratch\nCOPY content.txt /\n")
+    text = (project / "pyproject.toml").read_text()
+    (project / "pyproject.toml").write_text(text + f'platforms = ["linux/{machine}"]\n')
+    (project / "content.txt").write_text(marker)
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "one")
+    pushed = ""
+    try:
+        cli(project, "push")
+        pushed = engine.api.inspect_image(f"{repo}:app")["Id"]  # the manifest's digest
+        dry = cli(project, "--dry", "prune").stdout
+        assert f"keep {repo}:app  (built from HEAD)" in dry.splitlines(), dry
+        assert "no build record" not in dry
+    finally:
+        if pushed:  # the machine's registry allows deletes
+            url = f"http://127.0.0.1:5000/v2/prune-{marker}/app/manifests/{pushed}"
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(urllib.request.Request(url, method="DELETE")).close()
+        remove_images(engine, f"127.0.0.1:5000/prune-{marker}/")
