@@ -373,10 +373,10 @@ def test_one_run_removes_a_stopped_stack_container_and_the_image_only_it_used(
     try:
         build(project, "one", "v1")
         build(project, "two", "v2")  # keep_images = 1: v1 is stale but for its container
-        container = engine.containers.run(
-            f"{repo}:v1", ["true"], detach=True,
-            name=f"{stack}-api-{marker}", labels={PROJECT_LABEL: stack},
-        )  # fmt: skip
+        container = engine.containers.create(
+            f"{repo}:v1", ["true"], name=f"{stack}-api-{marker}", labels={PROJECT_LABEL: stack}
+        )
+        container.start()
         container.wait(timeout=60)
         result = cli(project, "prune")
         removed = [(kind, name) for kind, name, _ in listed(result.stdout, "removed")]
