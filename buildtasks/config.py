@@ -588,6 +588,8 @@ def _load(root: Path, data: bytes, file: str) -> Settings:
         raise ConfigError(f"{file}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except ValueError:  # Python refuses to read an integer of more than 4300 digits
+        raise ConfigError(f"{file}: holds a number too long to read (over 4300 digits)") from None
     tool = document.get("tool", {})
     table = tool.get("buildtasks") if isinstance(tool, dict) else None
     if not isinstance(table, dict):

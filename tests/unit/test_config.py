@@ -555,6 +555,13 @@ def test_any_byte_string_loads_or_is_one_config_error(cut, splice):
     _load_only_config_errors(splice)
 
 
+def test_an_integer_too_long_for_python_is_one_config_error(tmp_path):
+    root = write_project(tmp_path, '[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.cache]\n'
+                         f"keep_images = {'9' * 4301}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^pyproject.toml: holds a number too long to read"):
+        config.load(root)
+
+
 def test_tasks_reuse_the_settings_the_namespace_loaded(tmp_path):
     root = write_project(tmp_path, '[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.targets.a]\n')
     loaded = config.load(root)
