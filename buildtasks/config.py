@@ -13,6 +13,7 @@ environment wins). Every problem is one ConfigError line that names the file and
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import io
 import os
@@ -23,6 +24,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -59,26 +61,37 @@ _SIZE_UNITS = {
     "mib": 2**20,
     "gib": 2**30,
 }
+_MAX_BYTES = 10**15  # 1 PB: beyond is a typo (and overflows the engine's int64 fields)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}  # Go durations, as `buildx prune --filter until=`
+_MAX_DURATION = 87_600 * 3600  # ten years, well inside Go's and timedelta's range
 
 
 def parse_size(text: str) -> int:
-    """Bytes in '250MB', '1.5 GiB', '900kb', '1024'. Decimal units are powers of 10."""
+    """Bytes in '250MB', '1.5 GiB', '900kb', '1024'. Decimal units are powers of 10.
+    Exact (no float): '<320 nines>MB' is too large, not infinity."""
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _SIZE_UNITS:
-        raise ConfigError(f"size {text!r}: write a number with B, KB, MB, GB, KiB, MiB or GiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+        raise ConfigError(f"size {text[:40]!r}: write a number with B, KB, MB, GB, KiB, MiB or GiB")
+    size = Decimal(match.group(1)) * _SIZE_UNITS[unit]
+    if size > _MAX_BYTES:
+        raise ConfigError(f"size {text[:40]!r}: too large; at most 1000000GB")
+    return int(size)
 
 
 def parse_duration(text: str) -> int:
-    """Seconds in '168h', '30m', '90s', '1h30m' (Go's duration units s, m and h)."""
+    """Seconds in '168h', '30m', '90s', '1h30m' (Go's duration units s, m and h), at
+    most ten years."""
     parts = re.findall(r"([0-9]+)([smh])", text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ConfigError(
-            f"duration {text!r}: write a number with s, m or h (e.g. 168h for a week)"
+            f"duration {text[:40]!r}: write a number with s, m or h (e.g. 168h for a week)"
         )
-    return sum(int(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    # Decimal, since int() refuses strings over 4300 digits
+    seconds = sum(Decimal(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if seconds > _MAX_DURATION:
+        raise ConfigError(f"duration {text[:40]!r}: too long; at most 87600h (ten years)")
+    return int(seconds)
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,8 @@ def _context_path(value: str, ctx: _Context) -> str | None:
 
 def _data_path(value: str, ctx: _Context) -> str | None:
     """Data may live anywhere the user names absolutely; relative paths stay in the project."""
+    if value.startswith("~"):  # no shell expands it: it would be a directory named ~
+        return "starts with ~, which is not expanded; write the absolute path"
     if value.startswith("/") and "\x00" not in value:
         return None
     return _project_path(value, ctx)
@@ -144,7 +159,9 @@ def _source(value: str, ctx: _Context) -> str | None:
 def _size(value: str, _: _Context) -> str | None:
     try:
         parse_size(value)
-    except ConfigError:
+    except ConfigError as exc:
+        if "too large" in str(exc):
+            return "is too large; at most 1000000GB"
         return "is not a size; write a number with B, KB, MB, GB, KiB, MiB or GiB (e.g. 250MB)"
     return None
 
@@ -158,7 +175,9 @@ def _budget(value: str, ctx: _Context) -> str | None:
 def _duration(value: str, _: _Context) -> str | None:
     try:
         seconds = parse_duration(value)
-    except ConfigError:
+    except ConfigError as exc:
+        if "too long" in str(exc):
+            return "is too long; at most 87600h (ten years)"
         return "is not a duration; write a number with s, m or h (e.g. 168h for a week)"
     return None if seconds > 0 else "must be above zero"
 
@@ -192,18 +211,43 @@ def _tag_template(value: str, _: _Context) -> str | None:
     rendered = value.format_map(dict.fromkeys(TEMPLATE_FIELDS, "x"))
     if "/" in rendered or ":" in rendered:
         match = _REFERENCE.fullmatch(rendered)
-        if match and len(match.group("name")) <= 255:
-            return None
-        return "is not an image reference (REPOSITORY:TAG) nor a tag"
+        tag = rendered[match.end("name") :] if match else ""
+        if not match or len(match.group("name")) > 255:
+            return "is not an image reference (REPOSITORY:TAG) nor a tag"
+        # A tag cannot hold / or :, so the value names a repository: it must say its tag,
+        # and a bare HOST:PORT (localhost:5000) is a registry, not an image.
+        if not tag.startswith(":"):
+            return "names a repository without a tag (a tag cannot contain /); write REPO:TAG"
+        if "/" not in match.group("name") and tag[1:].isdigit():
+            return "looks like a registry HOST:PORT, not a tag; write HOST:PORT/REPO:TAG"
+        return None
     if _TAG_NAME.fullmatch(rendered):
         return None
     return "is not a tag: letters, digits, _ . - (not first), at most 128 characters"
 
 
+# The Linux platforms BuildKit builds for (with QEMU for the foreign ones).
+PLATFORMS = (
+    "linux/amd64",
+    "linux/arm64",
+    "linux/arm/v7",
+    "linux/arm/v6",
+    "linux/386",
+    "linux/ppc64le",
+    "linux/s390x",
+    "linux/riscv64",
+)
+
+
 def _platform(value: str, _: _Context) -> str | None:
-    if re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(?:/[a-z0-9]+)?", value):
+    if value in PLATFORMS:
         return None
-    return "is not a platform; write OS/ARCH[/VARIANT] (e.g. linux/amd64, linux/arm/v7)"
+    return f"is not a platform buildtasks builds; known: {', '.join(PLATFORMS)}"
+
+
+def _distinct(values: tuple[str, ...], _: _Context) -> str | None:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    return f"lists {repeated[0]!r} twice" if repeated else None
 
 
 def _secret(value: str, ctx: _Context) -> str | None:
@@ -285,7 +329,7 @@ Positive = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[int, Meta(ge=1, le=_MAX_SECONDS)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 ProjectPath = Annotated[str, Rule(_project_path)]
-Platforms = tuple[Annotated[str, Rule(_platform)], ...]
+Platforms = Annotated[tuple[Annotated[str, Rule(_platform)], ...], Rule(_distinct)]
 
 
 @dataclass(frozen=True)
@@ -367,7 +411,7 @@ class BackupSettings:
     redis_timeout: Seconds = 300  # seconds a BGSAVE may take
     # compose services paused (docker pause) while SQLite, Redis and files are captured, so
     # the stores of a set come from one instant; `inv backup --no-quiesce` skips it
-    quiesce: tuple[str, ...] = ()
+    quiesce: tuple[Annotated[str, Rule(_service)], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -462,7 +506,7 @@ def read_env_files(root: Path, names: tuple[str, ...], where: str) -> dict[str, 
     merged: dict[str, str] = {}
     for name in names:
         path = root / name
-        if path.is_file():
+        if _is_file(path, where):
             values = dotenv_values(stream=io.StringIO(_read_text(path, where)))
             merged.update({k: v for k, v in values.items() if v is not None})
     return merged
@@ -475,6 +519,14 @@ def _read_text(path: Path, where: str) -> str:
         raise ConfigError(f"{where}: {_key(path.name)} is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {_key(str(path))}: {exc.strerror}") from None
+
+
+def _is_file(path: Path, where: str) -> bool:
+    """Path.is_file() that reports a name the system refuses (too long) as one line."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {_key(path.name)[:80]}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -536,6 +588,8 @@ def _load(root: Path, data: bytes, file: str) -> Settings:
         raise ConfigError(f"{file}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except ValueError:  # Python refuses to read an integer of more than 4300 digits
+        raise ConfigError(f"{file}: holds a number too long to read (over 4300 digits)") from None
     tool = document.get("tool", {})
     table = tool.get("buildtasks") if isinstance(tool, dict) else None
     if not isinstance(table, dict):
@@ -640,11 +694,24 @@ def parse(
 def _release_version(root: Path, release: ReleaseSettings, where: str) -> str:
     """The version in the release's version file when it is not pyproject.toml."""
     path = root / release.version_file
-    if path.name == "pyproject.toml" or not path.is_file():
+    if path.name == "pyproject.toml" or not _is_file(path, f"{where}.release.version_file"):
         return ""
     text = _read_text(path, f"{where}.release.version_file")
     match = re.search(r"""^__version__\s*=\s*["']([^"']*)["']""", text, re.MULTILINE)
     return match.group(1) if match else ""
+
+
+def replaced(section, root: Path, **changes):
+    """section (a settings dataclass) with changes from command-line flags, each checked
+    by the rules its field declares, so `--until 7d` fails as the same key in pyproject
+    would."""
+    ctx = _Context(root, root)
+    for key, value in changes.items():
+        for item, rule in _ruled(_hints(type(section))[key], value):
+            reason = rule.check(item, ctx)
+            if reason:
+                raise ConfigError(f"--{key.replace('_', '-')}: {item!r} {reason}")
+    return dataclasses.replace(section, **changes)
 
 
 def _table(value: object, where: str) -> dict:

@@ -139,11 +139,13 @@ def _finish(
 ) -> Built:
     ref = build_plan.tags[0]
     digest = metadata.get("containerimage.digest", "")
+    revision = build_plan.labels.get(f"{OCI}.revision", "")
+    # What prune may remove; pushes too, as the containerd store keeps the pushed image
+    # (an id the engine does not list is never a candidate).
+    builds.record(settings.root, build_plan.target, revision, metadata)
     if build_plan.push:
         return Built(build_plan.target, ref, digest, None)
     facts = engine.image(ref)
-    revision = build_plan.labels.get(f"{OCI}.revision", "")
-    builds.record(settings.root, build_plan.target, revision, metadata)  # what prune may remove
     target = settings.targets[build_plan.target]
     if check:
         found = violations(

@@ -10,8 +10,12 @@ label, which is the commit time). Everything is sorted, so the same engine and c
 give the same plan; the run removes exactly that plan.
 
 The estimate counts the layers only the removed images hold (layers are shared by chain
-id, as the engine stores them); the measured figure is the engine's own layer usage before
-minus after. Local cache exports lose only blobs no index references, so they still import.
+id, as the engine stores them). The measured figure is scoped to the project too: the
+planned images' layers that no image on the engine holds after the run, plus the removed
+containers' writable layers and the deleted cache blobs; what other users of the engine
+remove meanwhile is not counted. Local cache exports lose only blobs no index references,
+so they still import; a layout without a well-formed index is left alone, and blobs
+younger than a few minutes are kept, since an export writes its blobs before its index.
 BuildKit's build cache belongs to the whole engine: it is pruned only on request.
 """
 
@@ -22,19 +26,21 @@ import hashlib
 import json
 import os
 import re
-import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from stat import S_ISREG
 
 from buildtasks import git
 from buildtasks.docker import builds
 from buildtasks.docker.build import render_tags, template_values
 from buildtasks.docker.compose import PROJECT_LABEL, stack_compose
-from buildtasks.errors import ConfigError
+from buildtasks.errors import BuildtasksError
 
 _JSON_TYPES = ("manifest", "index", "json")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_SETTLE_SECONDS = 300  # a blob this young may belong to an export still writing its index
 _ORDER = {"container": 0, "image-tag": 1, "image": 1, "cache-blob": 2}
 
 
@@ -194,21 +200,47 @@ def align_sizes(history_sizes: list[int], layer_count: int) -> list[int]:
     return [0] * (layer_count - len(sizes)) + sizes
 
 
+class CacheLayoutError(BuildtasksError):
+    """A cache directory that is not a well-formed OCI layout: prune removes nothing."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"cache dir {problem}; nothing pruned (fix or empty the directory)")
+
+
 def referenced_blobs(layout: Path) -> set[str]:
-    """Digests reachable from index.json of an OCI layout (a `type=local` cache export)."""
+    """Digests reachable from index.json of an OCI layout (a `type=local` cache export).
+    Anything malformed raises CacheLayoutError: a misread index would orphan every blob."""
+    if not (layout / "oci-layout").is_file():
+        raise CacheLayoutError(f"{layout}: no oci-layout file; not a cache export")
+    index = _json(layout / "index.json")
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if (
+        not manifests
+        or not isinstance(manifests, list)
+        or not all(isinstance(m, dict) and isinstance(m.get("digest"), str) for m in manifests)
+    ):
+        raise CacheLayoutError(f"{layout}/index.json: no well-formed manifests list")
     seen: set[str] = set()
-    pending = [json.loads((layout / "index.json").read_text())]
+    pending = [index]
     while pending:
-        document = pending.pop()
-        for digest, media_type in _descriptors(document):
+        for digest, media_type in _descriptors(pending.pop()):
+            if not _DIGEST.fullmatch(digest):
+                raise CacheLayoutError(f"{layout}: malformed digest {digest[:80]!r}")
             if digest in seen:
                 continue
             seen.add(digest)
-            blob = layout / "blobs" / Path(*digest.split(":", 1))
+            blob = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
             if any(t in media_type for t in _JSON_TYPES) and blob.is_file():
-                with contextlib.suppress(ValueError):  # a layer with a JSON-ish media type
-                    pending.append(json.loads(blob.read_bytes()))
+                with contextlib.suppress(CacheLayoutError):  # a layer with a JSON-ish type
+                    pending.append(_json(blob))
     return seen
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CacheLayoutError(f"{path}: unreadable ({exc.__class__.__name__})") from None
 
 
 def _descriptors(document) -> Iterable[tuple[str, str]]:
@@ -223,29 +255,25 @@ def _descriptors(document) -> Iterable[tuple[str, str]]:
             yield from _descriptors(value)
 
 
-def orphan_blobs(layout: Path) -> list[Item]:
+def orphan_blobs(layout: Path, settle: float = _SETTLE_SECONDS) -> list[Item]:
+    """Blobs of a cache export no index reaches, older than settle seconds. A directory
+    with no index.json is not an export yet; a malformed one raises CacheLayoutError."""
     if not (layout / "index.json").is_file():
         return []
     keep = referenced_blobs(layout)
+    cutoff = datetime.now(UTC).timestamp() - settle
     items = []
-    for blob in sorted((layout / "blobs").rglob("*")):
-        if blob.is_file():
-            digest = f"{blob.parent.name}:{blob.name}"
-            if digest not in keep:
-                items.append(Item("cache-blob", digest, blob.stat().st_size, str(blob)))
+    for blob in sorted((layout / "blobs" / "sha256").glob("*")):
+        digest = f"sha256:{blob.name}"
+        with contextlib.suppress(FileNotFoundError):
+            info = blob.lstat()
+            if S_ISREG(info.st_mode) and digest not in keep and info.st_mtime < cutoff:
+                items.append(Item("cache-blob", digest, info.st_size, str(blob)))
     return items
 
 
 def directory_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
-
-
-def parse_duration(text: str) -> timedelta:
-    """'168h', '7d', '30m' -> timedelta."""
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    if not text or text[-1] not in units or not text[:-1].isdigit():
-        raise ConfigError(f"duration {text!r}: write a number with s, m, h or d (e.g. 168h)")
-    return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
 class Engine:
@@ -273,11 +301,14 @@ class Engine:
         history = [e.get("Size") or 0 for e in reversed(self.client.api.history(image.id))]
         return align_sizes(history, len(image.layers))
 
-    def images_in_use(self) -> dict[str, str]:
-        """{image id: a container using it}, stopped containers included."""
+    def images_in_use(self, leaving: Iterable[str] = ()) -> dict[str, str]:
+        """{image id: a container using it}, stopped containers included, except the
+        containers leaving (the ones the same plan removes first)."""
+        gone = set(leaving)
         used: dict[str, str] = {}
         for c in sorted(self.client.api.containers(all=True), key=lambda c: c["Names"]):
-            used.setdefault(c["ImageID"], c["Names"][0].lstrip("/"))
+            if c["Id"] not in gone:
+                used.setdefault(c["ImageID"], c["Names"][0].lstrip("/"))
         return used
 
     def stopped_containers(self, project: str) -> list[Item]:
@@ -292,10 +323,9 @@ class Engine:
         ]
         return sorted(items, key=lambda i: i.name)
 
-    def layers_size(self) -> int:
-        """The engine's image layer usage; the median of three readings, since one reading
-        catches the transient snapshots of builds running beside us."""
-        return int(statistics.median(self.client.df().get("LayersSize") or 0 for _ in range(3)))
+    def chains_held(self) -> set[str]:
+        """The chain id of every layer some image on the engine holds."""
+        return {c for image in self.images() for c in chain_ids(image.layers)}
 
     def build_cache_records(self) -> list[dict]:
         return self.client.df().get("BuildCache") or []
@@ -311,6 +341,10 @@ class Engine:
                     return False
                 self.client.api.remove_image(item.name)
             elif item.kind == "image":
+                # Removing by id deletes an image even when it has one tag: someone may
+                # have tagged it, or started a container on it, since the plan.
+                if self._claimed(item.ident):
+                    return False
                 self.client.api.remove_image(item.ident)
             elif item.kind == "container":
                 self.client.api.remove_container(item.ident)
@@ -321,6 +355,13 @@ class Engine:
                 raise
             return False
         return True
+
+    def _claimed(self, image_id: str) -> bool:
+        tags = self.client.api.inspect_image(image_id).get("RepoTags") or ()
+        users = self.client.api.containers(all=True)
+        return any(t != "<none>:<none>" for t in tags) or any(
+            c["ImageID"] == image_id for c in users
+        )
 
 
 def old_build_cache(records: list[dict], until: timedelta) -> list[dict]:
@@ -373,6 +414,7 @@ def guards(sh, settings, in_use: Mapping[str, str]) -> Guards:
 class Plan:
     items: list[Item]
     kept: list[Kept]
+    layers: Mapping[str, int] = field(default_factory=dict)  # removed images' chain id: size
 
     @property
     def estimate(self) -> int:
@@ -382,14 +424,20 @@ class Plan:
 def plan(sh, settings, engine: Engine) -> Plan:
     """Everything a project-scoped prune removes, in the order it removes it."""
     images = engine.images()
-    protect = guards(sh, settings, engine.images_in_use())
+    items = engine.stopped_containers(stack_compose(settings).project)
+    # The containers go first, so the images only they use go in the same run.
+    protect = guards(sh, settings, engine.images_in_use(i.ident for i in items))
     chosen = plan_images(images, builds.load(settings.root), protect, settings.cache.keep_images)
     sizes = {i.id: engine.layer_sizes(i) for i in chosen.remove}
-    items = engine.stopped_containers(stack_compose(settings).project)
     items += image_items(chosen.remove, images, sizes.__getitem__)
     for directory in settings.cache.dirs:
         items += orphan_blobs(settings.root / directory)
-    return Plan(sorted(items, key=lambda i: _ORDER[i.kind]), chosen.kept)
+    layers = {
+        chain: size
+        for image in chosen.remove
+        for chain, size in zip(chain_ids(image.layers), sizes[image.id], strict=True)
+    }
+    return Plan(sorted(items, key=lambda i: _ORDER[i.kind]), chosen.kept, layers)
 
 
 def build_cache_argv(settings) -> list[str]:
@@ -411,33 +459,33 @@ class Pruned:
     reclaimed: int
 
 
-def run(engine: Engine, settings, items: list[Item]) -> Pruned:
-    """Remove exactly the planned items. The bytes reclaimed as measured: the engine's
-    layer usage and the cache directories before minus after, plus the removed
-    containers' writable layers."""
-    dirs = [settings.root / d for d in settings.cache.dirs]
-    before = engine.layers_size() + sum(directory_size(d) for d in dirs)
-    removed, skipped = [], []
-    for item in items:
+def run(engine: Engine, settings, planned: Plan) -> Pruned:
+    """Remove exactly the planned items. The bytes reclaimed, as measured for this project
+    alone: the planned images' layers no image on the engine holds afterwards, the removed
+    containers' writable layers and the cache blobs deleted."""
+    removed, skipped, blobs = [], [], 0
+    for item in planned.items:
         if item.kind == "cache-blob":
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(item.ident)
+                blobs += item.size
         elif not engine.remove(item):
             skipped.append(item)
             continue
         removed.append(item)
     gone = {i.ident for i in removed if i.kind in ("image", "image-tag")}
     builds.forget(settings.root, gone - {i.ident for i in skipped})
-    after = engine.layers_size() + sum(directory_size(d) for d in dirs)
+    held = engine.chains_held() if gone else set(planned.layers)
+    layers = sum(size for chain, size in planned.layers.items() if chain not in held)
     containers = sum(i.size for i in removed if i.kind == "container")
-    return Pruned(removed, skipped, before - after + containers)
+    return Pruned(removed, skipped, layers + containers + blobs)
 
 
 def usage_report(sh, settings, engine: Engine) -> dict:
     """What `inv cache.usage` shows. The build cache is the engine's, shared by every
     project on it, and labelled so."""
     cache = engine.build_cache_records()
-    old_cache = old_build_cache(cache, parse_duration(settings.cache.until))
+    old_cache = old_build_cache(cache, timedelta(seconds=settings.cache.until_seconds))
     chosen = plan(sh, settings, engine)
     return {
         "engine_build_cache": {

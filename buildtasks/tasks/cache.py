@@ -7,6 +7,7 @@ import sys
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
+from buildtasks import config
 from buildtasks.tasks.common import one_line_errors, settings, shell
 
 
@@ -63,7 +64,8 @@ def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, 
 
     project = settings(c)
     overrides = {k: v for k, v in (("until", until), ("keep_storage", keep_storage)) if v}
-    project = dataclasses.replace(project, cache=dataclasses.replace(project.cache, **overrides))
+    cache = config.replaced(project.cache, project.root, **overrides)
+    project = dataclasses.replace(project, cache=cache)
     sh = shell(c, project)
     if all_:
         if not sh.dry and not (yes or _confirmed()):
@@ -85,7 +87,7 @@ def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, 
         estimate, count = found.estimate, len(found.items)
         print(f"would reclaim about {human_size(estimate)} ({estimate} bytes, {count} items)")
     else:
-        result = pruning.run(engine, project, found.items)
+        result = pruning.run(engine, project, found)
         for item in result.removed:
             print(f"removed {item.kind:<10} {item.name}  {human_size(item.size)}")
         for item in result.skipped:

@@ -7,12 +7,18 @@ import json
 import os
 import re
 import subprocess
+import urllib.request
 import uuid
 
 import docker
 import pytest
 
+from buildtasks import config
+from buildtasks.docker import builds
+from buildtasks.docker import prune as pruning
+from buildtasks.docker.compose import PROJECT_LABEL
 from buildtasks.docker.prune import orphan_blobs, referenced_blobs
+from buildtasks.shell import Shell
 from tests.conftest import remove_images, run_cli
 
 pytestmark = pytest.mark.integration
@@ -248,6 +254,9 @@ def test_local_cache_export_loses_orphans_and_still_imports(
     build(project, "first", "one")
     build(project, "second", "two")  # rewrites the index; the first COPY layer is orphaned
     blobs = project / "cache/blobs/sha256"
+    assert orphan_blobs(project / "cache") == []  # too fresh: an export may be running
+    for blob in blobs.iterdir():  # as if the exports had finished ten minutes ago
+        os.utime(blob, (blob.stat().st_atime, blob.stat().st_mtime - 600))
     size_before = sum(p.stat().st_size for p in blobs.iterdir())
     orphans = sum(i.size for i in orphan_blobs(project / "cache"))
     assert orphans > 0
@@ -262,3 +271,163 @@ def test_local_cache_export_loses_orphans_and_still_imports(
     (project / "content.txt").write_text("second")
     rebuilt = cli(project, "build-app", "--tag", "three")
     assert "importing cache manifest from local:" in rebuilt.stderr
+
+
+def untagged_build(project, marker: str) -> str:
+    """An image of project's Dockerfile with no tag (as a rebuild leaves the old one)."""
+    (project / "content.txt").write_text(f"untagged {uuid.uuid4()}")
+    argv = ["docker", "buildx", "build", "-q", "--load", "--label", f"test.marker={marker}"]
+    return subprocess.run(
+        [*argv, str(project)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def remove_marked(engine, marker: str) -> None:
+    for image in engine.api.images(all=True, filters={"label": f"test.marker={marker}"}):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            engine.api.remove_image(image["Id"], force=True)
+
+
+@pytest.mark.parametrize("claim", ["tag", "container"])
+def test_an_untagged_image_claimed_after_the_plan_stays(engine, tmp_path, monkeypatch, claim):
+    """Removing by id deletes an image that has one tag: prune looks again first."""
+    marker = uuid.uuid4().hex[:8]
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    project = project_dir(
+        tmp_path / "p", f"127.0.0.1:5000/prune-{marker}/app", "FROM scratch\nCOPY content.txt /\n"
+    )
+    image_id = untagged_build(project, marker)
+    builds.record(project, "app", "", {"containerimage.digest": image_id})
+    settings, prune_engine = config.load(project), pruning.Engine(engine)
+    holder = None
+    try:
+        planned = pruning.plan(Shell(echo=False), settings, prune_engine)
+        assert [(i.kind, i.ident) for i in planned.items] == [("image", image_id)]
+        if claim == "tag":  # someone tags it between the plan and the run
+            engine.api.tag(image_id, f"127.0.0.1:5000/prune-{marker}/mine", "late")
+        else:
+            holder = engine.api.create_container(image_id, ["/content.txt"])
+        result = pruning.run(prune_engine, settings, planned)
+        assert result.removed == [] and [i.ident for i in result.skipped] == [image_id]
+        assert result.reclaimed == 0
+        assert engine.api.inspect_image(image_id)["Id"] == image_id
+    finally:
+        if holder:
+            engine.api.remove_container(holder["Id"], force=True)
+        remove_images(engine, f"127.0.0.1:5000/prune-{marker}/")
+        remove_marked(engine, marker)
+
+
+class RemovingAlongside(pruning.Engine):
+    """The engine as another user of it sees it: they remove their image while we prune."""
+
+    def __init__(self, client, other: str):
+        super().__init__(client)
+        self.other = other
+
+    def remove(self, item):
+        with contextlib.suppress(docker.errors.NotFound):
+            self.client.api.remove_image(self.other)
+        return super().remove(item)
+
+
+def test_reclaimed_counts_only_what_this_prune_freed(engine, tmp_path, monkeypatch):
+    marker = uuid.uuid4().hex[:8]
+    repo = f"127.0.0.1:5000/prune-{marker}/app"
+    state = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    project = project_dir(tmp_path / "p", repo, "FROM scratch\nCOPY content.txt /\n")
+    other = project_dir(
+        tmp_path / "o", f"127.0.0.1:5000/prune-{marker}/other", "FROM scratch\nCOPY content.txt /\n"
+    )
+    try:
+        for version in ("v1", "v2"):  # keep_images = 1: v1 goes
+            build(project, os.urandom(1 << 20).hex(), version)
+        build(other, os.urandom(2 << 20).hex(), "big")  # another user's image, 4 MiB
+        settings = config.load(project)
+        prune_engine = RemovingAlongside(engine, f"127.0.0.1:5000/prune-{marker}/other:big")
+        planned = pruning.plan(Shell(echo=False), settings, prune_engine)
+        assert [i.name for i in planned.items] == [f"{repo}:v1"]
+        result = pruning.run(prune_engine, settings, planned)
+        assert [i.name for i in result.removed] == [f"{repo}:v1"]
+        # the v1 layer (2 MiB of hex) alone, not the other user's 4 MiB
+        assert result.reclaimed == planned.estimate and 2 << 20 <= result.reclaimed < 3 << 20
+        again = pruning.plan(Shell(echo=False), settings, prune_engine)
+        assert again.items == [] and pruning.run(prune_engine, settings, again).reclaimed == 0
+    finally:
+        remove_images(engine, f"127.0.0.1:5000/prune-{marker}/")
+
+
+def test_one_run_removes_a_stopped_stack_container_and_the_image_only_it_used(
+    engine, mirror, tmp_path
+):
+    """Prune is idempotent: what the plan removes first does not protect what follows."""
+    marker = uuid.uuid4().hex[:8]
+    repo = f"127.0.0.1:5000/prune-{marker}/app"
+    stack = f"prune{marker}"
+    extra = f'[tool.buildtasks.stack]\nproject = "{stack}"\n'
+    dockerfile = "FROM python:3.11-slim\nCOPY content.txt /\n"
+    project = project_dir(tmp_path / "p", repo, dockerfile, "", mirror)
+    (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text() + extra)
+    container = None
+    try:
+        build(project, "one", "v1")
+        build(project, "two", "v2")  # keep_images = 1: v1 is stale but for its container
+        container = engine.containers.create(
+            f"{repo}:v1", ["true"], name=f"{stack}-api-{marker}", labels={PROJECT_LABEL: stack}
+        )
+        container.start()
+        container.wait(timeout=60)
+        result = cli(project, "prune")
+        removed = [(kind, name) for kind, name, _ in listed(result.stdout, "removed")]
+        assert removed == [("container", f"{stack}-api-{marker}"), ("image-tag", f"{repo}:v1")]
+        assert listed(cli(project, "--dry", "prune").stdout, "would remove") == []
+    finally:
+        if container is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        remove_images(engine, f"127.0.0.1:5000/prune-{marker}/")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "reason"),
+    [
+        ("--until", "7d", "is not a duration"),
+        ("--until", "99999999999h", "too long"),
+        ("--keep-storage", "lots", "is not a size"),
+        ("--keep-storage", "9" * 320 + "MB", "too large"),
+    ],
+)
+def test_prune_flags_are_checked_like_the_configuration(engine, tmp_path, flag, value, reason):
+    project = project_dir(tmp_path, "127.0.0.1:5000/prune-flags/app", "FROM scratch\n")
+    result = run_cli(["buildtasks", "prune", "--build-cache", flag, value], cwd=project)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {flag}: ") and reason in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_pushed_build_is_the_projects_own(engine, tmp_path):
+    """A push keeps the image in the engine's store: prune knows it built it."""
+    marker = uuid.uuid4().hex[:8]
+    repo = f"127.0.0.1:5000/prune-{marker}/app"
+    machine = {"x86_64": "amd64", "aarch64": "arm64"}[engine.info()["Architecture"]]
+    project = project_dir(tmp_path / "p", repo, "FROM scratch\nCOPY content.txt /\n")
+    text = (project / "pyproject.toml").read_text()
+    (project / "pyproject.toml").write_text(text + f'platforms = ["linux/{machine}"]\n')
+    (project / "content.txt").write_text(marker)
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "one")
+    pushed = ""
+    try:
+        cli(project, "push")
+        pushed = engine.api.inspect_image(f"{repo}:app")["Id"]  # the manifest's digest
+        dry = cli(project, "--dry", "prune").stdout
+        assert f"keep {repo}:app  (built from HEAD)" in dry.splitlines(), dry
+        assert "no build record" not in dry
+    finally:
+        if pushed:  # the machine's registry allows deletes
+            url = f"http://127.0.0.1:5000/v2/prune-{marker}/app/manifests/{pushed}"
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(urllib.request.Request(url, method="DELETE")).close()
+        remove_images(engine, f"127.0.0.1:5000/prune-{marker}/")

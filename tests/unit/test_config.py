@@ -1,3 +1,4 @@
+import json
 import tempfile
 import tomllib
 import typing
@@ -170,7 +171,41 @@ BAD_VALUES = [
     ("[tool.buildtasks.stack]\nproject = 'My Stack'", "stack.project", "compose project"),
     ("[tool.buildtasks.stack]\ncompose = ['/etc/compose.yml']", "stack.compose", "absolute"),
     ("[tool.buildtasks.stack]\nhealth_path = 'health'", "stack.health_path", "starting with /"),
-    ("[tool.buildtasks.targets.p]\nplatforms = ['amd64']", "targets.p.platforms", "OS/ARCH"),
+    ("[tool.buildtasks.targets.p]\nplatforms = ['amd64']", "targets.p.platforms", "known: linux"),
+    ("[tool.buildtasks.targets.p]\nplatforms = ['foo/bar']", "targets.p.platforms", "known: linux"),
+    ("[tool.buildtasks.release]\nplatforms = ['windows/amd64']", "release.platforms", "known:"),
+    (
+        "[tool.buildtasks.targets.p]\nplatforms = ['linux/arm64', 'linux/arm64']",
+        "targets.p.platforms",
+        "lists 'linux/arm64' twice",
+    ),
+    ("[tool.buildtasks.backup]\ndir = '~/backups'", "backup.dir", "starts with ~"),
+    ("[tool.buildtasks.backup]\nquiesce = ['api; rm -rf']", "backup.quiesce", "service name"),
+    ("[tool.buildtasks.targets.p]\ntags = ['feature/{branch}']", "targets.p.tags", "without a tag"),
+    ("[tool.buildtasks.targets.p]\ntags = ['localhost:5000']", "targets.p.tags", "HOST:PORT"),
+    (
+        "[tool.buildtasks.targets.p]\nsize_budget = '" + "9" * 320 + "MB'",
+        "targets.p.size_budget",
+        "too large",
+    ),
+    (
+        "[tool.buildtasks.targets.p]\nsize_budget = '2000000GB'",
+        "targets.p.size_budget",
+        "too large",
+    ),
+    (
+        "[tool.buildtasks.cache]\nkeep_storage = '" + "9" * 20 + "MB'",
+        "cache.keep_storage",
+        "too large",
+    ),
+    ("[tool.buildtasks.cache]\nuntil = '99999999999h'", "cache.until", "too long"),
+    ("[tool.buildtasks.cache]\nuntil = '87601h'", "cache.until", "too long"),
+    (
+        "[tool.buildtasks.release]\nversion_file = '" + "v" * 300 + "'",
+        "release.version_file",
+        "too long",
+    ),
+    ("env_files = ['" + "e" * 300 + "']", "env_files", "too long"),
     ("[tool.buildtasks.targets.p]\nsecrets = ['a=b']", "targets.p.secrets", "ID=env:VAR"),
     ("[tool.buildtasks.targets.p]\nsecrets = ['k=file:../../k']", "targets.p.secrets", "outside"),
     ("[tool.buildtasks.targets.p]\ntags = ['{target']", "targets.p.tags", "unbalanced"),
@@ -363,7 +398,18 @@ _WORDS = [
     "k=file:../k", "k=file:sub/k", "1000:1000", "@buildtasks", "docker-image://x", "redis://h",
     "http://x", "prod", "Dockerfile", "provenance", "registry", "/health",
 ]  # fmt: skip
-_TEXT = st.sampled_from(_WORDS) | st.text(max_size=12)
+# Numbers and names past every limit: a float overflows on 320 digits, a path component
+# over 255 bytes makes the system refuse even to look.
+_DIGITS = st.sampled_from([19, 20, 309, 320, 4301]) | st.integers(1, 400)  # int64, float, int()
+_EXTREME = st.one_of(
+    st.tuples(_DIGITS, st.sampled_from(["", "B", "MB", "GiB", "h", "s"])).map(
+        lambda n_unit: "9" * n_unit[0] + n_unit[1]
+    ),
+    st.tuples(st.sampled_from(["", "sub/", "../"]), st.sampled_from([255, 256, 300])).map(
+        lambda d_n: d_n[0] + "x" * d_n[1]
+    ),
+)
+_TEXT = st.sampled_from(_WORDS) | st.text(max_size=12) | _EXTREME
 _ANY = st.recursive(
     _TEXT
     | st.integers()
@@ -455,9 +501,39 @@ def _load_only_config_errors(body: bytes) -> None:
         (root / "bad.env").write_bytes(b"A=1\nB=\xff\n")
         (root / "loop").symlink_to(root / "loop")
         try:
-            config.load(root)
+            loaded = config.load(root)
         except ConfigError as exc:
             assert "\n" not in str(exc)
+            return
+        for target in loaded.targets.values():  # the values tasks derive later
+            assert target.size_budget_bytes is None or target.size_budget_bytes > 0
+        assert loaded.cache.until_seconds > 0 and loaded.cache.keep_storage_bytes >= 0
+
+
+# Every key whose value is a size, a duration or a path the loader looks at.
+_PROBED = [
+    ("targets.p", "size_budget"),
+    ("cache", "keep_storage"),
+    ("cache", "until"),
+    ("release", "version_file"),
+    ("", "env_files"),
+    ("", "context"),
+    ("backup", "dir"),
+    ("cache", "dirs"),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(where=st.sampled_from(_PROBED), value=_EXTREME | _TEXT)
+def test_extreme_sizes_durations_and_names_are_one_config_error(where, value):
+    section, key = where
+    listed = key in ("env_files", "dirs")
+    line = f"{key} = {json.dumps([value] if listed else value)}\n"
+    head = '[tool.buildtasks]\nimage = "x"\n'
+    body = head + (f"[tool.buildtasks.{section}]\n" + line if section else line)
+    if section != "targets.p":
+        body += "[tool.buildtasks.targets.p]\n"
+    _load_only_config_errors(body.encode())
 
 
 @settings(max_examples=500, deadline=None)
@@ -477,6 +553,13 @@ def test_any_byte_string_loads_or_is_one_config_error(cut, splice):
     base = (REPO / "pyproject.toml").read_bytes()
     _load_only_config_errors(base[:cut] + splice + base[cut + len(splice) :])
     _load_only_config_errors(splice)
+
+
+def test_an_integer_too_long_for_python_is_one_config_error(tmp_path):
+    root = write_project(tmp_path, '[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.cache]\n'
+                         f"keep_images = {'9' * 4301}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^pyproject.toml: holds a number too long to read"):
+        config.load(root)
 
 
 def test_tasks_reuse_the_settings_the_namespace_loaded(tmp_path):

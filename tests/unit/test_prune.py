@@ -1,8 +1,14 @@
 import json
+import os
+from types import SimpleNamespace
 
-from buildtasks.docker import builds
+import pytest
+
+from buildtasks.docker import builder, builds
+from buildtasks.docker.build import OCI, BuildPlan
 from buildtasks.docker.builds import BuildRecord
 from buildtasks.docker.prune import (
+    CacheLayoutError,
     Guards,
     ImageInfo,
     Item,
@@ -10,7 +16,6 @@ from buildtasks.docker.prune import (
     chain_ids,
     image_items,
     orphan_blobs,
-    parse_duration,
     plan_images,
     repository_of,
 )
@@ -150,35 +155,92 @@ def test_build_records_round_trip_and_a_rebuild_moves_to_now(tmp_path, monkeypat
     assert builds.state_file(root).is_relative_to(tmp_path / "state")  # not into the tree
 
 
-def test_orphan_blobs_are_the_unreferenced_ones(tmp_path):
+def digest_of(name: str) -> str:
+    return "sha256:" + name * 64
+
+
+def cache_export(tmp_path, index: object, *, age: float = 3600) -> dict[str, str]:
+    """An OCI layout as `--cache-to type=local` writes it; every blob is age seconds old."""
     blobs = tmp_path / "blobs/sha256"
     blobs.mkdir(parents=True)
+    (tmp_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    names = {}
 
     def blob(name: str, body: bytes) -> str:
-        (blobs / name).write_bytes(body)
-        return f"sha256:{name}"
+        (blobs / (name * 64)).write_bytes(body)
+        names[name] = digest_of(name)
+        return names[name]
 
-    layer = blob("aa", b"layer")
-    config = blob("cc", b"{}")
-    manifest = blob("mm", json.dumps({
+    layer = blob("a", b"layer")
+    config = blob("c", b"{}")
+    blob("e", json.dumps({
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"digest": config, "mediaType": "application/vnd.buildkit.cacheconfig.v0"},
         "layers": [{"digest": layer, "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}],
     }).encode())  # fmt: skip
-    blob("old1", b"stale layer")
-    blob("old2", b"stale manifest")
-    (tmp_path / "index.json").write_text(json.dumps({
-        "manifests": [{"digest": manifest, "mediaType": "application/vnd.oci.image.index.v1+json"}]
-    }))  # fmt: skip
+    blob("1", b"stale layer")
+    blob("2", b"stale manifest")
+    for path in blobs.iterdir():
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime - age))
+    (tmp_path / "index.json").write_text(index if isinstance(index, str) else json.dumps(index))
+    return names
+
+
+GOOD_INDEX = {
+    "manifests": [
+        {"digest": digest_of("e"), "mediaType": "application/vnd.oci.image.index.v1+json"}
+    ]
+}
+
+
+def test_orphan_blobs_are_the_unreferenced_ones(tmp_path):
+    cache_export(tmp_path, GOOD_INDEX)
     assert [(i.name, i.size) for i in orphan_blobs(tmp_path)] == [
-        ("sha256:old1", 11),
-        ("sha256:old2", 14),
+        (digest_of("1"), 11),
+        (digest_of("2"), 14),
     ]
 
 
-def test_parse_duration():
-    assert parse_duration("168h").total_seconds() == 168 * 3600
-    assert parse_duration("7d").days == 7
+def test_fresh_blobs_stay_since_an_export_writes_them_before_its_index(tmp_path):
+    cache_export(tmp_path, GOOD_INDEX, age=10)  # an export still running
+    assert orphan_blobs(tmp_path) == []
+    assert len(orphan_blobs(tmp_path, settle=0)) == 2
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        "{not json",
+        {},
+        [1],
+        {"manifests": "x"},
+        {"manifests": []},
+        {"manifests": [1]},
+        {"manifests": [{"digest": "sha256:../../../../etc/passwd", "mediaType": "x+json"}]},
+        {"manifests": [{"digest": "sha256:" + "A" * 64}]},
+    ],
+    ids=["invalid", "empty", "list", "string", "none", "int", "traversal", "uppercase"],
+)
+def test_a_malformed_index_removes_nothing_and_says_so_in_one_line(tmp_path, index):
+    cache_export(tmp_path, index)
+    with pytest.raises(CacheLayoutError) as error:
+        orphan_blobs(tmp_path)
+    assert "\n" not in str(error.value) and "nothing pruned" in str(error.value)
+
+
+def test_a_digest_deeper_in_the_export_is_never_read_as_a_path(tmp_path):
+    names = cache_export(tmp_path, GOOD_INDEX)
+    manifest = tmp_path / "blobs/sha256" / names["e"].removeprefix("sha256:")
+    manifest.write_text(json.dumps({"layers": [{"digest": "sha256:../../../etc/passwd"}]}))
+    with pytest.raises(CacheLayoutError, match="malformed digest"):
+        orphan_blobs(tmp_path)
+
+
+def test_a_directory_without_oci_layout_is_not_a_cache_export(tmp_path):
+    cache_export(tmp_path, GOOD_INDEX)
+    (tmp_path / "oci-layout").unlink()
+    with pytest.raises(CacheLayoutError, match="no oci-layout file"):
+        orphan_blobs(tmp_path)
 
 
 def test_an_unwritable_state_directory_does_not_fail_the_build(tmp_path, monkeypatch):
@@ -186,3 +248,18 @@ def test_an_unwritable_state_directory_does_not_fail_the_build(tmp_path, monkeyp
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "file"))
     assert builds.record(tmp_path, "prod", "", {"containerimage.digest": "sha256:m"}) is False
     assert builds.load(tmp_path) == []
+
+
+def test_a_pushed_build_is_recorded_for_prune(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    plan = BuildPlan(
+        target="prod", context=tmp_path, dockerfile=tmp_path / "Dockerfile", stage="",
+        tags=("reg:5000/app:prod",), labels={f"{OCI}.revision": "abc"}, build_args={},
+        secrets=(), contexts={}, platforms=("linux/amd64",), cache_from=(), cache_to=(),
+        push=True, no_cache=False,
+    )  # fmt: skip
+    settings = SimpleNamespace(root=tmp_path)
+    builder._finish(None, settings, plan, {"containerimage.digest": "sha256:idx"}, check=True)
+    assert [(r.ids, r.target, r.revision) for r in builds.load(tmp_path)] == [
+        (("sha256:idx",), "prod", "abc")
+    ]
