@@ -255,8 +255,8 @@ def require_release_commit(settings: Settings, sh: Shell, progress: Progress) ->
         )
     if _out(sh, settings, "status", "--porcelain"):
         raise HeadMoved(
-            f"the working tree differs from release commit {progress.commit[:12]}; "
-            "commit or stash the changes elsewhere, then `inv release --resume`"
+            f"the working tree has changes since release commit {progress.commit[:12]}; "
+            "stash them, then `inv release --resume`"
         )
 
 

@@ -292,6 +292,12 @@ def test_resume_refuses_a_moved_head_then_builds_the_release_commit(engine, repo
     release.wait()
     commit = git(project, "rev-parse", "HEAD")
     (project / "service/app.txt").write_text("a later change\n")
+    dirty = run_cli(["buildtasks", "release", "--resume"], cwd=project, env=IDENTITY)
+    assert dirty.returncode == 1
+    assert dirty.stderr.strip().splitlines()[-1] == (
+        f"error: the working tree has changes since release commit {commit[:12]}; "
+        "stash them, then `inv release --resume`"
+    )
     git(project, "commit", "--quiet", "-am", "later")
 
     refused = run_cli(["buildtasks", "release", "--resume"], cwd=project, env=IDENTITY)
