@@ -419,7 +419,7 @@ def test_registry_stopped_before_the_push_rolls_everything_back(engine, registry
     assert git(tmp_path / "remote.git", "tag", "--list") == ""
 
 
-@pytest.mark.parametrize("problem", ["dirty", "branch", "tag", "changelog"])
+@pytest.mark.parametrize("problem", ["dirty", "branch", "tag", "prefix", "changelog"])
 def test_preflight_refuses_with_its_own_message(registry, tmp_path, problem):
     address, _ = registry
     project = release_project(tmp_path, platforms='["linux/amd64"]')
@@ -427,6 +427,7 @@ def test_preflight_refuses_with_its_own_message(registry, tmp_path, problem):
         "dirty": "the working tree has uncommitted changes",
         "branch": "on branch topic, releases are made from main",
         "tag": "tag v0.1.1 already exists locally",
+        "prefix": "v..0.1.1 is not a valid git tag name; fix release.tag_prefix",
         "changelog": "the Unreleased section is empty",
     }[problem]
     if problem == "dirty":
@@ -435,6 +436,13 @@ def test_preflight_refuses_with_its_own_message(registry, tmp_path, problem):
         git(project, "checkout", "--quiet", "-b", "topic")
     elif problem == "tag":
         git(project, "tag", "v0.1.1")
+    elif problem == "prefix":
+        pyproject = project / "pyproject.toml"
+        section = "[tool.buildtasks.release]\n"
+        text = pyproject.read_text().replace(section, f'{section}tag_prefix = "v.."\n', 1)
+        pyproject.write_text(text)
+        git(project, "commit", "--quiet", "-am", "prefix")
+        git(project, "push", "--quiet", "origin", "main")
     else:
         changelog = project / "example/CHANGELOG.md"
         text = changelog.read_text()
