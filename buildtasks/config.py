@@ -51,6 +51,12 @@ _REPOSITORY = re.compile(_NAME)
 _REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
 _TAG_NAME = re.compile(_TAG)
 
+
+def is_tag(text: str) -> bool:
+    """Whether text is a valid image tag (letters, digits, _ . -, not first; <= 128)."""
+    return bool(_TAG_NAME.fullmatch(text))
+
+
 _SIZE_UNITS = {
     "": 1,
     "b": 1,

@@ -192,8 +192,14 @@ def _challenge_auth(challenge: str, host: str) -> str:
     if scheme.lower() != "bearer":
         return ""
     fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
-    if not fields.get("realm", "").startswith(("https://", "http://")):
+    realm = urllib.parse.urlsplit(fields.get("realm", ""))
+    if realm.scheme not in ("https", "http") or not realm.hostname:
         return ""
+    # The login goes to a token service only over TLS, or in the clear to the registry's
+    # own host (which a plain-http registry already is); never to another host over http.
+    registry_name = urllib.parse.urlsplit(f"//{_api_host(host)}").hostname
+    if realm.scheme == "http" and realm.hostname != registry_name:
+        basic = ""
     query = urllib.parse.urlencode({k: v for k, v in fields.items() if k in ("service", "scope")})
     request = urllib.request.Request(
         f"{fields['realm']}?{query}", headers={"Authorization": basic} if basic else {}
@@ -252,21 +258,43 @@ def _digest_of(host: str, path: str, tag: str) -> str:
     return digest
 
 
+def _next_page(link: str) -> str:
+    """The path (under /v2) of the next page a `Link: <...>; rel="next"` header names, on the
+    same registry whatever host it spells ('' when there is none)."""
+    match = re.search(r'<([^>]*)>\s*;[^,]*rel="?next"?', link)
+    if not match:
+        return ""
+    target = urllib.parse.urlsplit(match.group(1))
+    if not target.path.startswith("/v2/"):
+        return ""
+    return target.path[len("/v2") :] + (f"?{target.query}" if target.query else "")
+
+
 def _tags(host: str, path: str) -> list[str]:
-    with _call(host, "GET", f"/{path}/tags/list") as answer:
-        listing = json.loads(answer.read())
-    tags = listing.get("tags") if isinstance(listing, dict) else None
-    return [t for t in tags or [] if isinstance(t, str)]
+    """Every tag of the repository, following the registry's pagination."""
+    found: list[str] = []
+    page, seen = f"/{path}/tags/list", set()
+    while page and page not in seen:
+        seen.add(page)
+        with _call(host, "GET", page) as answer:
+            listing = json.loads(answer.read())
+            page = _next_page(answer.headers.get("Link", ""))
+        tags = listing.get("tags") if isinstance(listing, dict) else None
+        found += [t for t in tags or [] if isinstance(t, str)]
+    return found
 
 
-def remove_tag(sh: Shell, reference: str) -> str:
-    """Delete a tag's manifest from the registry when no other tag shares it; what happened,
-    as one line. Raises RegistryError when the registry cannot be read or refuses."""
+def remove_tag(sh: Shell, reference: str, expected: str) -> str:
+    """Delete a tag's manifest from the registry while it holds the expected digest and no
+    other tag shares it; what happened, as one line. Raises RegistryError when the registry
+    cannot be read or refuses."""
     host, path, tag = split_reference(reference)
     try:
         digest = _digest_of(host, path, tag)
         if not digest:
             return f"{reference} is not in the registry"
+        if digest != expected:
+            return f"{reference} kept: it now holds {digest}, not {expected} the release pushed"
         sharing = [t for t in _tags(host, path) if t != tag and _digest_of(host, path, t) == digest]
         if sharing:
             return f"{reference} kept: tags {', '.join(sharing)} share its digest {digest}"

@@ -26,6 +26,10 @@ class PreflightFailed(BuildtasksError):
     """The release cannot start; nothing was changed."""
 
 
+class HeadMoved(BuildtasksError):
+    """A resumed release would build from something other than its release commit."""
+
+
 @dataclass
 class Progress:
     version: str
@@ -79,14 +83,53 @@ class Plan:
     def diff(self) -> str:
         lines = []
         for path, old, new in (
-            (self.version_file, self.version_file.read_text(), self.version_text),
-            (self.changelog_file, self.changelog_file.read_text(), self.changelog_text),
+            (self.version_file, _read(self.version_file), self.version_text),
+            (self.changelog_file, _read(self.changelog_file), self.changelog_text),
         ):
             lines += difflib.unified_diff(
                 old.splitlines(keepends=True), new.splitlines(keepends=True),
                 f"a/{path.name}", f"b/{path.name}",
             )  # fmt: skip
         return "".join(lines)
+
+
+def _read(path: Path) -> str:
+    """The file's text with its line endings as they are (CRLF stays CRLF)."""
+    return path.read_bytes().decode("utf-8")
+
+
+def _edit(path: Path, change) -> str:
+    """change applied to the file's text as LF, the result in the file's own line endings."""
+    text = _read(path)
+    crlf = "\r\n" in text
+    edited = change(text.replace("\r\n", "\n") if crlf else text)
+    return edited.replace("\n", "\r\n") if crlf else edited
+
+
+# What stands for the release commit in a dry run's staging tag: it does not exist yet.
+PENDING_COMMIT = "RELEASE-COMMIT"
+
+
+def staging_tag(name: str, commit: str) -> str:
+    """The tag a release pushes a target under before promoting its digest (the docker
+    driver cannot push by digest alone). `-release-` and the full sha keep it apart from
+    every tag a normal build pushes (`{target}-{short_sha}`), so removing it on rollback
+    can never hit one of those."""
+    return f"{name}-release-{commit}"
+
+
+def _require_tags(settings: Settings, new: str, image_tags: dict[str, list[str]]) -> None:
+    """Every image tag the release will write is one the registry accepts (a PEP 440 local
+    version such as 0.3.3+local is not), checked before anything changes."""
+    staging = [f"{settings.image}:{staging_tag(n, 'f' * 40)}" for n in image_tags]
+    for ref in [*staging, *(r for refs in image_tags.values() for r in refs)]:
+        tag = ref.rpartition(":")[2]
+        if not config.is_tag(tag):
+            raise PreflightFailed(
+                f"release {new} cannot start: image tag {tag!r} is not a valid tag (letters, "
+                "digits, _ . -, not starting with . or -, at most 128 characters); "
+                "nothing was changed"
+            )
 
 
 def make_plan(settings: Settings, bump: str = "", explicit: str = "") -> Plan:
@@ -103,14 +146,15 @@ def make_plan(settings: Settings, bump: str = "", explicit: str = "") -> Plan:
     names = release_targets(settings)
     suffix = (lambda n: "") if len(names) == 1 else (lambda n: f"-{n}")
     image_tags = {n: [f"{settings.image}:{t}{suffix(n)}" for t in tags] for n in names}
+    _require_tags(settings, new, image_tags)
     return Plan(
         current=current,
         new=new,
         tag=f"{release.tag_prefix}{new}",
         version_file=version_file,
-        version_text=version.rewrite(version_file, version_file.read_text(), new),
+        version_text=_edit(version_file, lambda text: version.rewrite(version_file, text, new)),
         changelog_file=changelog_file,
-        changelog_text=changelog.release(changelog_file.read_text(), new, today),
+        changelog_text=_edit(changelog_file, lambda text: changelog.release(text, new, today)),
         image_tags=image_tags,
     )
 
@@ -135,7 +179,10 @@ def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: 
         problems.append(
             f"{release.branch} differs from {release.remote}/{release.branch}; pull or push first"
         )
-    if _out(sh, settings, "rev-parse", "-q", "--verify", f"refs/tags/{plan.tag}"):
+    if _git(sh, settings, "check-ref-format", f"refs/tags/{plan.tag}", query=True,
+            check=False).returncode != 0:  # fmt: skip
+        problems.append(f"{plan.tag} is not a valid git tag name; fix release.tag_prefix")
+    elif _out(sh, settings, "rev-parse", "-q", "--verify", f"refs/tags/{plan.tag}"):
         problems.append(f"tag {plan.tag} already exists locally")
     if _out(sh, settings, "ls-remote", "--tags", release.remote, f"refs/tags/{plan.tag}"):
         problems.append(f"tag {plan.tag} already exists on {release.remote}")
@@ -177,24 +224,40 @@ def load_progress(settings: Settings) -> Progress:
         ) from None
 
 
-def staging_tags(progress: Progress, name: str) -> tuple[str, ...]:
-    """The tag the release pushes under before promoting its digest: the release commit's
-    (the docker driver cannot push by digest alone)."""
-    return (f"{name}-{progress.commit[:7]}",)
+def push_target(settings: Settings, sh: Shell, name: str, commit: str) -> publish.Pushed | None:
+    """Build and push one target under its staging tag, verified (None in a dry run)."""
+    tags = (staging_tag(name, commit),)
+    pushed = publish.push(settings, sh, [name], platforms_of(settings, name), tags)
+    return pushed[0] if pushed else None
 
 
 def remove_staging_tags(settings: Settings, sh: Shell, progress: Progress) -> list[str]:
-    """Delete what a failed release pushed under its staging tags; one line per tag."""
-    if not progress.commit:  # failed before the release commit: nothing was pushed
-        return []
+    """Delete what a failed release pushed under its staging tags, each only while it still
+    holds the digest this release recorded; one line per tag."""
     lines = []
-    for name in progress.image_tags:
-        for tag in staging_tags(progress, name):
-            try:
-                lines.append(registry.remove_tag(sh, f"{settings.image}:{tag}"))
-            except registry.RegistryError as exc:
-                lines.append(str(exc))
+    for name, ref in progress.digests.items():
+        reference = f"{settings.image}:{staging_tag(name, progress.commit)}"
+        try:
+            lines.append(registry.remove_tag(sh, reference, ref.rpartition("@")[2]))
+        except registry.RegistryError as exc:
+            lines.append(str(exc))
     return lines
+
+
+def require_release_commit(settings: Settings, sh: Shell, progress: Progress) -> None:
+    """Images are built from the working tree: it must be the release commit, unchanged."""
+    head = _out(sh, settings, "rev-parse", "HEAD")
+    if head != progress.commit:
+        commit = progress.commit[:12]
+        raise HeadMoved(
+            f"HEAD moved since release commit {commit}; `git switch --detach {commit}` "
+            "(or reset) then `inv release --resume`"
+        )
+    if _out(sh, settings, "status", "--porcelain"):
+        raise HeadMoved(
+            f"the working tree has changes since release commit {progress.commit[:12]}; "
+            "stash them, then `inv release --resume`"
+        )
 
 
 def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
@@ -214,6 +277,8 @@ def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
 
 def run(settings: Settings, sh: Shell, progress: Progress) -> Progress:
     """Carry out the release from wherever progress says it stopped."""
+    if "commit" in progress.done and "images" not in progress.done:  # resumed: nothing undone
+        require_release_commit(settings, sh, progress)
     try:
         publish_images(settings, sh, progress)
     except BaseException:
@@ -255,11 +320,13 @@ def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
         progress.done.append("commit")
         save(settings, progress)
     if "images" not in progress.done:
-        fresh = config.load(settings.root)  # labels carry the new version
+        # The tree is the release commit (checked above or just made), so the configuration
+        # is read as of it, and the labels carry the new version and that commit.
+        fresh = config.load(settings.root)
         for name in progress.image_tags:
-            staging = staging_tags(progress, name)
-            (pushed,) = publish.push(fresh, sh, [name], platforms_of(fresh, name), staging)
+            pushed = push_target(fresh, sh, name, progress.commit)
             progress.digests[name] = pushed.ref
+            save(settings, progress)  # a rollback after a kill deletes only what it recorded
         progress.done.append("images")
         save(settings, progress)
     if "promote" not in progress.done:  # imagetools create is idempotent: safe to redo

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from invoke import Context, task
@@ -75,13 +76,20 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
         print(f"release {plan.current} -> {plan.new}, git tag {plan.tag}")
         print(plan.diff(), end="")
         for name, refs in plan.image_tags.items():
-            print(f"{name}: push by digest, then tag {', '.join(refs)}")
+            staging = f"{project.image}:{flow.staging_tag(name, flow.PENDING_COMMIT)}"
+            print(
+                f"{name}: push {staging} (version {plan.new}), verify, then tag {', '.join(refs)}"
+            )
+        print(
+            f"{flow.PENDING_COMMIT} stands for the release commit, which a dry run does not "
+            "make; the real build's revision label is that commit too"
+        )
     flow.preflight(project, sh, plan, allow_empty_changelog)
     if sh.dry:
-        from buildtasks.release import publish
-
+        # The push the release makes: the new version in the labels, the staging tag.
+        released = dataclasses.replace(project, version=plan.new)
         for name in plan.image_tags:
-            publish.push(project, sh, [name], flow.platforms_of(project, name))
+            flow.push_target(released, sh, name, flow.PENDING_COMMIT)
         print(f"nothing changed (dry run); `inv release --bump ...` makes release {plan.new}")
         return
     progress = flow.start(project, sh, plan)

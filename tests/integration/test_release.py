@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -135,9 +136,12 @@ def repository(engine):
     remove_images(engine, f"{LOCAL_REGISTRY}/{path.split('/')[0]}")
 
 
-def small_project(tmp_path: Path, image: str, targets=("web",), broken=()) -> Path:
-    """A project unlike the example: version in pyproject.toml, changelog at the root,
-    single-platform `FROM scratch` targets (those in broken fail to build), a bare remote."""
+def small_project(
+    tmp_path: Path, image: str, targets=("web",), broken=(), newline: str = "\n"
+) -> Path:
+    """A project unlike the example: version in pyproject.toml, changelog at the root (both
+    with newline line endings), single-platform `FROM scratch` targets (those in broken fail
+    to build), a bare remote."""
     project = tmp_path / "small"
     (project / "service").mkdir(parents=True)
     (project / "service/app.txt").write_text("app\n")
@@ -149,14 +153,14 @@ def small_project(tmp_path: Path, image: str, targets=("web",), broken=()) -> Pa
             f"\n[tool.buildtasks.targets.{name}]\n"
             f'dockerfile = "{name}.Dockerfile"\nplatforms = ["{native()}"]\n'
         )
-    (project / "pyproject.toml").write_text(
+    pyproject = (
         '[project]\nname = "small"\nversion = "0.1.0"\n\n'
         f'[tool.buildtasks]\nimage = "{image}"\ncontext = "service"\n\n'
         f"[tool.buildtasks.release]\ntargets = {json.dumps(list(targets))}\n{sections}"
     )
-    (project / "CHANGELOG.md").write_text(
-        "# Changelog\n\n## [Unreleased]\n\n### Added\n- The web target.\n"
-    )
+    changelog = "# Changelog\n\n## [Unreleased]\n\n### Added\n- The web target.\n"
+    for name, text in (("pyproject.toml", pyproject), ("CHANGELOG.md", changelog)):
+        (project / name).write_bytes(text.replace("\n", newline).encode())
     remote = tmp_path / "small.git"
     git(tmp_path, "init", "--quiet", "--bare", "-b", "main", str(remote))
     git(project, "init", "--quiet", "-b", "main")
@@ -177,6 +181,15 @@ def platforms_at(ref: str) -> list[str]:
     from buildtasks.shell import Shell
 
     return platforms(Shell(), ref)
+
+
+def labels_at(ref: str) -> dict[str, str]:
+    """The labels of the image at ref (of the native platform's when ref is an index)."""
+    inspect = ["docker", "buildx", "imagetools", "inspect", "--format", "{{json .Image}}", ref]
+    image = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
+    if "config" not in image:  # an index: one image per platform
+        image = image[native()]
+    return image["config"]["Labels"]
 
 
 def snapshot(project: Path) -> tuple:
@@ -221,17 +234,25 @@ def test_single_platform_push_is_read_back_from_its_image_manifest(engine, repos
 
 
 def test_single_platform_release(engine, repository, tmp_path):
-    project = small_project(tmp_path, repository)
+    project = small_project(tmp_path, repository, newline="\r\n")  # CRLF files stay CRLF
     result = run_cli(["buildtasks", "release", "--bump", "minor"], cwd=project, env=IDENTITY)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     remote = tmp_path / "small.git"
     assert git(remote, "tag", "--list") == "v0.2.0"
     assert git(remote, "rev-parse", "main") == git(project, "rev-parse", "HEAD")
-    assert 'version = "0.2.0"' in (project / "pyproject.toml").read_text()
+    pyproject, changelog = (
+        (project / "pyproject.toml").read_bytes(),
+        (project / "CHANGELOG.md").read_bytes(),
+    )
+    assert b'version = "0.2.0"\r\n' in pyproject and b"## [0.2.0] - " in changelog
+    assert all(text.count(b"\n") == text.count(b"\r\n") for text in (pyproject, changelog))
     tags = tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1])
-    sha = git(project, "rev-parse", "--short=7", "HEAD")
-    assert set(tags) == {"0.2.0", "0.2", "0", f"web-{sha}"}
-    verified = tags[f"web-{sha}"]  # the staging tag: what was pushed and read back
+    commit = git(project, "rev-parse", "HEAD")
+    assert set(tags) == {"0.2.0", "0.2", "0", f"web-release-{commit}"}
+    verified = tags[f"web-release-{commit}"]  # the staging tag: what was pushed and read back
+    labels = labels_at(f"{repository}:0.2.0")
+    assert labels["org.opencontainers.image.revision"] == commit  # the release commit
+    assert labels["org.opencontainers.image.version"] == "0.2.0"
     (held,) = {tags["0.2.0"], tags["0.2"], tags["0"]}
     # buildx 0.13's imagetools create wraps a single image manifest in a one-entry index
     entries = [m["digest"] for m in raw_manifest(f"{repository}@{held}").get("manifests", [])]
@@ -248,12 +269,53 @@ def test_failed_release_deletes_its_staging_tag(engine, repository, tmp_path):
     result = run_cli(["buildtasks", "release", "--bump", "patch"], cwd=project, env=IDENTITY)
     assert result.returncode != 0, result.stdout[-2000:]
     assert "rolled back" in result.stderr  # progress goes to stderr; stdout is for results
-    staging = rf"{re.escape(repository)}:web-[0-9a-f]{{7}}"  # the rolled-back commit's tag
+    staging = rf"{re.escape(repository)}:web-release-[0-9a-f]{{40}}"  # the rolled-back commit
     assert re.search(rf"^  deleted {staging} \(sha256:[0-9a-f]{{64}}\) from the registry$",
                      result.stderr, re.MULTILINE), result.stderr  # fmt: skip
     assert tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1]) == {}
     assert (git(project, "rev-parse", "HEAD"), (project / "pyproject.toml").read_text()) == before
     assert git(tmp_path / "small.git", "tag", "--list") == ""
+
+
+def test_resume_refuses_a_moved_head_then_builds_the_release_commit(engine, repository, tmp_path):
+    project = small_project(tmp_path, repository)
+    release = subprocess.Popen(
+        [str(REPO / ".venv/bin/python"), "-m", "buildtasks", "release", "--bump", "minor"],
+        cwd=project, env={**os.environ, **IDENTITY}, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    progress = project / ".git/buildtasks-release.json"
+    while not (progress.exists() and json.loads(progress.read_text())["done"] == ["commit"]):
+        assert release.poll() is None
+        time.sleep(0.01)
+    os.killpg(release.pid, signal.SIGKILL)  # killed mid-push, as by a lost terminal
+    release.wait()
+    commit = git(project, "rev-parse", "HEAD")
+    (project / "service/app.txt").write_text("a later change\n")
+    dirty = run_cli(["buildtasks", "release", "--resume"], cwd=project, env=IDENTITY)
+    assert dirty.returncode == 1
+    assert dirty.stderr.strip().splitlines()[-1] == (
+        f"error: the working tree has changes since release commit {commit[:12]}; "
+        "stash them, then `inv release --resume`"
+    )
+    git(project, "commit", "--quiet", "-am", "later")
+
+    refused = run_cli(["buildtasks", "release", "--resume"], cwd=project, env=IDENTITY)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: HEAD moved since release commit {commit[:12]}; "
+        f"`git switch --detach {commit[:12]}` (or reset) then `inv release --resume`"
+    )
+    assert "docker buildx" not in refused.stderr
+    assert git(project, "tag", "--list") == "v0.2.0"  # refusing undoes nothing
+
+    git(project, "switch", "--quiet", "--detach", commit)
+    resumed = run_cli(["buildtasks", "release", "--resume"], cwd=project, env=IDENTITY)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    remote = tmp_path / "small.git"
+    assert git(remote, "rev-parse", "main") == git(remote, "rev-parse", "v0.2.0^{}") == commit
+    labels = labels_at(f"{repository}:0.2.0")
+    assert labels["org.opencontainers.image.revision"] == commit
 
 
 def test_failed_release_names_a_registry_that_refuses_deletion(engine, registry, tmp_path):
@@ -357,7 +419,7 @@ def test_registry_stopped_before_the_push_rolls_everything_back(engine, registry
     assert git(tmp_path / "remote.git", "tag", "--list") == ""
 
 
-@pytest.mark.parametrize("problem", ["dirty", "branch", "tag", "changelog"])
+@pytest.mark.parametrize("problem", ["dirty", "branch", "tag", "prefix", "changelog"])
 def test_preflight_refuses_with_its_own_message(registry, tmp_path, problem):
     address, _ = registry
     project = release_project(tmp_path, platforms='["linux/amd64"]')
@@ -365,6 +427,7 @@ def test_preflight_refuses_with_its_own_message(registry, tmp_path, problem):
         "dirty": "the working tree has uncommitted changes",
         "branch": "on branch topic, releases are made from main",
         "tag": "tag v0.1.1 already exists locally",
+        "prefix": "v..0.1.1 is not a valid git tag name; fix release.tag_prefix",
         "changelog": "the Unreleased section is empty",
     }[problem]
     if problem == "dirty":
@@ -373,6 +436,13 @@ def test_preflight_refuses_with_its_own_message(registry, tmp_path, problem):
         git(project, "checkout", "--quiet", "-b", "topic")
     elif problem == "tag":
         git(project, "tag", "v0.1.1")
+    elif problem == "prefix":
+        pyproject = project / "pyproject.toml"
+        section = "[tool.buildtasks.release]\n"
+        text = pyproject.read_text().replace(section, f'{section}tag_prefix = "v.."\n', 1)
+        pyproject.write_text(text)
+        git(project, "commit", "--quiet", "-am", "prefix")
+        git(project, "push", "--quiet", "origin", "main")
     else:
         changelog = project / "example/CHANGELOG.md"
         text = changelog.read_text()
@@ -402,7 +472,15 @@ def test_dry_release_changes_nothing(engine, registry, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "release 0.1.0 -> 0.2.0, git tag v0.2.0" in result.stdout
     assert '+__version__ = "0.2.0"' in result.stdout
-    assert "[dry] docker buildx build" in result.stderr
+    # The push the release makes: its staging tag only, the new version in the labels.
+    image = f"{address}/buildtasks/jobsvc"
+    staging = f"{image}:prod-release-RELEASE-COMMIT"
+    promoted = ", ".join(f"{image}:{t}" for t in ("0.2.0", "0.2", "0"))
+    assert f"prod: push {staging} (version 0.2.0), verify, then tag {promoted}" in result.stdout
+    assert "RELEASE-COMMIT stands for the release commit" in result.stdout
+    (build,) = [line for line in result.stderr.splitlines() if "[dry] docker buildx build" in line]
+    assert re.findall(r"--tag (\S+)", build) == [staging]
+    assert "--label org.opencontainers.image.version=0.2.0 " in build
     assert snapshot(project) == before
     assert git(tmp_path / "remote.git", "tag", "--list") == ""
     catalog = json.loads(urllib.request.urlopen(f"http://{address}/v2/_catalog").read())

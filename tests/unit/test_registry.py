@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
+import urllib.parse
+
 import pytest
 
 from buildtasks.docker.registry import (
     RegistryError,
     index_platforms,
     platform_name,
+    remove_tag,
     split_reference,
 )
 from buildtasks.errors import CommandError
@@ -85,3 +91,115 @@ def test_a_missing_docker_cli_points_at_the_engine_install_docs(tmp_path):
     )
     with pytest.raises(CommandError, match=r"^sqlite3: command not found; install it or add"):
         shell.run(["sqlite3", "x.db"])
+
+
+# Deleting a staging tag, against a small registry speaking the distribution API over
+# loopback http: it serves tags page by page and can demand a token from a realm.
+D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+class FakeRegistry:
+    def __init__(self, tags: dict[str, str], realm_host: str = ""):
+        self.tags, self.realm_host = tags, realm_host
+        self.deleted: list[str] = []
+        self.token_requests: list[str | None] = []  # the Authorization each token request sent
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, code: int, body: bytes = b"", **headers: str) -> None:
+                self.send_response(code)
+                for name, value in headers.items():
+                    self.send_header(name.replace("_", "-"), value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def allowed(self) -> bool:
+                if not fake.realm_host or self.headers.get("Authorization") == "Bearer tok":
+                    return True
+                realm = f"http://{fake.realm_host}:{fake.port}/token"
+                challenge = f'Bearer realm="{realm}",service="fake",scope="repository:app:*"'
+                self.answer(401, WWW_Authenticate=challenge)
+                return False
+
+            def do_HEAD(self):
+                if not self.allowed():
+                    return
+                digest = fake.tags.get(self.path.rpartition("/")[2])
+                self.answer(200, Docker_Content_Digest=digest) if digest else self.answer(404)
+
+            def do_GET(self):
+                if self.path.startswith("/token"):
+                    fake.token_requests.append(self.headers.get("Authorization"))
+                    return self.answer(200, json.dumps({"token": "tok"}).encode())
+                if not self.allowed():
+                    return
+                url = urllib.parse.urlsplit(self.path)
+                names = sorted(fake.tags)
+                last = urllib.parse.parse_qs(url.query).get("last", [""])[0]
+                page = [n for n in names if n > last][:1]  # one tag a page
+                headers = {}
+                if page and page[0] != names[-1]:
+                    headers["Link"] = f'<{url.path}?n=1&last={page[0]}>; rel="next"'
+                self.answer(200, json.dumps({"name": "app", "tags": page}).encode(), **headers)
+
+            def do_DELETE(self):
+                if self.allowed():
+                    fake.deleted.append(self.path.rpartition("/")[2])
+                    self.answer(202)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def ref(self, tag: str) -> str:
+        return f"127.0.0.1:{self.port}/app:{tag}"
+
+
+@pytest.fixture
+def fake_registry():
+    servers = []
+
+    def start(tags: dict[str, str], realm_host: str = "") -> FakeRegistry:
+        servers.append(FakeRegistry(tags, realm_host))
+        return servers[-1]
+
+    yield start
+    for fake in servers:
+        fake.server.shutdown()
+        fake.server.server_close()
+
+
+def test_a_staging_tag_is_deleted_only_while_it_holds_the_recorded_digest(fake_registry):
+    fake = fake_registry({"web-release-abc": D2})  # pushed over since the release recorded D1
+    line = remove_tag(Shell(), fake.ref("web-release-abc"), D1)
+    assert (
+        line
+        == f"{fake.ref('web-release-abc')} kept: it now holds {D2}, not {D1} the release pushed"
+    )
+    assert fake.deleted == []
+    assert remove_tag(Shell(), fake.ref("web-release-abc"), D2).startswith("deleted ")
+    assert fake.deleted == [D2]
+
+
+def test_a_tag_sharing_the_digest_on_a_later_page_keeps_it(fake_registry):
+    # Listed one a page: web-release-abc first, the sharing zz-other only on page 2.
+    fake = fake_registry({"web-release-abc": D1, "x": D2, "zz-other": D1})
+    line = remove_tag(Shell(), fake.ref("web-release-abc"), D1)
+    assert line == f"{fake.ref('web-release-abc')} kept: tags zz-other share its digest {D1}"
+    assert fake.deleted == []
+
+
+@pytest.mark.parametrize(("realm_host", "sent"), [("localhost", None), ("127.0.0.1", "Basic dTpw")])
+def test_the_login_goes_to_a_plain_http_realm_only_on_the_registry_host(
+    fake_registry, tmp_path, monkeypatch, realm_host, sent
+):
+    fake = fake_registry({"web-release-abc": D1}, realm_host=realm_host)
+    auths = {"auths": {f"127.0.0.1:{fake.port}": {"auth": "dTpw"}}}
+    (tmp_path / "config.json").write_text(json.dumps(auths))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    assert remove_tag(Shell(), fake.ref("web-release-abc"), D1).startswith("deleted ")
+    assert fake.token_requests and set(fake.token_requests) == {sent}
