@@ -37,6 +37,7 @@ from buildtasks.docker import builds
 from buildtasks.docker.build import render_tags, template_values
 from buildtasks.docker.compose import PROJECT_LABEL, stack_compose
 from buildtasks.errors import BuildtasksError
+from buildtasks.shell import Shell
 
 _JSON_TYPES = ("manifest", "index", "json")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -421,7 +422,7 @@ class Plan:
         return sum(i.size for i in self.items)
 
 
-def plan(sh, settings, engine: Engine) -> Plan:
+def plan(sh: Shell, settings, engine: Engine) -> Plan:
     """Everything a project-scoped prune removes, in the order it removes it."""
     images = engine.images()
     items = engine.stopped_containers(stack_compose(settings).project)
@@ -459,12 +460,24 @@ class Pruned:
     reclaimed: int
 
 
-def run(engine: Engine, settings, planned: Plan) -> Pruned:
+def removal_argv(item: Item) -> list[str]:
+    """The command a removal stands for: what is echoed, and what --dry skips."""
+    return {
+        "image-tag": ["docker", "rmi", item.name],
+        "image": ["docker", "rmi", item.ident],
+        "container": ["docker", "rm", item.ident],
+        "cache-blob": ["rm", "-f", item.ident],
+    }[item.kind]
+
+
+def run(sh: Shell, engine: Engine, settings, planned: Plan) -> Pruned:
     """Remove exactly the planned items. The bytes reclaimed, as measured for this project
     alone: the planned images' layers no image on the engine holds afterwards, the removed
     containers' writable layers and the cache blobs deleted."""
     removed, skipped, blobs = [], [], 0
     for item in planned.items:
+        if not sh.change(removal_argv(item)):
+            continue
         if item.kind == "cache-blob":
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(item.ident)

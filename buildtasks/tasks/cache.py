@@ -87,7 +87,7 @@ def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, 
         estimate, count = found.estimate, len(found.items)
         print(f"would reclaim about {human_size(estimate)} ({estimate} bytes, {count} items)")
     else:
-        result = pruning.run(engine, project, found)
+        result = pruning.run(sh, engine, project, found)
         for item in result.removed:
             print(f"removed {item.kind:<10} {item.name}  {human_size(item.size)}")
         for item in result.skipped:

@@ -307,7 +307,7 @@ def test_an_untagged_image_claimed_after_the_plan_stays(engine, tmp_path, monkey
             engine.api.tag(image_id, f"127.0.0.1:5000/prune-{marker}/mine", "late")
         else:
             holder = engine.api.create_container(image_id, ["/content.txt"])
-        result = pruning.run(prune_engine, settings, planned)
+        result = pruning.run(Shell(echo=False), prune_engine, settings, planned)
         assert result.removed == [] and [i.ident for i in result.skipped] == [image_id]
         assert result.reclaimed == 0
         assert engine.api.inspect_image(image_id)["Id"] == image_id
@@ -348,12 +348,13 @@ def test_reclaimed_counts_only_what_this_prune_freed(engine, tmp_path, monkeypat
         prune_engine = RemovingAlongside(engine, f"127.0.0.1:5000/prune-{marker}/other:big")
         planned = pruning.plan(Shell(echo=False), settings, prune_engine)
         assert [i.name for i in planned.items] == [f"{repo}:v1"]
-        result = pruning.run(prune_engine, settings, planned)
+        result = pruning.run(Shell(echo=False), prune_engine, settings, planned)
         assert [i.name for i in result.removed] == [f"{repo}:v1"]
         # the v1 layer (2 MiB of hex) alone, not the other user's 4 MiB
         assert result.reclaimed == planned.estimate and 2 << 20 <= result.reclaimed < 3 << 20
         again = pruning.plan(Shell(echo=False), settings, prune_engine)
-        assert again.items == [] and pruning.run(prune_engine, settings, again).reclaimed == 0
+        assert again.items == []
+        assert pruning.run(Shell(echo=False), prune_engine, settings, again).reclaimed == 0
     finally:
         remove_images(engine, f"127.0.0.1:5000/prune-{marker}/")
 
