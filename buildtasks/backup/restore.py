@@ -195,7 +195,7 @@ def run(settings: Settings, sh: Shell, found: Manifest, only: tuple[str, ...] = 
         if in_stack:
             prepare_stack(settings, sh, stack)
         safety = sets.create(settings, sh, safety=True)
-        print(f"safety backup: {safety.id}", flush=True)
+        sh.note(f"safety backup: {safety.id}")
 
         with interrupts_on_sigterm():  # SIGTERM unwinds like Ctrl-C: put back, start
             if in_stack:
