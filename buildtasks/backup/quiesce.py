@@ -1,8 +1,10 @@
 """Quiesce: the application's compose services are paused (`docker pause`: the cgroup
-freezer, no signal reaches the processes) while SQLite, Redis and the files are captured,
-so the three stores of a set come from one instant of the application. They are unpaused
-whatever happens: an error, SIGINT or SIGTERM (handlers installed for the duration; a
-signal during the unpause starts it again)."""
+freezer, no signal reaches the processes) while SQLite, Redis and the files are pinned,
+so the three stores of a set come from one instant of the application. The pause ends
+(Pause.end) as soon as every store is pinned; the copies follow from the pinned
+snapshots. They are unpaused whatever happens: an error, SIGINT or SIGTERM (handlers
+installed until the capture ends, so an interrupted copy also cleans up; a signal during
+the unpause starts it again)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildtasks.backup import sqlite
+from buildtasks.backup.sqlite_snapshot import PINNED
 from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError, ConfigError, EngineError
 
@@ -35,6 +38,30 @@ class Pause:
     services: tuple[str, ...]
     seconds: float = 0.0
     containers: list = field(default_factory=list)
+    started: float = 0.0
+    ended: bool = False
+
+    def end(self) -> None:
+        """Unpause the containers paused here (once; a signal during it unpauses again,
+        then ends the run as it asked)."""
+        if self.ended:
+            return
+        self.ended = True
+        interrupted = None
+        while True:
+            try:
+                stuck = _unpause(self.containers)
+                break
+            except Interrupted as exc:
+                interrupted = exc
+        self.seconds = time.monotonic() - self.started if self.containers else 0.0
+        if stuck:
+            raise EngineError(
+                f"quiesce: could not unpause {', '.join(stuck)}; "
+                f"run docker unpause {' '.join(stuck)}"
+            )
+        if interrupted:
+            raise interrupted
 
     def record(self) -> dict:
         """What the manifest keeps: {} when nothing was paused."""
@@ -63,8 +90,8 @@ def containers(engine, project: str, services: Sequence[str]) -> list:
 @contextlib.contextmanager
 def paused(access, services: Sequence[str]) -> Iterator[Pause]:
     """Pause the services' containers of the project's stack (access: a sets.ServiceAccess)
-    for the body; always unpause the ones paused here (a container the user had paused
-    already is left as it was)."""
+    until the body calls pause.end() or ends; always unpause the ones paused here (a
+    container the user had paused already is left as it was)."""
     pause = Pause(tuple(services))
     if not services:
         yield pause
@@ -78,29 +105,17 @@ def paused(access, services: Sequence[str]) -> Iterator[Pause]:
     project = stack_compose(access.settings).project
     pause.containers = containers(access.engine, project, services)
     previous = _install_handlers()
-    started = time.monotonic()
+    pause.started = time.monotonic()
     try:
-        for container in pause.containers:
-            container.pause()
-        yield pause
+        try:
+            for container in pause.containers:
+                container.pause()
+            yield pause
+        finally:
+            pause.end()
     finally:
-        interrupted = None
-        while True:  # a signal during the unpause: unpause again, then end as it asked
-            try:
-                stuck = _unpause(pause.containers)
-                break
-            except Interrupted as exc:
-                interrupted = exc
-        pause.seconds = time.monotonic() - started
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if stuck:
-            raise EngineError(
-                f"quiesce: could not unpause {', '.join(stuck)}; "
-                f"run docker unpause {' '.join(stuck)}"
-            )
-        if interrupted:
-            raise interrupted
 
 
 def _raise(signum: int, _frame) -> None:
@@ -133,10 +148,12 @@ def _unpause(paused_here: list) -> list[str]:
 
 def sqlite_snapshot(
     engine, container, path: str, dest: Path, copy_out: Callable, timeout: int = 600
-) -> str:
+) -> Generator[None, None, str]:
     """Snapshot a database of a paused container (exec is refused there) from a helper
-    container on its volumes, as its user (a -wal/-shm SQLite creates stays the app's);
-    copy_out(helper, path, dest) takes the copy out. Returns the integrity check."""
+    container on its volumes, as its user (a -wal/-shm SQLite creates stays the app's).
+    Yields once the helper says the snapshot is pinned (the container may run again),
+    then waits for the copy; copy_out(helper, path, dest) takes it out. Returns the
+    integrity check."""
     scratch = "/tmp/buildtasks-snapshot.db"
     helper = engine.client.containers.create(
         container.image.id, ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), path, scratch],
@@ -145,6 +162,16 @@ def sqlite_snapshot(
     )  # fmt: skip
     try:
         helper.start()
+        deadline = time.monotonic() + timeout
+        while PINNED not in helper.logs(stderr=False).decode(errors="replace").split():
+            helper.reload()
+            if helper.status == "exited":  # failed before pinning: reported below
+                break
+            if time.monotonic() > deadline:
+                raise EngineError(f"SQLite snapshot of {path}: not pinned within {timeout}s")
+            time.sleep(0.02)
+        else:
+            yield
         code = helper.wait(timeout=timeout)["StatusCode"]
         output = helper.logs().decode(errors="replace").strip()
         if code != 0:
