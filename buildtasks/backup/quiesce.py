@@ -9,7 +9,9 @@ the unpause starts it again)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import signal
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildtasks.backup import sqlite
-from buildtasks.backup.sqlite_snapshot import PINNED
+from buildtasks.backup.sqlite_snapshot import PINNED, READY
 from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError, ConfigError, EngineError
 
@@ -88,12 +90,16 @@ def containers(engine, project: str, services: Sequence[str]) -> list:
 
 
 @contextlib.contextmanager
-def paused(access, services: Sequence[str]) -> Iterator[Pause]:
+def paused(
+    access, services: Sequence[str], prepare: Callable[[], object] = lambda: None
+) -> Iterator[Pause]:
     """Pause the services' containers of the project's stack (access: a sets.ServiceAccess)
     until the body calls pause.end() or ends; always unpause the ones paused here (a
-    container the user had paused already is left as it was)."""
+    container the user had paused already is left as it was). prepare() runs just before
+    the pause, the signal handlers already installed."""
     pause = Pause(tuple(services))
     if not services:
+        prepare()
         yield pause
         return
     redis_service = access.settings.backup.redis.get("service")
@@ -105,8 +111,9 @@ def paused(access, services: Sequence[str]) -> Iterator[Pause]:
     project = stack_compose(access.settings).project
     pause.containers = containers(access.engine, project, services)
     previous = _install_handlers()
-    pause.started = time.monotonic()
     try:
+        prepare()
+        pause.started = time.monotonic()
         try:
             for container in pause.containers:
                 container.pause()
@@ -146,39 +153,61 @@ def _unpause(paused_here: list) -> list[str]:
     return stuck
 
 
-def sqlite_snapshot(
-    engine, container, path: str, dest: Path, copy_out: Callable, timeout: int = 600
-) -> Generator[None, None, str]:
-    """Snapshot a database of a paused container (exec is refused there) from a helper
-    container on its volumes, as its user (a -wal/-shm SQLite creates stays the app's).
-    Yields once the helper says the snapshot is pinned (the container may run again),
-    then waits for the copy; copy_out(helper, path, dest) takes it out. Returns the
-    integrity check."""
-    scratch = "/tmp/buildtasks-snapshot.db"
-    helper = engine.client.containers.create(
-        container.image.id, ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), path, scratch],
-        entrypoint=[], user=container.attrs["Config"].get("User") or "",
-        volumes_from=[container.id], network_mode="none",
-    )  # fmt: skip
-    try:
-        helper.start()
-        deadline = time.monotonic() + timeout
-        while PINNED not in helper.logs(stderr=False).decode(errors="replace").split():
-            helper.reload()
-            if helper.status == "exited":  # failed before pinning: reported below
-                break
+class SnapshotHelper:
+    """Snapshots a database of a service's container, which may be paused (exec is refused
+    there), from a helper container on its volumes, as its user (a -wal/-shm SQLite
+    creates stays the app's). Made before the pause: the helper starts and waits, ready,
+    until snapshot() tells it to go, so no container start falls into the pause."""
+
+    GO = "/tmp/buildtasks-go"
+    SCRATCH = "/tmp/buildtasks-snapshot.db"
+
+    def __init__(self, engine, container, path: str, timeout: int = 600):
+        self.container, self.path, self.timeout = container, path, timeout
+        source = ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), path, self.SCRATCH, self.GO]
+        self.helper = engine.client.containers.create(
+            container.image.id, source, entrypoint=[],
+            user=container.attrs["Config"].get("User") or "",
+            volumes_from=[container.id], network_mode="none",
+        )  # fmt: skip
+        try:
+            self.helper.start()
+            self._printed(READY)  # one that ended early is reported by snapshot()
+        except BaseException:
+            self.remove()
+            raise
+
+    def _printed(self, line: str) -> bool:
+        """Wait until the helper printed line (True) or ended (False)."""
+        deadline = time.monotonic() + self.timeout
+        while line not in self.helper.logs(stderr=False).decode(errors="replace").split():
+            self.helper.reload()
+            if self.helper.status == "exited":
+                return False
             if time.monotonic() > deadline:
-                raise EngineError(f"SQLite snapshot of {path}: not pinned within {timeout}s")
-            time.sleep(0.02)
-        else:
+                raise EngineError(f"SQLite snapshot of {self.path}: no {line!r} in {self.timeout}s")
+            time.sleep(0.01)
+        return True
+
+    def snapshot(self, dest: Path, copy_out: Callable) -> Generator[None, None, str]:
+        """Pin the snapshot, yield (the container may run again), copy it into dest with
+        copy_out(helper, path, dest). Returns the integrity check."""
+        go = io.BytesIO()
+        with tarfile.open(fileobj=go, mode="w") as tar:
+            tar.addfile(tarfile.TarInfo(Path(self.GO).name))
+        self.helper.put_archive(str(Path(self.GO).parent), go.getvalue())
+        if self._printed(PINNED):
             yield
-        code = helper.wait(timeout=timeout)["StatusCode"]
-        output = helper.logs().decode(errors="replace").strip()
+        code = self.helper.wait(timeout=self.timeout)["StatusCode"]
+        output = self.helper.logs().decode(errors="replace").strip()
         if code != 0:
             if "unable to open database file" in output:
-                raise FileNotFoundError(f"{path} does not exist in {container.name}")
-            raise EngineError(f"SQLite snapshot of {path} failed (exit {code}): {output[-300:]}")
-        copy_out(helper, scratch, dest)
-    finally:
-        helper.remove(force=True)
-    return output.splitlines()[-1]
+                raise FileNotFoundError(f"{self.path} does not exist in {self.container.name}")
+            raise EngineError(
+                f"SQLite snapshot of {self.path} failed (exit {code}): {output[-300:]}"
+            )
+        copy_out(self.helper, self.SCRATCH, dest)
+        return output.splitlines()[-1]
+
+    def remove(self) -> None:
+        self.helper.remove(force=True)

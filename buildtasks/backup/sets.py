@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -266,6 +267,24 @@ Step = Generator[None, None, tuple[str, str, dict]]
 class Collector(ServiceAccess):
     """Copies each source into a set directory being built (see Capture)."""
 
+    def __init__(self, settings: Settings, sh: Shell, directory: Path):
+        super().__init__(settings, sh, directory)
+        self.helpers: dict[str, quiesce.SnapshotHelper] = {}  # by sqlite source
+
+    def prepare(self, pairs: list[tuple[str, str]], services: tuple[str, ...]) -> None:
+        """Start the snapshot helpers of the databases in services about to be paused:
+        starting a container is most of what pinning one would cost."""
+        for kind, source in pairs:
+            location = parse_location(source)
+            if kind == "sqlite" and location.service in services:
+                container = self.container(location.service)
+                self.helpers[source] = quiesce.SnapshotHelper(self.engine, container, location.path)
+
+    def close(self) -> None:
+        """Remove the helpers no capture took."""
+        while self.helpers:
+            self.helpers.popitem()[1].remove()
+
     def sqlite(self, source: str) -> Step:
         location = parse_location(source)
         file = artifact_name("sqlite", source)
@@ -283,9 +302,12 @@ class Collector(ServiceAccess):
                 src.close()
         container = self.container(location.service)
         if container.status == "paused":  # quiesced: exec is refused, a helper reads it
-            integrity = yield from quiesce.sqlite_snapshot(
-                self.engine, container, location.path, dest, self._copy_single_file
-            )
+            helper = self.helpers.pop(source, None)
+            helper = helper or quiesce.SnapshotHelper(self.engine, container, location.path)
+            try:
+                integrity = yield from helper.snapshot(dest, self._copy_single_file)
+            finally:
+                helper.remove()
             return file, integrity, {}
         if container.status != "running":
             return file, self._stopped_sqlite(container, location.path, dest), {}
@@ -427,24 +449,24 @@ def _create(
         (building / MARKER).write_text(f"buildtasks {__version__}\n")
         collector = Collector(settings, sh, building)
         captures: list[Capture] = []
-        # Unpaused first, then the captures left unfinished by an error are closed.
-        with (
-            contextlib.ExitStack() as cleanup,
-            quiesce.paused(collector, quiesce_services) as pause,
-        ):
-            for kind, source in pairs:  # pin every store while the services are paused
-                try:
-                    capture = Capture(collector, kind, source, safety)
-                except SourceMissing as exc:
-                    if not safety:
-                        raise
-                    print(f"safety backup: skipping {exc}", flush=True)
-                    partial = True
-                    continue
-                cleanup.callback(capture.close)
-                captures.append(capture)
-            pause.end()
-            artifacts = [capture.finish() for capture in captures]
+        # Closed last: the services are unpaused first, then what an error left is removed.
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(collector.close)
+            prepare = functools.partial(collector.prepare, pairs, quiesce_services)
+            with quiesce.paused(collector, quiesce_services, prepare) as pause:
+                for kind, source in pairs:  # pin every store while the services are paused
+                    try:
+                        capture = Capture(collector, kind, source, safety)
+                    except SourceMissing as exc:
+                        if not safety:
+                            raise
+                        print(f"safety backup: skipping {exc}", flush=True)
+                        partial = True
+                        continue
+                    cleanup.callback(capture.close)
+                    captures.append(capture)
+                pause.end()
+                artifacts = [capture.finish() for capture in captures]
         for unsound in [a for a in artifacts if a.integrity != "ok"]:
             print(f"safety backup: {unsound.kind} {unsound.source}: {unsound.integrity}")
             partial = True

@@ -1,6 +1,7 @@
 """A consistent SQLite snapshot. Standard library only: inside a container this file's
-source runs as ``python3 -c SOURCE SRC DEST`` (printing PINNED, then the integrity
-result), on the host it is imported.
+source runs as ``python3 -c SOURCE SRC DEST [GO]`` (with GO it prints READY and waits
+until that file exists; then it prints PINNED and the integrity result), on the host it
+is imported.
 
 The snapshot is pinned first: a read transaction (BEGIN and a read) on the source. In WAL
 mode that transaction's view stays fixed while writers go on committing, so the copy may
@@ -12,10 +13,14 @@ view (unlike page-stepping, which restarts whenever the source changes). The cop
 switched out of WAL mode and must pass ``PRAGMA integrity_check``.
 """
 
+import os
 import sqlite3
 import sys
+import time
 
+READY = "ready"  # the line saying the helper waits for GO
 PINNED = "pinned"  # the line saying the copy no longer needs the writers paused
+WAIT = 600  # seconds a helper waits for GO before it gives up
 
 
 def integrity(db: sqlite3.Connection) -> str:
@@ -62,5 +67,16 @@ def snapshot(source: str, dest: str, pinned=lambda: None) -> str:
         src.close()
 
 
+def _await_go(path: str) -> None:
+    print(READY, flush=True)
+    deadline = time.monotonic() + WAIT
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            sys.exit(f"not told to start within {WAIT}s")
+        time.sleep(0.005)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 3:
+        _await_go(sys.argv[3])
     print(snapshot(sys.argv[1], sys.argv[2], lambda: print(PINNED, flush=True)))
