@@ -60,11 +60,11 @@ def snapshot(source: str, dest: str, pinned=lambda: None) -> str:
         if wal:
             pinned()
         result = copy(src, dest)
-        if not wal:
-            pinned()
-        return result
     finally:
         src.close()
+    if not wal:  # the read lock is gone only now
+        pinned()
+    return result
 
 
 def _await_go(path: str) -> None:
