@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import sys
 
-__version__ = "0.1.0"
+from buildtasks.version import __version__
+
+__all__ = ["__version__", "namespace"]
 
 
 def namespace(root: str | os.PathLike[str] = "."):

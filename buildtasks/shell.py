@@ -42,6 +42,10 @@ class Shell:
     def show(self, argv: Sequence[str]) -> str:
         return redact(shlex.join(argv), self.secrets)
 
+    def note(self, message: str) -> None:
+        """Progress from domain code: to stderr, redacted, so stdout stays for results."""
+        print(redact(message, self.secrets), file=sys.stderr, flush=True)
+
     def change(self, argv: Sequence[str]) -> bool:
         """Announce a change to the world as the command that makes it (echoed, redacted);
         False under dry-run, where the caller must skip it. Commands run here use it, and

@@ -10,6 +10,8 @@ from pathlib import Path
 from buildtasks.errors import BuildtasksError
 
 SCHEMA = 1
+ID_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # a set's id: its creation time in UTC
+ID_PATTERN = r"\d{8}T\d{6}\.\d{6}Z"
 NAME = "manifest.json"
 
 

@@ -30,6 +30,7 @@ from buildtasks.docker import compose
 from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
+from buildtasks.stack import interrupts_on_sigterm, signals_deferred, up
 
 ORDER = {"files": 0, "sqlite": 1, "redis": 2}  # a database inside a files tree after it
 
@@ -96,7 +97,10 @@ class Step:
     location: sets.Location  # from the configuration, never from the manifest
 
     def describe(self) -> str:
-        return f"{self.artifact.kind:<7} {self.artifact.file} -> {self.location}"
+        where = str(self.location)
+        if self.artifact.kind == "redis":
+            where = redis.redact(where)  # the configured URL may carry a password
+        return f"{self.artifact.kind:<7} {self.artifact.file} -> {where}"
 
 
 def steps(settings: Settings, found: Manifest, only: tuple[str, ...] = ()) -> list[Step]:
@@ -192,7 +196,6 @@ def run(settings: Settings, sh: Shell, found: Manifest, only: tuple[str, ...] = 
             prepare_stack(settings, sh, stack)
         safety = sets.create(settings, sh, safety=True)
         print(f"safety backup: {safety.id}", flush=True)
-        from buildtasks.stack import interrupts_on_sigterm, up
 
         with interrupts_on_sigterm():  # SIGTERM unwinds like Ctrl-C: put back, start
             if in_stack:
@@ -235,15 +238,14 @@ class Restorer(sets.ServiceAccess):
     """Stages each artifact of a set directory, swaps them all in, puts back on failure."""
 
     def apply(self, chosen: list[Step]) -> None:
-        from buildtasks.stack import signals_deferred
 
         placements = self._placements([s for s in chosen if s.artifact.kind != "redis"])
         swapped: list[Placement] = []
         try:
             self._stage(placements)
-            for placement in placements:
-                swapped.append(placement)
-                self._phase("swap", [placement])
+            for group in _swap_groups(placements):
+                swapped += group  # undo checks what a partly done group really moved
+                self._phase("swap", group)
             for step in chosen:
                 if step.artifact.kind == "redis":
                     self._redis(step)
@@ -332,6 +334,22 @@ class Restorer(sets.ServiceAccess):
                 shutil.copy(path, Path(scratch) / name)
             timeout = max(600, self.settings.backup.redis_timeout)
             self.engine.run_helper(container.image.id, container.id, script, Path(scratch), timeout)
+
+
+def _swap_groups(placements: list[Placement]) -> list[list[Placement]]:
+    """Local placements one by one; a service's together, in one helper container."""
+    groups: list[list[Placement]] = []
+    by_service: dict[str, list[Placement]] = {}
+    for placement in placements:
+        service = placement.step.location.service
+        if not service:
+            groups.append([placement])
+        elif service not in by_service:
+            by_service[service] = [placement]
+            groups.append(by_service[service])
+        else:
+            by_service[service].append(placement)
+    return groups
 
 
 def _call(*words: str) -> str:

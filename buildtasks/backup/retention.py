@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from buildtasks.backup.sets import ID_FORMAT
+from buildtasks.backup.manifest import ID_FORMAT
 
 
 def plan(ids: list[str], keep_last: int, keep_daily: int, keep_weekly: int) -> tuple[list, list]:

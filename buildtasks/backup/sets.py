@@ -23,23 +23,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from buildtasks import __version__
 from buildtasks.atomic import fsync_dir, fsync_file, sha256, write_text
-from buildtasks.backup import archive, manifest, quiesce, redis, sqlite, sqlite_snapshot
-from buildtasks.backup.manifest import Artifact, InvalidManifest, Manifest
+from buildtasks.backup import archive, manifest, quiesce, redis, retention, sqlite, sqlite_snapshot
+from buildtasks.backup.manifest import ID_FORMAT, ID_PATTERN, Artifact, InvalidManifest, Manifest
 from buildtasks.config import Settings
 from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError, ConfigError
 from buildtasks.platforms import pid_alive
 from buildtasks.shell import Shell
+from buildtasks.version import __version__
 
 TMP_PREFIX = ".tmp-"
 DEL_PREFIX = ".del-"
 MARKER = ".buildtasks-set"  # written first into every set this tool builds
 LOCK = ".buildtasks.lock"
 LOCK_WAIT = 600  # seconds a run waits for another one holding the directory
-ID_FORMAT = "%Y%m%dT%H%M%S.%fZ"
-ID_PATTERN = r"\d{8}T\d{6}\.\d{6}Z"
 _OWN = re.compile(rf"^(?:\{TMP_PREFIX}({ID_PATTERN})-(\d+)|\{DEL_PREFIX}({ID_PATTERN}))$")
 KINDS = ("sqlite", "files", "redis")
 _SERVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -585,8 +583,6 @@ def apply_retention(settings: Settings, dry: bool) -> list[str]:
     Full sets and each kind of partial set (`backup --only redis`, ...) are counted
     apart: a partial set never displaces a full one. Sets that are not intact are
     neither counted nor deleted: they are left to inspect."""
-    from buildtasks.backup import retention
-
     root = backup_dir(settings)
     config = settings.backup
     with contextlib.nullcontext() if dry else locked(root):

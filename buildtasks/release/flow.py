@@ -220,10 +220,9 @@ def run(settings: Settings, sh: Shell, progress: Progress) -> Progress:
         if "images" not in progress.done:  # nothing is public yet: undo the commit and tag
             rollback(settings, sh, progress)
         else:
-            print(
+            sh.note(
                 f"release {progress.version}: the images are published; fix the failure and "
-                "run `inv release --resume` to finish (nothing is rebuilt)",
-                flush=True,
+                "run `inv release --resume` to finish (nothing is rebuilt)"
             )
         raise
     release = settings.release
@@ -288,6 +287,6 @@ def rollback(settings: Settings, sh: Shell, progress: Progress) -> None:
     git.forget()
     registry_lines = remove_staging_tags(settings, sh, progress)
     progress_path(settings).unlink(missing_ok=True)
-    print(f"release {progress.version} rolled back: no local commit or tag remains", flush=True)
+    sh.note(f"release {progress.version} rolled back: no local commit or tag remains")
     for line in registry_lines:
-        print(f"  {line}", flush=True)
+        sh.note(f"  {line}")

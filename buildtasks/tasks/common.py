@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from invoke import Context
 from invoke.exceptions import Exit
 
-from buildtasks import config
+from buildtasks import config, git
 from buildtasks.config import Settings
 from buildtasks.errors import BuildtasksError, CommandError
 
@@ -22,6 +22,7 @@ def one_line_errors(body: Callable) -> Callable:
 
     @functools.wraps(body)
     def wrapper(c: Context, *args, **kwargs):
+        git.forget()  # a task run before this one in the same invocation may have changed the tree
         try:
             return body(c, *args, **kwargs)
         except BuildtasksError as exc:

@@ -775,8 +775,28 @@ def test_disaster_recovery_on_a_project_laid_out_otherwise(engine, tmp_path):
             capture_output=True, text=True, check=True,
         ).stdout.split("\n")  # fmt: skip
         assert sorted(s for s in states if s) == ["cache healthy", "web healthy"]
+
+        # Redis goes last; when it fails, the services' files already swapped go back.
+        compose_exec(project, name, "web", "sh", "-c", "rm -rf /srv/state/blobs/0")
+        compose_exec(project, name, "web", "python3", "-c", FIXTURE_MORE)
+        changed = fixture_state(project, name)
+        compose_exec(project, name, "cache", "mkdir", "/var/lib/cache/cache.rdb.restore-tmp")
+        failed = run_cli(["buildtasks", "restore", "--yes"], cwd=project, env=env)
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr
+        assert failed.stderr.strip().splitlines()[-1].startswith("error: restore helper failed")
+        assert fixture_state(project, name) == changed
+        listing = compose_exec(project, name, "web", "ls", "-a", "/srv/state", "/srv/state/blobs")
+        assert ".restore-" not in listing
     finally:
         subprocess.run([*compose, "down", "--volumes"], capture_output=True)
+
+
+FIXTURE_MORE = """
+import sqlite3
+db = sqlite3.connect("/srv/state/app.sqlite")
+db.execute("INSERT INTO tags VALUES (1, 'later')")
+db.commit()
+"""
 
 
 def test_sigterm_during_restore_leaves_old_or_new_never_a_mix(tmp_path):

@@ -377,3 +377,17 @@ def test_json_output_is_one_document(live_project, task, dry):
     root, _remote, _prefix, _project = live_project
     result = ok(inv(root, *dry, *task))
     json.loads(result.stdout)  # exactly one document: anything else on stdout fails here
+
+
+def test_a_task_sees_the_tree_an_earlier_task_of_the_same_invocation_left(live_project):
+    """`inv proto.clean push`: the clean leaves the tree dirty, so the push must refuse,
+    not publish clean-looking tags read before the clean."""
+    root, _remote, prefix, _project = live_project
+    before = registry_tags(f"{prefix}/shop")
+    try:
+        result = inv(root, "proto.clean", "push", "--target", "web")
+        assert result.returncode != 0
+        assert "the working tree has uncommitted changes" in result.stderr
+        assert registry_tags(f"{prefix}/shop") == before
+    finally:
+        git(root, "checkout", "--", ".")

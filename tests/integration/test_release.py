@@ -247,10 +247,10 @@ def test_failed_release_deletes_its_staging_tag(engine, repository, tmp_path):
     before = (git(project, "rev-parse", "HEAD"), (project / "pyproject.toml").read_text())
     result = run_cli(["buildtasks", "release", "--bump", "patch"], cwd=project, env=IDENTITY)
     assert result.returncode != 0, result.stdout[-2000:]
-    assert "rolled back" in result.stdout
+    assert "rolled back" in result.stderr  # progress goes to stderr; stdout is for results
     staging = rf"{re.escape(repository)}:web-[0-9a-f]{{7}}"  # the rolled-back commit's tag
     assert re.search(rf"^  deleted {staging} \(sha256:[0-9a-f]{{64}}\) from the registry$",
-                     result.stdout, re.MULTILINE), result.stdout  # fmt: skip
+                     result.stderr, re.MULTILINE), result.stderr  # fmt: skip
     assert tags_of(LOCAL_REGISTRY, repository.split("/", 1)[1]) == {}
     assert (git(project, "rev-parse", "HEAD"), (project / "pyproject.toml").read_text()) == before
     assert git(tmp_path / "small.git", "tag", "--list") == ""
@@ -262,8 +262,8 @@ def test_failed_release_names_a_registry_that_refuses_deletion(engine, registry,
     project = small_project(tmp_path, image, targets=("web", "worker"), broken=("worker",))
     result = run_cli(["buildtasks", "release", "--bump", "patch"], cwd=project, env=IDENTITY)
     assert result.returncode != 0
-    refused = [line for line in result.stdout.splitlines() if "refuses deletion" in line]
-    assert len(refused) == 1, result.stdout
+    refused = [line for line in result.stderr.splitlines() if "refuses deletion" in line]
+    assert len(refused) == 1, result.stderr
     assert refused[0].strip().startswith(f"registry {address} refuses deletion")
     assert refused[0].endswith(" remains") and f"{image}:web-" in refused[0]
 
