@@ -3,7 +3,7 @@
 A 1 GB SQLite database against `sqlite3 .backup` and `cp` (the floor); Redis with 1M keys
 against `redis-cli --rdb`; a backup under a writer committing >= 200 times a second
 against the idle case; the quiesce pause of a compose service holding a 1 GB database
-(target: <= 2 s).
+(target: <= 2 s; only the pinning of the snapshot is paused, its copy follows).
 """
 
 from __future__ import annotations
@@ -125,17 +125,19 @@ def quiesce_bench(root: Path) -> None:
     run([*compose, "up", "-d"], proj, env)
     try:
         run([*compose, "exec", "-T", "app", "python3", "-c", FILL], proj, env)
-        paused = []
+        runs = []
         for _ in range(3):
+            started = time.monotonic()
             result = subprocess.run(
                 [*BT, "backup", "--json"], cwd=proj, capture_output=True, text=True, check=True
             )
-            paused.append(json.loads(result.stdout)["quiesce"]["paused_seconds"])
-        pause = sorted(paused)[1]
+            whole = time.monotonic() - started
+            runs.append((json.loads(result.stdout)["quiesce"]["paused_seconds"], whole))
+        pause, whole = sorted(runs)[1]
         verdict = "meets" if pause <= 2 else "MISSES"
         print(
             f"{'quiesce: pause of a service with a 1 GB SQLite database':<58} "
-            f"ours {pause:7.2f}s  target <= 2 s  {verdict}",
+            f"ours {pause:7.2f}s  target <= 2 s  {verdict}  (backup {whole:.2f}s)",
             flush=True,
         )
     finally:

@@ -1,20 +1,25 @@
 """Quiesce: the application's compose services are paused (`docker pause`: the cgroup
-freezer, no signal reaches the processes) while SQLite, Redis and the files are captured,
-so the three stores of a set come from one instant of the application. They are unpaused
-whatever happens: an error, SIGINT or SIGTERM (handlers installed for the duration; a
-signal during the unpause starts it again)."""
+freezer, no signal reaches the processes) while SQLite, Redis and the files are pinned,
+so the three stores of a set come from one instant of the application. The pause ends
+(Pause.end) as soon as every store is pinned; the copies follow from the pinned
+snapshots. They are unpaused whatever happens: an error, SIGINT or SIGTERM (handlers
+installed until the capture ends, so an interrupted copy also cleans up; a signal during
+the unpause starts it again)."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import signal
+import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildtasks.backup import sqlite
+from buildtasks.backup.sqlite_snapshot import PINNED, READY
 from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError, ConfigError, EngineError
 
@@ -35,6 +40,30 @@ class Pause:
     services: tuple[str, ...]
     seconds: float = 0.0
     containers: list = field(default_factory=list)
+    started: float = 0.0
+    ended: bool = False
+
+    def end(self) -> None:
+        """Unpause the containers paused here (once; a signal during it unpauses again,
+        then ends the run as it asked)."""
+        if self.ended:
+            return
+        self.ended = True
+        interrupted = None
+        while True:
+            try:
+                stuck = _unpause(self.containers)
+                break
+            except Interrupted as exc:
+                interrupted = exc
+        self.seconds = time.monotonic() - self.started if self.containers else 0.0
+        if stuck:
+            raise EngineError(
+                f"quiesce: could not unpause {', '.join(stuck)}; "
+                f"run docker unpause {' '.join(stuck)}"
+            )
+        if interrupted:
+            raise interrupted
 
     def record(self) -> dict:
         """What the manifest keeps: {} when nothing was paused."""
@@ -61,12 +90,16 @@ def containers(engine, project: str, services: Sequence[str]) -> list:
 
 
 @contextlib.contextmanager
-def paused(access, services: Sequence[str]) -> Iterator[Pause]:
+def paused(
+    access, services: Sequence[str], prepare: Callable[[], object] = lambda: None
+) -> Iterator[Pause]:
     """Pause the services' containers of the project's stack (access: a sets.ServiceAccess)
-    for the body; always unpause the ones paused here (a container the user had paused
-    already is left as it was)."""
+    until the body calls pause.end() or ends; always unpause the ones paused here (a
+    container the user had paused already is left as it was). prepare() runs just before
+    the pause, the signal handlers already installed."""
     pause = Pause(tuple(services))
     if not services:
+        prepare()
         yield pause
         return
     redis_service = access.settings.backup.redis.get("service")
@@ -78,29 +111,18 @@ def paused(access, services: Sequence[str]) -> Iterator[Pause]:
     project = stack_compose(access.settings).project
     pause.containers = containers(access.engine, project, services)
     previous = _install_handlers()
-    started = time.monotonic()
     try:
-        for container in pause.containers:
-            container.pause()
-        yield pause
+        prepare()
+        pause.started = time.monotonic()
+        try:
+            for container in pause.containers:
+                container.pause()
+            yield pause
+        finally:
+            pause.end()
     finally:
-        interrupted = None
-        while True:  # a signal during the unpause: unpause again, then end as it asked
-            try:
-                stuck = _unpause(pause.containers)
-                break
-            except Interrupted as exc:
-                interrupted = exc
-        pause.seconds = time.monotonic() - started
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        if stuck:
-            raise EngineError(
-                f"quiesce: could not unpause {', '.join(stuck)}; "
-                f"run docker unpause {' '.join(stuck)}"
-            )
-        if interrupted:
-            raise interrupted
 
 
 def _raise(signum: int, _frame) -> None:
@@ -131,27 +153,61 @@ def _unpause(paused_here: list) -> list[str]:
     return stuck
 
 
-def sqlite_snapshot(
-    engine, container, path: str, dest: Path, copy_out: Callable, timeout: int = 600
-) -> str:
-    """Snapshot a database of a paused container (exec is refused there) from a helper
-    container on its volumes, as its user (a -wal/-shm SQLite creates stays the app's);
-    copy_out(helper, path, dest) takes the copy out. Returns the integrity check."""
-    scratch = "/tmp/buildtasks-snapshot.db"
-    helper = engine.client.containers.create(
-        container.image.id, ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), path, scratch],
-        entrypoint=[], user=container.attrs["Config"].get("User") or "",
-        volumes_from=[container.id], network_mode="none",
-    )  # fmt: skip
-    try:
-        helper.start()
-        code = helper.wait(timeout=timeout)["StatusCode"]
-        output = helper.logs().decode(errors="replace").strip()
+class SnapshotHelper:
+    """Snapshots a database of a service's container, which may be paused (exec is refused
+    there), from a helper container on its volumes, as its user (a -wal/-shm SQLite
+    creates stays the app's). Made before the pause: the helper starts and waits, ready,
+    until snapshot() tells it to go, so no container start falls into the pause."""
+
+    GO = "/tmp/buildtasks-go"
+    SCRATCH = "/tmp/buildtasks-snapshot.db"
+
+    def __init__(self, engine, container, path: str, timeout: int = 600):
+        self.container, self.path, self.timeout = container, path, timeout
+        source = ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), path, self.SCRATCH, self.GO]
+        self.helper = engine.client.containers.create(
+            container.image.id, source, entrypoint=[],
+            user=container.attrs["Config"].get("User") or "",
+            volumes_from=[container.id], network_mode="none",
+        )  # fmt: skip
+        try:
+            self.helper.start()
+            self._printed(READY)  # one that ended early is reported by snapshot()
+        except BaseException:
+            self.remove()
+            raise
+
+    def _printed(self, line: str) -> bool:
+        """Wait until the helper printed line (True) or ended (False)."""
+        deadline = time.monotonic() + self.timeout
+        while line not in self.helper.logs(stderr=False).decode(errors="replace").split():
+            self.helper.reload()
+            if self.helper.status == "exited":
+                return False
+            if time.monotonic() > deadline:
+                raise EngineError(f"SQLite snapshot of {self.path}: no {line!r} in {self.timeout}s")
+            time.sleep(0.01)
+        return True
+
+    def snapshot(self, dest: Path, copy_out: Callable) -> Generator[None, None, str]:
+        """Pin the snapshot, yield (the container may run again), copy it into dest with
+        copy_out(helper, path, dest). Returns the integrity check."""
+        go = io.BytesIO()
+        with tarfile.open(fileobj=go, mode="w") as tar:
+            tar.addfile(tarfile.TarInfo(Path(self.GO).name))
+        self.helper.put_archive(str(Path(self.GO).parent), go.getvalue())
+        if self._printed(PINNED):
+            yield
+        code = self.helper.wait(timeout=self.timeout)["StatusCode"]
+        output = self.helper.logs().decode(errors="replace").strip()
         if code != 0:
             if "unable to open database file" in output:
-                raise FileNotFoundError(f"{path} does not exist in {container.name}")
-            raise EngineError(f"SQLite snapshot of {path} failed (exit {code}): {output[-300:]}")
-        copy_out(helper, scratch, dest)
-    finally:
-        helper.remove(force=True)
-    return output.splitlines()[-1]
+                raise FileNotFoundError(f"{self.path} does not exist in {self.container.name}")
+            raise EngineError(
+                f"SQLite snapshot of {self.path} failed (exit {code}): {output[-300:]}"
+            )
+        copy_out(self.helper, self.SCRATCH, dest)
+        return output.splitlines()[-1]
+
+    def remove(self) -> None:
+        self.helper.remove(force=True)

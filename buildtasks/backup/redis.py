@@ -12,7 +12,7 @@ import shlex
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -40,9 +40,13 @@ def check(sh: Shell, rdb: Path) -> str:
     return "ok" if result.returncode == 0 else f"redis-check-rdb: {result.stdout.strip()[-200:]}"
 
 
-def snapshot_service(engine, container, dest: Path, timeout: float = 300) -> dict:
-    """BGSAVE and wait until the save counter advanced with status ok (a save within the
-    same second is still seen: the counter, not LASTSAVE's seconds, is compared)."""
+def snapshot_service(
+    engine, container, dest: Path, timeout: float = 300
+) -> Generator[None, None, dict]:
+    """BGSAVE; yields once the save's child has forked (its snapshot is fixed: writers may
+    go on), then waits until the save counter advanced with status ok (a save within the
+    same second is still seen: the counter, not LASTSAVE's seconds, is compared) and
+    copies the RDB out."""
 
     def cli(*args: str) -> str:
         return engine.exec(container, ["redis-cli", *args])
@@ -58,6 +62,14 @@ def snapshot_service(engine, container, dest: Path, timeout: float = 300) -> dic
     reply = cli("BGSAVE")
     if "started" not in reply and "scheduled" not in reply:
         raise RedisBackupError(f"BGSAVE refused: {reply}")
+    # "started" is replied after the fork; a save "scheduled" behind an AOF rewrite forks
+    # later: wait until a child runs or the save is already done.
+    while "started" not in reply and info["rdb_bgsave_in_progress"] == "0":
+        if int(info["rdb_saves"]) > before:
+            break
+        _wait(deadline, "BGSAVE to start")
+        info = parse_info(cli("INFO", "persistence"))
+    yield
     while True:
         info = parse_info(cli("INFO", "persistence"))
         if int(info["rdb_saves"]) > before and info["rdb_bgsave_in_progress"] == "0":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -17,13 +18,13 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from buildtasks.atomic import fsync_dir, fsync_file, sha256, write_text
-from buildtasks.backup import archive, manifest, quiesce, redis, retention, sqlite
+from buildtasks.backup import archive, manifest, quiesce, redis, retention, sqlite, sqlite_snapshot
 from buildtasks.backup.manifest import ID_FORMAT, ID_PATTERN, Artifact, InvalidManifest, Manifest
 from buildtasks.config import Settings
 from buildtasks.docker.compose import stack_compose
@@ -212,31 +213,77 @@ class ServiceAccess:
         return self.engine.service_container(stack_compose(self.settings).project, service)
 
 
-class Collector(ServiceAccess):
-    """Copies each source into a set directory being built."""
+class Capture:
+    """One source captured in two steps: started (pinned) while the services are paused,
+    finished (copied out, checked) once they run again. A handler is a generator: what it
+    does before its one `yield` is the pinning; one that never yields is done at once.
+    close() ends what is left of it (removes a helper container)."""
 
-    def collect(self, kind: str, source: str, safety: bool = False) -> Artifact:
-        """One artifact. A safety backup (before a restore) keeps what it finds even when
-        it is not sound: a damaged database is the usual reason to restore."""
-        handler = {"sqlite": self.sqlite, "files": self.files, "redis": self.redis}[kind]
-        shown = redis.redact(source) if kind == "redis" else source  # no password shown/kept
+    def __init__(self, collector: Collector, kind: str, source: str, safety: bool):
+        self.collector, self.kind, self.source, self.safety = collector, kind, source, safety
+        self.shown = redis.redact(source) if kind == "redis" else source  # no password shown
+        handler = {"sqlite": collector.sqlite, "files": collector.files, "redis": collector.redis}
+        self._steps = handler[kind](source)
+        self._result: tuple[str, str, dict] | None = None
+        self._step()
+
+    def _step(self) -> None:
         try:
-            file, integrity, details = handler(source)
+            next(self._steps)
+        except StopIteration as done:
+            self._result = done.value
         except FileNotFoundError as exc:
-            raise SourceMissing(f"{kind} {shown}: {exc}") from None
+            raise SourceMissing(f"{self.kind} {self.shown}: {exc}") from None
         except sqlite3.Error as exc:
-            if not safety:
-                raise BackupFailed(f"{kind} {shown}: {exc}") from None
-            file, integrity, details = self._raw_sqlite(source, exc)
+            if not self.safety:
+                raise BackupFailed(f"{self.kind} {self.shown}: {exc}") from None
+            self._result = self.collector._raw_sqlite(self.source, exc)
         except (OSError, tarfile.TarError) as exc:
-            raise BackupFailed(f"{kind} {shown}: {exc}") from None
-        path = self.directory / file
-        fsync_file(path)
-        if integrity != "ok" and not safety:
-            raise BackupFailed(f"{kind} {shown}: the copy failed its check ({integrity})")
-        return Artifact(kind, shown, file, path.stat().st_size, sha256(path), integrity, details)
+            raise BackupFailed(f"{self.kind} {self.shown}: {exc}") from None
 
-    def sqlite(self, source: str) -> tuple[str, str, dict]:
+    def finish(self) -> Artifact:
+        """The artifact. A safety backup (before a restore) keeps what it finds even when
+        it is not sound: a damaged database is the usual reason to restore."""
+        if self._result is None:
+            self._step()
+        file, integrity, details = self._result
+        path = self.collector.directory / file
+        fsync_file(path)
+        if integrity != "ok" and not self.safety:
+            raise BackupFailed(f"{self.kind} {self.shown}: the copy failed its check ({integrity})")
+        return Artifact(
+            self.kind, self.shown, file, path.stat().st_size, sha256(path), integrity, details
+        )
+
+    def close(self) -> None:
+        self._steps.close()
+
+
+Step = Generator[None, None, tuple[str, str, dict]]
+
+
+class Collector(ServiceAccess):
+    """Copies each source into a set directory being built (see Capture)."""
+
+    def __init__(self, settings: Settings, sh: Shell, directory: Path):
+        super().__init__(settings, sh, directory)
+        self.helpers: dict[str, quiesce.SnapshotHelper] = {}  # by sqlite source
+
+    def prepare(self, pairs: list[tuple[str, str]], services: tuple[str, ...]) -> None:
+        """Start the snapshot helpers of the databases in services about to be paused:
+        starting a container is most of what pinning one would cost."""
+        for kind, source in pairs:
+            location = parse_location(source)
+            if kind == "sqlite" and location.service in services:
+                container = self.container(location.service)
+                self.helpers[source] = quiesce.SnapshotHelper(self.engine, container, location.path)
+
+    def close(self) -> None:
+        """Remove the helpers no capture took."""
+        while self.helpers:
+            self.helpers.popitem()[1].remove()
+
+    def sqlite(self, source: str) -> Step:
         location = parse_location(source)
         file = artifact_name("sqlite", source)
         dest = self.directory / file
@@ -244,25 +291,33 @@ class Collector(ServiceAccess):
             path = self.settings.root / location.path
             if not path.is_file():
                 raise FileNotFoundError(f"no database at {path}")
-            integrity = sqlite.snapshot(str(path), str(dest))
-        else:
-            container = self.container(location.service)
-            if container.status == "paused":  # quiesced: exec is refused, a helper reads it
-                integrity = quiesce.sqlite_snapshot(
-                    self.engine, container, location.path, dest, self._copy_single_file
-                )
-                return file, integrity, {}
-            if container.status != "running":
-                return file, self._stopped_sqlite(container, location.path, dest), {}
-            if container.exec_run(["test", "-f", location.path])[0] != 0:
-                raise FileNotFoundError(f"{location.path} does not exist in {container.name}")
-            scratch = f"/tmp/buildtasks-snapshot-{os.getpid()}.db"
+            src, wal = sqlite_snapshot.pin(str(path))
             try:
-                snapshot = ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), location.path, scratch]
-                integrity = self.engine.exec(container, snapshot).splitlines()[-1]
-                self._copy_single_file(container, scratch, dest)
+                if wal:  # the read transaction holds the view: the copy may follow
+                    yield
+                return file, sqlite_snapshot.copy(src, str(dest)), {}
             finally:
-                self.engine.exec(container, ["rm", "-f", scratch])
+                src.close()
+        container = self.container(location.service)
+        if container.status == "paused":  # quiesced: exec is refused, a helper reads it
+            helper = self.helpers.pop(source, None)
+            helper = helper or quiesce.SnapshotHelper(self.engine, container, location.path)
+            try:
+                integrity = yield from helper.snapshot(dest, self._copy_single_file)
+            finally:
+                helper.remove()
+            return file, integrity, {}
+        if container.status != "running":
+            return file, self._stopped_sqlite(container, location.path, dest), {}
+        if container.exec_run(["test", "-f", location.path])[0] != 0:
+            raise FileNotFoundError(f"{location.path} does not exist in {container.name}")
+        scratch = f"/tmp/buildtasks-snapshot-{os.getpid()}.db"
+        try:
+            snapshot = ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), location.path, scratch]
+            integrity = self.engine.exec(container, snapshot).splitlines()[-1]
+            self._copy_single_file(container, scratch, dest)
+        finally:
+            self.engine.exec(container, ["rm", "-f", scratch])
         return file, integrity, {}
 
     def _raw_sqlite(self, source: str, error: sqlite3.Error) -> tuple[str, str, dict]:
@@ -288,20 +343,24 @@ class Collector(ServiceAccess):
             sqlite3.connect(copy).close()  # the last connection checkpoints the WAL
             return sqlite.snapshot(str(copy), str(dest))
 
-    def files(self, source: str) -> tuple[str, str, dict]:
+    def files(self, source: str) -> Step:
+        """The tree is read at once (while paused: files have no cheap snapshot); only
+        rewriting and checking the archive follow."""
         location = parse_location(source)
         file = artifact_name("files", source)
         dest = self.directory / file
+        exclude = overlapping(self.settings, source)
         if not location.service:
             path = self.settings.root / location.path
             if not path.is_dir():
                 raise FileNotFoundError(f"no directory at {path}")
-            count, left_out = archive.create(path, dest, overlapping(self.settings, source))
+            count, left_out = archive.create(path, dest, exclude)
+            yield
         else:
             stream = dest.with_name(dest.name + ".stream")
             self.engine.copy_out(self.container(location.service), location.path, stream)
+            yield
             strip = Path(location.path).name
-            exclude = overlapping(self.settings, source)
             count, left_out = archive.rewrite_sorted(stream, dest, strip, exclude)
             stream.unlink()
         details: dict = {"members": count}
@@ -309,14 +368,14 @@ class Collector(ServiceAccess):
             details["left_out"] = left_out
         return file, archive.check(dest), details
 
-    def redis(self, source: str) -> tuple[str, str, dict]:
+    def redis(self, source: str) -> Step:
         file = artifact_name("redis", source)
         dest = self.directory / file
         if "service" in self.settings.backup.redis:
-            details = redis.snapshot_service(
+            details = yield from redis.snapshot_service(
                 self.engine, self.container(source), dest, self.settings.backup.redis_timeout
             )
-        else:
+        else:  # a replica's full transfer: no point at which its snapshot is known fixed
             details = redis.snapshot_url(self.sh, source, dest)
         return file, redis.check(self.sh, dest), details
 
@@ -387,16 +446,25 @@ def _create(
     try:
         (building / MARKER).write_text(f"buildtasks {__version__}\n")
         collector = Collector(settings, sh, building)
-        artifacts = []
-        with quiesce.paused(collector, quiesce_services) as pause:
-            for kind, source in pairs:
-                try:
-                    artifacts.append(collector.collect(kind, source, safety))
-                except SourceMissing as exc:
-                    if not safety:
-                        raise
-                    print(f"safety backup: skipping {exc}", flush=True)
-                    partial = True
+        captures: list[Capture] = []
+        # Closed last: the services are unpaused first, then what an error left is removed.
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(collector.close)
+            prepare = functools.partial(collector.prepare, pairs, quiesce_services)
+            with quiesce.paused(collector, quiesce_services, prepare) as pause:
+                for kind, source in pairs:  # pin every store while the services are paused
+                    try:
+                        capture = Capture(collector, kind, source, safety)
+                    except SourceMissing as exc:
+                        if not safety:
+                            raise
+                        print(f"safety backup: skipping {exc}", flush=True)
+                        partial = True
+                        continue
+                    cleanup.callback(capture.close)
+                    captures.append(capture)
+                pause.end()
+                artifacts = [capture.finish() for capture in captures]
         for unsound in [a for a in artifacts if a.integrity != "ok"]:
             print(f"safety backup: {unsound.kind} {unsound.source}: {unsound.integrity}")
             partial = True

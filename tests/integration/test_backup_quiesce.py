@@ -1,6 +1,7 @@
 """Quiesce on the example's prod stack: a set taken while jobs are written to SQLite,
-Redis and files holds the same number of each, and a SIGTERM to the backup's process
-group during the paused capture leaves every service running."""
+Redis and files holds the same number of each, a SIGTERM to the backup's process group
+during the pause leaves every service running, and the pause lasts only while the stores
+are pinned: the database copy follows unpaused, from the snapshot pinned in the pause."""
 
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ db = sqlite3.connect("/app/data/jobs.db", timeout=30, isolation_level=None)
 queue = redis.Redis.from_url(os.environ["REDIS_URL"])
 jobs = pathlib.Path("/app/data/jobs")
 end = time.time() + float(os.environ["SECONDS_TO_RUN"])
-while time.time() < end:
+while time.time() < end and not os.path.exists("/tmp/stop-writer"):
     job, now = uuid.uuid4().hex, time.time()
     db.execute("INSERT INTO jobs VALUES (?, 'done', '{}', '{}', ?, ?)", (job, now, now))
     queue.set("job:" + job, "done")
     (jobs / job).mkdir(parents=True)
     (jobs / job / "result.json").write_text("{}")
+    time.sleep(float(os.environ.get("JOB_INTERVAL", "0")))
 """
 
 
@@ -131,3 +133,98 @@ def test_sigterm_to_the_process_group_during_the_pause_unpauses(stack, engine, t
         assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")], "no set made"
     finally:
         compose(env, "exec", "-T", "api", "rm", "-f", "/app/data/jobs/big.bin").wait()
+
+
+# ~200 MB more in the API's database: its copy takes seconds, the old pause as long.
+BALLAST = """
+import sqlite3
+db = sqlite3.connect("/app/data/jobs.db", timeout=30)
+db.execute("CREATE TABLE IF NOT EXISTS ballast (x BLOB)")
+for _ in range(8):
+    db.executemany("INSERT INTO ballast VALUES (randomblob(5000))", [()] * 5000)
+    db.commit()
+"""
+JOBS = """
+import sqlite3
+for row in sqlite3.connect("/app/data/jobs.db").execute("SELECT id, created FROM jobs"):
+    print(*row)
+"""
+
+
+def jobs(rows) -> dict[str, float]:
+    return {job: float(created) for job, created in rows}
+
+
+@pytest.fixture(scope="module")
+def watched(stack, engine, tmp_path_factory):
+    """A quiesced backup of a 200 MB database taken while the writer runs, the api
+    container watched from here: the set's manifest and directory, the jobs in the
+    copy and in the live database afterwards, and when (host clock) api was seen paused,
+    running again, and the backup ended."""
+    directory = tmp_path_factory.mktemp("watched")
+    env = {**stack, "BUILDTASKS_BACKUP_DIR": str(directory)}
+    assert compose(env, "exec", "-T", "api", "python", "-c", BALLAST).wait() == 0
+    # The job files are read during the pause (~1 s per 30,000 through the engine): the
+    # earlier tests' are cleared and the writer slowed so that the database is measured.
+    clear = ["find", "/app/data/jobs", "-mindepth", "1", "-delete"]
+    assert compose(env, "exec", "-T", "api", *clear).wait() == 0
+    slowly = ["-e", "SECONDS_TO_RUN=120", "-e", "JOB_INTERVAL=0.005"]
+    writer = compose(env, "exec", "-T", *slowly, "api", "python", "-c", WRITER)
+    try:
+        time.sleep(3)  # the writer is in full swing
+        backup = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "backup", "--quiesce", "--json"], cwd=REPO,
+            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        seen: dict[str, float] = {}
+        while backup.poll() is None:
+            state = states(engine, env).get("api")
+            if state == "paused" or "paused" in seen:
+                seen.setdefault(state, time.time())
+            time.sleep(0.01)
+        ended = time.time()
+        out, err = backup.communicate()
+        assert backup.returncode == 0, err[-2000:]
+        time.sleep(1)  # rows after the backup too: the writer outlived it
+        assert writer.poll() is None, "the writer ran during the whole backup"
+    finally:
+        compose(env, "exec", "-T", "api", "touch", "/tmp/stop-writer").wait()
+        writer.wait()
+        compose(env, "exec", "-T", "api", "rm", "-f", "/tmp/stop-writer").wait()
+    taken = json.loads(out)
+    copy = sqlite3.connect(directory / taken["id"] / next(
+        a["file"] for a in taken["artifacts"] if a["kind"] == "sqlite"
+    ))  # fmt: skip
+    live = compose(env, "exec", "-T", "api", "python", "-c", JOBS).communicate()[0]
+    return {
+        "set": taken,
+        "copy": jobs(copy.execute("SELECT id, created FROM jobs")),
+        "live": jobs(line.split() for line in live.splitlines()),
+        "paused": seen["paused"],
+        "running": seen["running"],
+        "ended": ended,
+    }
+
+
+def test_the_copy_holds_the_snapshot_pinned_during_the_pause(watched):
+    copy, live = watched["copy"], watched["live"]
+    before = {job for job, created in live.items() if created < watched["paused"] - 1}
+    after = {job for job, created in live.items() if created > watched["running"]}
+    assert before and after, "the writer ran before the pause and after it"
+    assert before <= copy.keys(), "a job committed before the pause is missing"
+    late = len(after & copy.keys())
+    assert not late, f"{late} jobs committed after the unpause are in the copy"
+    assert copy.keys() <= live.keys()
+    # The copy ran while the writer did: jobs were committed between the unpause and the
+    # end of the backup, none of them is in the copy.
+    during = {j for j, created in live.items() if watched["running"] < created < watched["ended"]}
+    assert len(during) > 10, len(during)
+    print(f"{len(copy)} jobs in the copy, {len(during)} committed while it was taken")
+
+
+def test_the_pause_is_short_and_the_copy_follows_it(watched):
+    paused = watched["set"]["quiesce"]["paused_seconds"]
+    after = watched["ended"] - watched["running"]
+    print(f"paused {paused:.2f} s; the backup went on {after:.2f} s after the unpause")
+    assert paused < 2, paused
+    assert paused * 3 < after, (paused, after)
