@@ -28,15 +28,16 @@ from buildtasks.shell import Shell
 
 BT = [sys.executable, "-m", "buildtasks"]
 WRITER = """
-import sqlite3, sys, time
+import os, sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)
 db.execute("PRAGMA journal_mode=WAL")
 n, start = 0, time.monotonic()
 while True:
     db.execute("INSERT INTO small VALUES (randomblob(200))")
     n += 1
-    if n % 200 == 0:
-        open(sys.argv[2], "w").write(str(n / (time.monotonic() - start)))
+    if n % 200 == 0:  # written aside and renamed: the reader never sees a half-written file
+        open(sys.argv[2] + ".tmp", "w").write(str(n / (time.monotonic() - start)))
+        os.replace(sys.argv[2] + ".tmp", sys.argv[2])
 """
 
 

@@ -44,7 +44,7 @@ class Finding:
 def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
     findings = []
     try:
-        version = Engine().client.version().get("Version", "?")
+        version = Engine(sh).client.version().get("Version", "?")
         findings.append(Finding("engine", True, f"Docker Engine {version}"))
     except EngineError as exc:
         findings.append(Finding("engine", False, str(exc).split(";")[0], ENGINE_FIX))

@@ -75,12 +75,13 @@ def integration_session(
                 junit = f"--junitxml={artifact_dir / 'junit.xml'}"
                 session.run("pytest", *pytest_args, junit, *posargs, env=env)
 
-            stack.integration(sh, Engine(), settings, options, run_tests, session.log)
+            stack.integration(sh, Engine(sh), settings, options, run_tests, session.log)
         except BuildtasksError as exc:
             session.error(str(exc))
 
     def clean(session: nox.Session) -> None:
         from buildtasks import config, stack
+        from buildtasks.docker import builder
         from buildtasks.docker.engine import Engine, quiet_sdk_loggers, remove_project
         from buildtasks.errors import BuildtasksError
 
@@ -88,7 +89,7 @@ def integration_session(
         try:
             settings = config.load(root)
             prefix = f"{stack.stack_compose(settings).project}-{name}"
-            engine = Engine()
+            engine = Engine(builder.shell(settings, dry=False))
             orphans = stack.orphaned_projects(engine, prefix, name)
             for project in orphans:
                 for item in remove_project(engine, project):

@@ -277,10 +277,10 @@ class Lease:
     `integration-clean` leaves a stack alone while its lease is fresh; a run killed with
     SIGKILL stops renewing, and its stack is cleanable ttl seconds later."""
 
-    def __init__(self, project: str, ttl: float = LEASE_TTL):
+    def __init__(self, sh: Shell, project: str, ttl: float = LEASE_TTL):
         self.project = project
         self.ttl = ttl
-        self.engine = Engine()  # its own connection: the thread never shares the caller's
+        self.engine = Engine(sh)  # its own connection: the thread never shares the caller's
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, daemon=True, name="lease")
 
@@ -378,7 +378,7 @@ def integration(
     with tempfile.TemporaryDirectory(prefix="buildtasks-stack-") as tmp, interrupts_on_sigterm():
         config = compose.resolved_config(sh, base)
         stack = Compose(name, (*base.files, _owner_override(config, Path(tmp), options.session)))
-        lease = Lease(name, options.lease_ttl)
+        lease = Lease(sh, name, options.lease_ttl)
         lease.start()
         try:
             up(sh, stack, options.wait_timeout or settings.stack.wait_timeout)

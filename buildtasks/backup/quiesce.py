@@ -40,6 +40,7 @@ class Pause:
     services: tuple[str, ...]
     seconds: float = 0.0
     containers: list = field(default_factory=list)
+    engine: object = None  # the engine wrapper the pause and unpause are announced through
     started: float = 0.0
     ended: bool = False
 
@@ -52,7 +53,7 @@ class Pause:
         interrupted = None
         while True:
             try:
-                stuck = _unpause(self.containers)
+                stuck = _unpause(self.engine, self.containers)
                 break
             except Interrupted as exc:
                 interrupted = exc
@@ -110,13 +111,15 @@ def paused(
         )
     project = stack_compose(access.settings).project
     pause.containers = containers(access.engine, project, services)
+    pause.engine = access.engine
     previous = _install_handlers()
     try:
         prepare()
         pause.started = time.monotonic()
         try:
             for container in pause.containers:
-                container.pause()
+                if access.engine.change(["docker", "pause", container.name]):
+                    container.pause()
             yield pause
         finally:
             pause.end()
@@ -137,14 +140,16 @@ def _install_handlers() -> dict:
     return {signum: signal.signal(signum, _raise) for signum in SIGNALS}
 
 
-def _unpause(paused_here: list) -> list[str]:
+def _unpause(engine, paused_here: list) -> list[str]:
     """Unpause every container of the list that is paused; names of those that failed.
     The list is walked whole: a pause cut short by a signal paused only some."""
     stuck = []
     for container in paused_here:
         try:
             container.reload()
-            if container.status == "paused":
+            if container.status == "paused" and engine.change(
+                ["docker", "unpause", container.name]
+            ):
                 container.unpause()
         except Exception as exc:  # the docker SDK's errors: try the others, report this one
             if not type(exc).__module__.startswith(("docker.", "requests.", "urllib3.")):

@@ -205,7 +205,7 @@ class ServiceAccess:
         if self._engine is None:
             from buildtasks.docker.engine import Engine
 
-            self._engine = Engine()
+            self._engine = Engine(self.sh)
         return self._engine
 
     def container(self, service: str):

@@ -123,7 +123,7 @@ def bake(sh: Shell, settings: Settings, build_plans: list[BuildPlan], check: boo
 def _run_with_engine(sh: Shell, argv: list[str], **kwargs) -> Engine:
     """Run a build command while connecting to the engine in the background; when the
     command fails because the engine is unreachable, say that instead."""
-    engine = Engine()
+    engine = Engine(sh)
     if not sh.dry:
         engine.warm_up()
     try:

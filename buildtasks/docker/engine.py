@@ -14,6 +14,7 @@ from pathlib import Path
 
 from buildtasks.docker.checks import ImageFacts
 from buildtasks.errors import EngineError
+from buildtasks.shell import Shell
 
 ENGINE_FIX = (
     "install Docker Engine (https://docs.docker.com/engine/install/) and start it, "
@@ -23,9 +24,12 @@ ENGINE_FIX = (
 
 class Engine:
     """Connects on first use; ``warm_up`` connects in the background (importing the SDK
-    takes a noticeable fraction of a second) while a long command runs."""
+    takes a noticeable fraction of a second) while a long command runs. Changes made through
+    the SDK are announced through the shell first, as the docker command they stand for, and
+    skipped under --dry, like every other side effect."""
 
-    def __init__(self):
+    def __init__(self, sh: Shell):
+        self.sh = sh
         self._client = None
         self._error: EngineError | None = None
         self._thread: threading.Thread | None = None
@@ -91,6 +95,10 @@ class Engine:
             )
         return found[0]
 
+    def change(self, argv: list[str]) -> bool:
+        """Announce an SDK change as its docker command; False under --dry (skip it)."""
+        return self.sh.change(argv)
+
     def exec(self, container, argv: list[str], user: str = "") -> str:
         """Run argv in a running container; its output, or EngineError on a non-zero exit."""
         code, output = container.exec_run(argv, user=user, demux=False)
@@ -119,9 +127,11 @@ class Engine:
     ) -> str:
         """Run `sh -c script` as root in a throwaway container sharing volumes_from's volumes,
         with the files of the inputs directory under /restore; its output, or EngineError."""
-        import io
-        import tarfile
-
+        announced = ["docker", "run", "--rm", "--user", "0:0", "--volumes-from", volumes_from,
+                     "--network", "none", "--volume", f"{inputs}:/restore", image, "sh", "-c",
+                     f"<{len(script.splitlines())}-line restore script>"]  # fmt: skip
+        if not self.change(announced):
+            return ""
         container = self.client.containers.create(
             image, ["sh", "-c", script], user="0:0", entrypoint=[],
             volumes_from=[volumes_from], network_mode="none",
@@ -248,9 +258,23 @@ def write_lease(engine: Engine, project: str, body: bytes) -> bool:
         members = _containers(client, selector)
         if not members:
             return False
+        name = f"{project}-buildtasks-lease"
+        if not engine.change(
+            [
+                "docker",
+                "create",
+                "--name",
+                name,
+                "--label",
+                f"{LEASE_LABEL}={project}",
+                members[0].attrs["ImageID"],
+                "lease",
+            ]
+        ):
+            return False  # fmt: skip
         try:
             lease = client.containers.create(
-                members[0].attrs["ImageID"], ["lease"], name=f"{project}-buildtasks-lease",
+                members[0].attrs["ImageID"], ["lease"], name=name,
                 labels={LEASE_LABEL: project}, network_mode="none",
             )  # fmt: skip
         except docker.errors.APIError as exc:
@@ -293,12 +317,19 @@ def remove_project(engine: Engine, project: str) -> list[str]:
     selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}
     lease = _lease_container(client, project)
     containers = [c for c in [*_containers(client, selector), lease] if c]
+    networks = client.networks.list(filters=selector)
+    volumes = client.volumes.list(filters=selector)
     parts = [  # containers first: networks and volumes are in use until they are gone
-        *((f"container {_name(c)}", c, {"force": True, "v": True}) for c in containers),
-        *((f"network {n.name}", n, {}) for n in client.networks.list(filters=selector)),
-        *((f"volume {v.name}", v, {"force": True}) for v in client.volumes.list(filters=selector)),
+        *(("container", _name(c), c, {"force": True, "v": True}) for c in containers),
+        *(("network", n.name, n, {}) for n in networks),
+        *(("volume", v.name, v, {"force": True}) for v in volumes),
     ]
-    for label, part, options in parts:
+    removal = {"container": ["rm", "-f", "-v"], "network": ["network", "rm"],
+               "volume": ["volume", "rm", "-f"]}  # fmt: skip
+    for kind, name, part, options in parts:
+        label = f"{kind} {name}"
+        if not engine.change(["docker", *removal[kind], name]):
+            continue
         try:
             part.remove(**options)
         except docker.errors.NotFound:
@@ -311,5 +342,5 @@ def remove_project(engine: Engine, project: str) -> list[str]:
 
 def remove_lease(engine: Engine, project: str) -> None:
     lease = _lease_container(engine.client, project)
-    if lease is not None:
+    if lease is not None and engine.change(["docker", "rm", "-f", _name(lease)]):
         lease.remove(force=True)

@@ -11,11 +11,11 @@ from buildtasks import config
 from buildtasks.tasks.common import one_line_errors, settings, shell
 
 
-def _engine():
+def _engine(sh):
     from buildtasks.docker.engine import Engine
     from buildtasks.docker.prune import Engine as PruneEngine
 
-    return PruneEngine(Engine().client)
+    return PruneEngine(Engine(sh).client)
 
 
 @task(help={"json": "print the report as JSON"})
@@ -26,7 +26,8 @@ def usage(c: Context, json_=False):
     from buildtasks.docker.checks import human_size
 
     project = settings(c)
-    report = prune.usage_report(shell(c, project), project, _engine())
+    sh = shell(c, project)
+    report = prune.usage_report(sh, project, _engine(sh))
     if json_:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
@@ -77,7 +78,7 @@ def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, 
         for argv in pruning.WHOLE_ENGINE:
             sh.run(argv)
         return
-    engine = _engine()
+    engine = _engine(sh)
     found = pruning.plan(sh, project, engine)
     for kept in found.kept:
         print(f"keep {kept.image}  ({kept.reason})")

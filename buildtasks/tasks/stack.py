@@ -50,7 +50,7 @@ def down(c: Context, volumes=False, file=None, project=""):
     from buildtasks.docker.engine import Engine
 
     _, sh, compose = _stack(c, file, project)
-    stack.teardown(sh, Engine(), compose, volumes=volumes)
+    stack.teardown(sh, Engine(sh), compose, volumes=volumes)
 
 
 @task(

@@ -91,8 +91,9 @@ def make_project(engine, mirror, tmp_path):
 
     yield make
     from buildtasks.docker.engine import Engine, compose_resources, read_leases, remove_project
+    from buildtasks.shell import Shell
 
-    client = Engine()
+    client = Engine(Shell(echo=False))
     labels = {r.labels["com.docker.compose.project"] for r in compose_resources(client)}
     for project in labels | read_leases(client).keys():
         if project.startswith(tuple(made)):
