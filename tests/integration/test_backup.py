@@ -354,9 +354,12 @@ def reseal(directory: Path, change) -> None:
 def one_line_error(result) -> str:
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
+    # Progress (a safety backup's id) may precede it on stderr; the error is the last line
+    # and the only one: a message that runs over several lines fails here.
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and errors, result.stderr
+    return errors[0]
 
 
 def backup(project: Path, *args: str) -> str:
