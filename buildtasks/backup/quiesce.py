@@ -215,4 +215,4 @@ class SnapshotHelper:
         return output.splitlines()[-1]
 
     def remove(self) -> None:
-        self.helper.remove(force=True)
+        self.helper.remove(force=True, v=True)

@@ -150,7 +150,7 @@ class Engine:
                 ) from None
             output = container.logs().decode(errors="replace").strip()
         finally:
-            container.remove(force=True)
+            container.remove(force=True, v=True)
         if code != 0:
             raise EngineError(f"restore helper failed (exit {code}): {output[-500:]}")
         return output
@@ -342,5 +342,5 @@ def remove_project(engine: Engine, project: str) -> list[str]:
 
 def remove_lease(engine: Engine, project: str) -> None:
     lease = _lease_container(engine.client, project)
-    if lease is not None and engine.change(["docker", "rm", "-f", _name(lease)]):
-        lease.remove(force=True)
+    if lease is not None and engine.change(["docker", "rm", "-f", "-v", _name(lease)]):
+        lease.remove(force=True, v=True)
