@@ -18,7 +18,9 @@ def test_a_lease_from_an_image_with_a_volume_leaves_no_volume(engine, mirror, tm
     base = f"{mirror}/python:3.11-slim" if mirror else "python:3.11-slim"
     tag = f"buildtasks-test/lease-{uuid.uuid4().hex[:8]}:volume"
     project = f"leasetest{uuid.uuid4().hex[:6]}"
-    engine.images.build(fileobj=io.BytesIO(f"FROM {base}\nVOLUME /data\n".encode()), tag=tag)
+    engine.images.build(
+        fileobj=io.BytesIO(f"FROM {base}\nVOLUME /data\n".encode()), tag=tag, rm=True, forcerm=True
+    )  # no intermediate container left behind
     member = engine.containers.create(
         tag, ["true"], labels={"com.docker.compose.project": project}, network_mode="none"
     )
