@@ -224,7 +224,9 @@ def test_prune_all_without_yes_removes_nothing(engine, tmp_path):
     build(project, "an unused image, which a whole-engine prune would remove", "unused")
     try:
         before = snapshot(engine, marker)
-        result = run_cli(["buildtasks", "prune", "--all"], cwd=project)
+        # No engine behind DOCKER_HOST: were the refusal broken, nothing could be pruned.
+        no_engine = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+        result = run_cli(["buildtasks", "prune", "--all"], cwd=project, env=no_engine)
         assert result.returncode == 1
         assert "nothing removed. Add --yes to confirm" in result.stderr
         assert snapshot(engine, marker) == before and before[0]
