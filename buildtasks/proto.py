@@ -22,8 +22,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildtasks import lazy
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
 from buildtasks.shell import Shell
+
+metadata = lazy.module("importlib.metadata")
 
 STAMP = ".buildtasks-proto.json"
 REWRITER_VERSION = "1"  # bump when rewrite_imports changes its output
@@ -97,11 +100,9 @@ def rewrite_imports(text: str, module: str, local: set[str]) -> str:
 
 
 def tools_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("grpcio-tools")
-    except PackageNotFoundError:
+        return metadata.version("grpcio-tools")
+    except metadata.PackageNotFoundError:
         raise BuildtasksError(
             "protobuf generation needs grpcio-tools in this environment; "
             "install it with: pip install 'buildtasks[proto]'"
@@ -135,7 +136,7 @@ def protoc_argv(options: ProtoOptions, out_dir: Path, spec_paths: list[Path]) ->
 def run_protoc(sh: Shell, argv: list[str]) -> int:
     """Run grpcio-tools' protoc in this process: the printed command is what it does, but
     a second interpreter and its grpc_tools import would double a small generation's time."""
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # the optional `proto` extra: checked by tools_version
 
     if not sh.change(argv):
         return 0

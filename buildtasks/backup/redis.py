@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from buildtasks import shell
+from buildtasks import lazy, shell
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import free_port
 from buildtasks.shell import Shell
+
+redis_client = lazy.module("redis")
 
 
 class RedisBackupError(BuildtasksError):
@@ -337,8 +339,6 @@ def _copy_db(source, target) -> tuple[int, int]:
 
 
 def _client(endpoint: Endpoint, db: int | None = None):
-    import redis as redis_client
-
     return redis_client.Redis(
         host=endpoint.host, port=endpoint.port, db=endpoint.db if db is None else db,
         username=endpoint.username or None, password=endpoint.password or None,
@@ -355,8 +355,6 @@ def _keyspace(client) -> dict[int, int]:
 def _errors(where: str) -> Iterator[None]:
     """The redis client's errors (a refused password, an error reply, a lost connection)
     as one line naming the server."""
-    import redis as redis_client
-
     try:
         yield
     except redis_client.exceptions.RedisError as exc:

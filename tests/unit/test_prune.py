@@ -258,8 +258,8 @@ def test_a_pushed_build_is_recorded_for_prune(tmp_path, monkeypatch):
         secrets=(), contexts={}, platforms=("linux/amd64",), cache_from=(), cache_to=(),
         push=True, no_cache=False,
     )  # fmt: skip
-    settings = SimpleNamespace(root=tmp_path)
-    builder._finish(None, settings, plan, {"containerimage.digest": "sha256:idx"}, check=True)
+    rt = SimpleNamespace(settings=SimpleNamespace(root=tmp_path))  # a push asks no engine
+    builder._finish(rt, plan, {"containerimage.digest": "sha256:idx"}, check=True)
     assert [(r.ids, r.target, r.revision) for r in builds.load(tmp_path)] == [
         (("sha256:idx",), "prod", "abc")
     ]
