@@ -51,7 +51,8 @@ def snapshot_service(
     copies the RDB out."""
 
     def cli(*args: str) -> str:
-        return engine.exec(container, ["redis-cli", *args])
+        """A read (INFO, CONFIG GET); the one write, BGSAVE, is announced below."""
+        return engine.exec(container, ["redis-cli", *args], query=True)
 
     deadline = time.monotonic() + timeout
     info = parse_info(cli("INFO", "persistence"))
@@ -61,7 +62,7 @@ def snapshot_service(
     if "rdb_saves" not in info:
         raise RedisBackupError("this Redis has no rdb_saves counter (needs Redis 7 or newer)")
     before = int(info["rdb_saves"])
-    reply = cli("BGSAVE")
+    reply = engine.exec(container, ["redis-cli", "BGSAVE"])
     if "started" not in reply and "scheduled" not in reply:
         raise RedisBackupError(f"BGSAVE refused: {reply}")
     # "started" is replied after the fork; a save "scheduled" behind an AOF rewrite forks

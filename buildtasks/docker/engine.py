@@ -100,8 +100,11 @@ class Engine:
         """Announce an SDK change as its docker command; False under --dry (skip it)."""
         return self.sh.change(argv)
 
-    def exec(self, container, argv: list[str], user: str = "") -> str:
-        """Run argv in a running container; its output, or EngineError on a non-zero exit."""
+    def exec(self, container, argv: list[str], user: str = "", query: bool = False) -> str:
+        """Run argv in a running container; its output, or EngineError on a non-zero exit.
+        Like a command: announced and skipped under --dry ("" then) unless it is a query."""
+        if not query and not self.change(["docker", "exec", container.name, *argv]):
+            return ""
         code, output = container.exec_run(argv, user=user, demux=False)
         text = (output or b"").decode(errors="replace").strip()
         if code != 0:
