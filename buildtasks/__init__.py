@@ -12,8 +12,9 @@ import sys
 from buildtasks import lazy
 from buildtasks.version import __version__
 
-config = lazy.module("buildtasks.config")
-tasks = lazy.module("buildtasks.tasks")
+# Private names: `from buildtasks import config` must find the module, not these.
+_config = lazy.module("buildtasks.config")
+_tasks = lazy.module("buildtasks.tasks")
 
 __all__ = ["__version__", "namespace"]
 
@@ -25,7 +26,7 @@ def namespace(root: str | os.PathLike[str] = "."):
     task list can be shown without it.
     """
     try:
-        return tasks.collection(config.load(root))
-    except config.ConfigError as exc:
+        return _tasks.collection(_config.load(root))
+    except _config.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
