@@ -11,7 +11,6 @@ image build (it needs only grpcio-tools, not invoke).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -251,7 +250,7 @@ def check(sh: Shell, options: ProtoOptions) -> list[str]:
     dry-run too."""
     tools_version()
     with tempfile.TemporaryDirectory(prefix="buildtasks-proto-check-") as tmp:
-        fresh = _generate_into(dataclasses.replace(sh, dry=False), options, Path(tmp))
+        fresh = _generate_into(sh.variant(dry=False), options, Path(tmp))
     current = _tree_digests(options.out)
     return sorted(
         name for name in set(fresh) | set(current) if fresh.get(name) != current.get(name)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import secrets
@@ -152,7 +151,7 @@ def cli_shell(sh: Shell, password: str) -> Shell:
     if not password:
         return sh
     env = {**sh.env, "REDISCLI_AUTH": password}
-    return dataclasses.replace(sh, env=env, secrets=sh.secrets | {password})
+    return sh.variant(env=env, secrets=sh.secrets | {password})
 
 
 def snapshot_url(sh: Shell, url: str, dest: Path) -> dict:
