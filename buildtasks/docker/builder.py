@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -80,7 +81,7 @@ def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
     """One `docker buildx build`; the image checks run unless check is False."""
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
-        _run_with_engine(rt, buildx_argv(build_plan, str(metadata_file)))
+        _run_with_engine(rt, buildx_argv(build_plan, str(metadata_file)), {build_plan.target})
         if rt.dry:
             return None
         metadata = json.loads(metadata_file.read_text())
@@ -93,17 +94,19 @@ def bake(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
         argv = ["docker", "buildx", "bake", "--file", "-", "--metadata-file", str(metadata_file)]
-        _run_with_engine(rt, argv, input=definition, cwd=str(rt.settings.root))
+        targets = {p.target for p in build_plans}
+        _run_with_engine(rt, argv, targets, input=definition, cwd=str(rt.settings.root))
         if rt.dry:
             return []
         metadata = json.loads(metadata_file.read_text())
     return [_finish(rt, p, metadata.get(p.target, {}), check) for p in build_plans]
 
 
-def _run_with_engine(rt: Runtime, argv: list[str], **kwargs) -> None:
-    """Run a build command while connecting to the engine in the background; when the
-    command fails because the engine is unreachable, say that instead."""
-    if not rt.dry:
+def _run_with_engine(rt: Runtime, argv: list[str], targets: set[str], **kwargs) -> None:
+    """Run a build command; when it fails because the engine is unreachable, say that
+    instead. A target never built here connects to the engine in the background meanwhile
+    (its image will be inspected); a rebuild usually yields an image already inspected."""
+    if not rt.dry and not targets <= {r.target for r in builds.load(rt.settings.root)}:
         rt.engine.warm_up()
     try:
         rt.run(argv, **kwargs)
@@ -117,12 +120,15 @@ def _finish(rt: Runtime, build_plan: BuildPlan, metadata: dict, check: bool) -> 
     ref = build_plan.tags[0]
     digest = metadata.get("containerimage.digest", "")
     revision = build_plan.labels.get(f"{OCI}.revision", "")
+    facts = None
+    if not build_plan.push:
+        facts = builds.known_facts(settings.root, metadata) or rt.engine.image(ref)
+        facts = dataclasses.replace(facts, ref=ref)
     # What prune may remove; pushes too, as the containerd store keeps the pushed image
     # (an id the engine does not list is never a candidate).
-    builds.record(settings.root, build_plan.target, revision, metadata)
-    if build_plan.push:
+    builds.record(settings.root, build_plan.target, revision, metadata, facts)
+    if facts is None:
         return Built(build_plan.target, ref, digest, None)
-    facts = rt.engine.image(ref)
     target = settings.targets[build_plan.target]
     if check:
         found = violations(
