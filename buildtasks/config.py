@@ -274,6 +274,9 @@ def _secret(value: str, ctx: _Context) -> str | None:
 def _named_context(value: str, ctx: _Context) -> str | None:
     if value == "@buildtasks" or re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", value):
         return None
+    if value.startswith("target:"):  # another target's build: bake builds it first
+        name = value.removeprefix("target:")
+        return None if _TARGET_NAME.fullmatch(name) else "names no target; write target:NAME"
     return _project_path(value, ctx)
 
 
@@ -343,6 +346,8 @@ class Target:
     """One image the project builds: ``[tool.buildtasks.targets.<name>]``."""
 
     name: str
+    context: ProjectPath = ""  # default: the project's `context`
+    image: Annotated[str, Rule(_mirror)] = ""  # default: the project's `image`
     dockerfile: Annotated[str, Rule(_context_path)] = "Dockerfile"
     stage: Annotated[str, Rule(_optional_word)] = ""
     tags: Annotated[tuple[Annotated[str, Rule(_tag_template)], ...], Meta(min_length=1)] = (
@@ -356,13 +361,21 @@ class Target:
     cache_from: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
     cache_to: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
     # Extra named build contexts: a path (relative to the project), a URL such as
-    # docker-image://..., or "@buildtasks" for this package's source (`inv proto` in a build).
+    # docker-image://..., "@buildtasks" for this package's source (`inv proto` in a build),
+    # or "target:NAME" for another target's image (a shared base), built first.
     contexts: Mapping[Annotated[str, Rule(_context_name)], Annotated[str, Rule(_named_context)]] = (
         field(default_factory=dict)
     )
     attest: tuple[typing.Literal["provenance", "sbom"], ...] = ()  # none by default
     # "registry": share BuildKit cache as {image}:buildcache-{target}
     cache: typing.Literal["", "registry"] = ""
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """The targets this one builds FROM (its target:NAME contexts)."""
+        return tuple(
+            v.removeprefix("target:") for v in self.contexts.values() if v.startswith("target:")
+        )
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
@@ -400,6 +413,29 @@ class StackSettings:
     wait_timeout: Seconds = 120  # seconds `up --wait` may take
     data_dirs: tuple[Annotated[str, Rule(_container_path)], ...] = ()  # made by `inv deploy`
     data_owner: Annotated[str, Rule(_owner)] = "1000:1000"  # ... and chowned to the image's user
+
+
+@dataclass(frozen=True)
+class IntegrationSettings:
+    """``[tool.buildtasks.integration]``: what `nox -s integration` installs, builds, runs."""
+
+    compose: tuple[ProjectPath, ...] = ()  # default: the stack's compose files
+    targets: tuple[str, ...] | None = None  # built first; default: the stack's targets
+    # pip arguments for the session's virtualenv; default: the project's test requirements
+    # (a `test` or `dev` dependency group, else requirements-test.txt or
+    # requirements-dev.txt, else just pytest)
+    install: tuple[str, ...] | None = None
+    pytest_args: tuple[str, ...] = ("tests",)
+    wait_timeout: Seconds | None = None  # default: the stack's wait_timeout
+    runner_target: str = ""  # the target whose image runs pytest with --in-container
+
+
+@dataclass(frozen=True)
+class DbSettings:
+    """``[tool.buildtasks.db]``: the SQLite database `inv db.migrate` and `inv db.status` use."""
+
+    sqlite: Annotated[str, Rule(_source)]  # a host path, or SERVICE:/path in a compose service
+    migrations: ProjectPath = "migrations"  # NNNN_name.sql files, applied in order
 
 
 @dataclass(frozen=True)
@@ -466,6 +502,8 @@ class Settings:
     targets: Mapping[str, Target] = field(default_factory=dict)
     proto: ProtoSettings | None = None
     stack: StackSettings = StackSettings()
+    integration: IntegrationSettings = IntegrationSettings()
+    db: DbSettings | None = None
     backup: BackupSettings = BackupSettings()
     release: ReleaseSettings = ReleaseSettings()
     cache: CacheSettings = CacheSettings()
@@ -474,6 +512,14 @@ class Settings:
     @property
     def context_dir(self) -> Path:
         return self.root / self.context
+
+    def context_of(self, target: Target) -> Path:
+        """The build context of target: its own, else the project's."""
+        return self.root / (target.context or self.context)
+
+    def image_of(self, target: Target) -> str:
+        """The repository target is tagged and pushed under: its own, else the project's."""
+        return target.image or self.image
 
     @property
     def environment(self) -> dict[str, str]:
@@ -622,7 +668,7 @@ def parse(
     raw = dict(table)
     sections = {
         name: raw.pop(name, None)
-        for name in ("targets", "proto", "stack", "backup", "release", "cache")
+        for name in ("targets", "proto", "stack", "integration", "db", "backup", "release", "cache")
     }
     root = root.resolve()
     ctx = _Context(root, root)
@@ -650,9 +696,13 @@ def parse(
             raise ConfigError(
                 f"{target_where}: target names are lowercase letters, digits, - and _"
             )
-        target = Target(
-            name=name, **_fields(Target, _table(target_table, target_where), target_where, env, ctx)
-        )
+        target_table = _table(target_table, target_where)
+        target_ctx = ctx
+        if "context" in target_table:
+            own = _value(Target, "context", target_table["context"], target_where, env)
+            _check(Target, "context", own, target_where, ctx)
+            target_ctx = _Context(root, (root / own).resolve())
+        target = Target(name=name, **_fields(Target, target_table, target_where, env, target_ctx))
         unknown = set(target.enabled_checks) - set(CHECKS)
         if unknown:
             raise ConfigError(
@@ -661,9 +711,18 @@ def parse(
             )
         targets[name] = target
 
+    _require_order(targets, where)
     stack = _section(StackSettings, sections["stack"], f"{where}.stack", env, ctx)
+    integration = _section(
+        IntegrationSettings, sections["integration"], f"{where}.integration", env, ctx
+    )
     backup = _section(BackupSettings, sections["backup"], f"{where}.backup", env, ctx)
-    for section, chosen in (("stack", stack.targets), ("release", release.targets)):
+    for section, chosen in (
+        ("stack", stack.targets),
+        ("release", release.targets),
+        ("integration", integration.targets or ()),
+        ("integration", (integration.runner_target,) if integration.runner_target else ()),
+    ):
         unknown_targets = [t for t in chosen if t not in targets]
         if unknown_targets:
             raise ConfigError(
@@ -689,12 +748,48 @@ def parse(
         targets=types.MappingProxyType(targets),
         proto=_section(ProtoSettings, sections["proto"], f"{where}.proto", env, ctx, None),
         stack=stack,
+        integration=integration,
+        db=_section(DbSettings, sections["db"], f"{where}.db", env, ctx, None),
         backup=backup,
         release=release,
         cache=_section(CacheSettings, sections["cache"], f"{where}.cache", env, ctx),
         dotenv=types.MappingProxyType(dotenv),
         **values,
     )
+
+
+def build_order(targets: Mapping[str, Target], names: typing.Iterable[str]) -> list[str]:
+    """names and the targets they build FROM, each after the ones it depends on."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in ordered:
+            for dependency in targets[name].depends_on:
+                visit(dependency)
+            ordered.append(name)
+
+    for name in names:
+        visit(name)
+    return ordered
+
+
+def _require_order(targets: Mapping[str, Target], where: str) -> None:
+    """Every target:NAME context names a target, and no target builds FROM itself."""
+
+    def walk(name: str, path: tuple[str, ...]) -> None:
+        for dependency in targets[name].depends_on:
+            if dependency not in targets:
+                raise ConfigError(
+                    f"{where}.targets.{name}.contexts: no target {dependency!r}; "
+                    f"targets: {', '.join(targets)}"
+                )
+            if dependency in path:
+                cycle = " -> ".join((*path[path.index(dependency) :], dependency))
+                raise ConfigError(f"{where}.targets: targets build FROM each other: {cycle}")
+            walk(dependency, (*path, dependency))
+
+    for name in targets:
+        walk(name, (name,))
 
 
 def _release_version(root: Path, release: ReleaseSettings, where: str) -> str:

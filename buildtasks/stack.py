@@ -55,7 +55,7 @@ def image_variables(settings: Settings, sh: Shell) -> dict[str, str]:
     variables = {}
     for target in settings.targets.values():
         values = template_values(target.name, settings.version, state)
-        tags = render_tags(target.tags, settings.image, values)
+        tags = render_tags(target.tags, settings.image_of(target), values)
         if tags:
             variables[image_variable(target.name)] = tags[0]
     return variables
@@ -71,12 +71,9 @@ def build_targets(sh: Shell, settings: Settings, targets: tuple[str, ...]) -> li
     """Build the targets; the summary of each image built, for the caller to show."""
     if not targets:
         return []
-    summaries = []
     try:
-        for build_plan in builder.plans(settings, list(targets), BuildRequest(), sh):
-            built = builder.build(sh, settings, build_plan, check=False)
-            if built:
-                summaries.append(built.summary())
+        build_plans = builder.plans(settings, list(targets), BuildRequest(), sh)
+        summaries = [built.summary() for built in builder.run(sh, settings, build_plans, False)]
     except CommandError as exc:
         raise BuildFailed(f"image build failed, the stack was not started: {exc}") from None
     return summaries

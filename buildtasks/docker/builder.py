@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-from buildtasks import git
-from buildtasks.config import Settings
+from buildtasks import git, lfs
+from buildtasks.config import Settings, build_order
 from buildtasks.docker import builds
 from buildtasks.docker.build import (
     OCI,
@@ -66,13 +66,16 @@ def shell(settings: Settings, dry: bool) -> Shell:
 def plans(
     settings: Settings, names: list[str], request: BuildRequest, sh: Shell
 ) -> list[BuildPlan]:
+    """The plans of names and of the targets they build FROM, each after what it needs.
+    The request's tags name the images asked for, so a dependency keeps its own tags."""
     state = git.state(sh, settings.root)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ca_bundle = host_ca_bundle(settings.environment)
     result = []
-    for name in names:
+    for name in build_order(settings.targets, names):
         target = settings.targets[name]
-        dockerfile = settings.context_dir / target.dockerfile
+        wanted = request if name in names else replace(request, tags=())
+        dockerfile = settings.context_of(target) / target.dockerfile
         try:
             text = dockerfile.read_text()
         except OSError as exc:
@@ -80,7 +83,7 @@ def plans(
                 f"target {name}: cannot read {dockerfile} ({exc.strerror}); "
                 "fix `dockerfile` or `context`"
             ) from None
-        build = plan(settings, target, state, text, request, ca_bundle=ca_bundle, now=now)
+        build = plan(settings, target, state, text, wanted, ca_bundle=ca_bundle, now=now)
         _require_env_secrets(build, settings.environment)
         result.append(build)
     return result
@@ -96,8 +99,19 @@ def _require_env_secrets(build: BuildPlan, environment: dict[str, str]) -> None:
             )
 
 
+def run(sh: Shell, settings: Settings, build_plans: list[BuildPlan], check: bool) -> list[Built]:
+    """Build the plans: one plan alone through `buildx build`, several, or one that builds
+    FROM another target, through bake (which builds a shared base first, and only when its
+    inputs changed)."""
+    if len(build_plans) == 1 and not build_plans[0].needs_bake:
+        built = build(sh, settings, build_plans[0], check)
+        return [built] if built else []
+    return bake(sh, settings, build_plans, check)
+
+
 def build(sh: Shell, settings: Settings, build_plan: BuildPlan, check: bool) -> Built | None:
     """One `docker buildx build`; the image checks run unless check is False."""
+    lfs.require_content(sh, settings.root, [build_plan.context])
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
         engine = _run_with_engine(sh, buildx_argv(build_plan, str(metadata_file)))
@@ -109,6 +123,7 @@ def build(sh: Shell, settings: Settings, build_plan: BuildPlan, check: bool) -> 
 
 def bake(sh: Shell, settings: Settings, build_plans: list[BuildPlan], check: bool) -> list[Built]:
     """Every plan at once through `docker buildx bake`, fed the generated JSON on stdin."""
+    lfs.require_content(sh, settings.root, [p.context for p in build_plans])
     definition = json.dumps(bake_definition(build_plans), indent=2)
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")

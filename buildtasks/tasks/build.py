@@ -67,12 +67,13 @@ def target_task(target: Target) -> Task:
         project = settings(c)
         sh = shell(c, project)
         request = _request(tag, platform, push, no_cache, build_arg)
-        (build_plan,) = builder.plans(project, [target.name], request, sh)
-        built = builder.build(sh, project, build_plan, check=not no_check)
-        if built:
+        build_plans = builder.plans(project, [target.name], request, sh)
+        for built in builder.run(sh, project, build_plans, check=not no_check):
             print(built.summary())
 
-    build_target.__doc__ = f"Build the {target.name} image from {target.dockerfile}."
+    build_target.__doc__ = f"Build the {target.name} image from {target.dockerfile}" + (
+        f" (and {', '.join(target.depends_on)} first, when changed)." if target.depends_on else "."
+    )
     return ShortFlagTask(build_target, help=FLAG_HELP, iterable=["tag", "build_arg"])
 
 
@@ -90,7 +91,7 @@ def target_task(target: Target) -> Task:
 def build_all(
     c: Context, print=False, only="", push=False, no_cache=False, build_arg=None, no_check=False
 ):
-    """Build every target at once with `docker buildx bake` (generated bake JSON)."""
+    """Build every target at once with `docker buildx bake` (shared bases first)."""
     from buildtasks.docker import builder
     from buildtasks.docker.build import bake_definition
 
