@@ -19,7 +19,8 @@ def _stack(c: Context, file, project):
 
     config = settings(c)
     sh = stack.stack_shell(config, dry=bool(c.config.run.dry))
-    return config, sh, stack.stack_compose(config, tuple(file or ()), project)
+    compose = stack.stack_compose(config, tuple(file or ()), project)
+    return config, sh, stack.with_mirror(sh, config, compose)
 
 
 @task(help={**STACK_HELP, "build": "build the stack's targets first"}, iterable=["file"])
