@@ -348,17 +348,24 @@ class Target:
     name: str
     context: ProjectPath = ""  # default: the project's `context`
     image: Annotated[str, Rule(_mirror)] = ""  # default: the project's `image`
+    # relative to the target's context
     dockerfile: Annotated[str, Rule(_context_path)] = "Dockerfile"
+    # the Dockerfile stage to build (--target); default: the last
     stage: Annotated[str, Rule(_optional_word)] = ""
+    # tags or REPO:TAG templates with {target} {version} {sha} {short_sha} {branch}
     tags: Annotated[tuple[Annotated[str, Rule(_tag_template)], ...], Meta(min_length=1)] = (
         DEFAULT_TAGS
     )
+    # build arguments (never secrets: they stay in the image)
     build_args: Mapping[Annotated[str, Rule(_arg_name)], str] = field(default_factory=dict)
+    # BuildKit secrets: ID, ID=env:VAR, ID=file:PATH or ID=ca-bundle
     secrets: tuple[Annotated[str, Rule(_secret)], ...] = ()
     platforms: Platforms = ()  # push/release platforms; local builds use the native one
     size_budget: Annotated[str, Rule(_budget)] = ""  # held against the uncompressed size
     checks: tuple[str, ...] | None = None  # None: every check for "prod", none otherwise
+    # extra buildx --cache-from specs
     cache_from: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
+    # extra buildx --cache-to specs (used on pushes)
     cache_to: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
     # Extra named build contexts: a path (relative to the project), a URL such as
     # docker-image://..., "@buildtasks" for this package's source (`inv proto` in a build),
@@ -393,10 +400,15 @@ class Target:
 class ProtoSettings:
     """``[tool.buildtasks.proto]``: where specs live and where generated code goes."""
 
+    # the directory of .proto files
     src: ProjectPath
+    # where generated modules go (imports made relative)
     out: ProjectPath
+    # extra proto include directories
     include: tuple[ProjectPath, ...] = ()
+    # also generate gRPC stubs
     grpc: bool = True
+    # also generate .pyi type stubs
     pyi: bool = True
 
 
@@ -404,10 +416,13 @@ class ProtoSettings:
 class StackSettings:
     """``[tool.buildtasks.stack]``: the compose stack `inv up/down/deploy/health` drive."""
 
+    # compose files of the stack, in order
     compose: Annotated[tuple[ProjectPath, ...], Meta(min_length=1)] = ("compose/prod.yml",)
     project: Annotated[str, Rule(_compose_project)] = ""  # default: the image's repository name
     app_service: Annotated[str, Rule(_service)] = "api"  # whose HTTP health `inv health` reads
+    # the app's container port serving health_path
     app_port: Port = 8000
+    # the HTTP path `inv health` and deploy read
     health_path: Annotated[str, Rule(_url_path)] = "/health"
     targets: tuple[str, ...] = ()  # built by `inv deploy` and `inv up --build`
     wait_timeout: Seconds = 120  # seconds `up --wait` may take
@@ -425,6 +440,7 @@ class IntegrationSettings:
     # (a `test` or `dev` dependency group, else requirements-test.txt or
     # requirements-dev.txt, else just pytest)
     install: tuple[str, ...] | None = None
+    # arguments to pytest (test paths first)
     pytest_args: tuple[str, ...] = ("tests",)
     wait_timeout: Seconds | None = None  # default: the stack's wait_timeout
     runner_target: str = ""  # the target whose image runs pytest with --in-container
@@ -442,9 +458,12 @@ class DbSettings:
 class BackupSettings:
     """``[tool.buildtasks.backup]``: what `inv backup` saves and how long sets are kept."""
 
+    # where sets are written (a path of its own, outside the sources)
     dir: Annotated[str, Rule(_data_path)] = "backups"
     keep_last: Positive = 7  # at least the set just taken
+    # also keep the newest set of each of this many days
     keep_daily: Count = 0
+    # also keep the newest set of each of this many weeks
     keep_weekly: Count = 0
     # host paths, or SERVICE:/path inside a compose service
     sqlite: tuple[Annotated[str, Rule(_source)], ...] = ()
@@ -462,11 +481,14 @@ class ReleaseSettings:
 
     version_file: ProjectPath = "pyproject.toml"  # [project] version, or a file with __version__
     changelog: ProjectPath = "CHANGELOG.md"  # Keep a Changelog format
+    # the branch releases are made from
     branch: Annotated[str, Rule(_word)] = "main"
+    # the git remote commits and tags are pushed to
     remote: Annotated[str, Rule(_word)] = "origin"
     targets: tuple[str, ...] = ()  # default: every target with platforms
     platforms: Platforms = ()  # default: each target's own
     latest: bool = False  # also move `latest` on stable releases
+    # git tag = prefix + version (v1.2.3)
     tag_prefix: Annotated[str, Rule(_optional_word)] = "v"
 
 
@@ -493,11 +515,17 @@ class Settings:
     """Everything buildtasks knows about one project."""
 
     root: Path
+    # the image repository targets are tagged under (default: [project] name)
     image: Annotated[str, Rule(_repository)]
+    # the build context of every target without its own
     context: ProjectPath = "."
+    # .env files read for ${VAR} (later over earlier; the environment wins)
     env_files: tuple[ProjectPath, ...] = (".env",)
+    # a registry prefix every FROM and compose base image is taken from
     mirror: Annotated[str, Rule(_mirror)] = ""
+    # default: release.version_file's version, else [project] version
     version: str = ""
+    # the org.opencontainers.image.source label (default: git remote URL)
     source: str = ""
     targets: Mapping[str, Target] = field(default_factory=dict)
     proto: ProtoSettings | None = None
