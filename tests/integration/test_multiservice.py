@@ -189,3 +189,14 @@ def test_release_plan_gives_each_image_plain_version_tags(shop):
         "api": [f"{prefix}/api:0.2.0", f"{prefix}/api:0.2", f"{prefix}/api:0"],
         "worker": [f"{prefix}/worker:0.2.0", f"{prefix}/worker:0.2", f"{prefix}/worker:0"],
     }
+
+
+def test_push_builds_the_api_from_the_pushed_base_by_digest(shop):
+    work, _, env, prefix = shop
+    pushed = inv(work, env, "push", "--target", "api")
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    lines = [line for line in pushed.stdout.splitlines() if ": pushed " in line]
+    assert [line.split(":")[0] for line in lines] == ["base", "api"]
+    base_ref = lines[0].split(": pushed ")[1].split()[0]
+    assert base_ref.startswith(f"{prefix}/base@sha256:")
+    assert f"base=docker-image://{base_ref}" in pushed.stderr  # the api's build command
