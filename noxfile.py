@@ -28,4 +28,4 @@ def tests(session: nox.Session) -> None:
 
 
 # `nox -s integration -- --in-container` runs the same tests inside the dev image.
-integration_session(python=PYTHON, pytest_args=("example/tests",), runner_target="dev")
+integration_session(python=PYTHON)  # everything else from [tool.buildtasks.integration]

@@ -277,6 +277,9 @@ def _secret(value: str, ctx: _Context) -> str | None:
 def _named_context(value: str, ctx: _Context) -> str | None:
     if value == "@buildtasks" or re.fullmatch(r"[a-z][a-z0-9+.-]*://\S+", value):
         return None
+    if value.startswith("target:"):  # another target's build: bake builds it first
+        name = value.removeprefix("target:")
+        return None if _TARGET_NAME.fullmatch(name) else "names no target; write target:NAME"
     return _project_path(value, ctx)
 
 
@@ -346,26 +349,43 @@ class Target:
     """One image the project builds: ``[tool.buildtasks.targets.<name>]``."""
 
     name: str
+    context: ProjectPath = ""  # default: the project's `context`
+    image: Annotated[str, Rule(_mirror)] = ""  # default: the project's `image`
+    # relative to the target's context
     dockerfile: Annotated[str, Rule(_context_path)] = "Dockerfile"
+    # the Dockerfile stage to build (--target); default: the last
     stage: Annotated[str, Rule(_optional_word)] = ""
+    # tags or REPO:TAG templates with {target} {version} {sha} {short_sha} {branch}
     tags: Annotated[tuple[Annotated[str, Rule(_tag_template)], ...], Meta(min_length=1)] = (
         DEFAULT_TAGS
     )
+    # build arguments (never secrets: they stay in the image)
     build_args: Mapping[Annotated[str, Rule(_arg_name)], str] = field(default_factory=dict)
+    # BuildKit secrets: ID, ID=env:VAR, ID=file:PATH or ID=ca-bundle
     secrets: tuple[Annotated[str, Rule(_secret)], ...] = ()
     platforms: Platforms = ()  # push/release platforms; local builds use the native one
     size_budget: Annotated[str, Rule(_budget)] = ""  # held against the uncompressed size
     checks: tuple[str, ...] | None = None  # None: every check for "prod", none otherwise
+    # extra buildx --cache-from specs
     cache_from: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
+    # extra buildx --cache-to specs (used on pushes)
     cache_to: tuple[Annotated[str, Rule(_cache_spec)], ...] = ()
     # Extra named build contexts: a path (relative to the project), a URL such as
-    # docker-image://..., or "@buildtasks" for this package's source (`inv proto` in a build).
+    # docker-image://..., "@buildtasks" for this package's source (`inv proto` in a build),
+    # or "target:NAME" for another target's image (a shared base), built first.
     contexts: Mapping[Annotated[str, Rule(_context_name)], Annotated[str, Rule(_named_context)]] = (
         field(default_factory=dict)
     )
     attest: tuple[typing.Literal["provenance", "sbom"], ...] = ()  # none by default
     # "registry": share BuildKit cache as {image}:buildcache-{target}
     cache: typing.Literal["", "registry"] = ""
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """The targets this one builds FROM (its target:NAME contexts)."""
+        return tuple(
+            v.removeprefix("target:") for v in self.contexts.values() if v.startswith("target:")
+        )
 
     @property
     def enabled_checks(self) -> tuple[str, ...]:
@@ -383,10 +403,15 @@ class Target:
 class ProtoSettings:
     """``[tool.buildtasks.proto]``: where specs live and where generated code goes."""
 
+    # the directory of .proto files
     src: ProjectPath
+    # where generated modules go (imports made relative)
     out: ProjectPath
+    # extra proto include directories
     include: tuple[ProjectPath, ...] = ()
+    # also generate gRPC stubs
     grpc: bool = True
+    # also generate .pyi type stubs
     pyi: bool = True
 
 
@@ -394,10 +419,13 @@ class ProtoSettings:
 class StackSettings:
     """``[tool.buildtasks.stack]``: the compose stack `inv up/down/deploy/health` drive."""
 
+    # compose files of the stack, in order
     compose: Annotated[tuple[ProjectPath, ...], Meta(min_length=1)] = ("compose/prod.yml",)
     project: Annotated[str, Rule(_compose_project)] = ""  # default: the image's repository name
     app_service: Annotated[str, Rule(_service)] = "api"  # whose HTTP health `inv health` reads
+    # the app's container port serving health_path
     app_port: Port = 8000
+    # the HTTP path `inv health` and deploy read
     health_path: Annotated[str, Rule(_url_path)] = "/health"
     targets: tuple[str, ...] = ()  # built by `inv deploy` and `inv up --build`
     wait_timeout: Seconds = 120  # seconds `up --wait` may take
@@ -406,12 +434,39 @@ class StackSettings:
 
 
 @dataclass(frozen=True)
+class IntegrationSettings:
+    """``[tool.buildtasks.integration]``: what `nox -s integration` installs, builds, runs."""
+
+    compose: tuple[ProjectPath, ...] = ()  # default: the stack's compose files
+    targets: tuple[str, ...] | None = None  # built first; default: the stack's targets
+    # pip arguments for the session's virtualenv; default: the project's test requirements
+    # (a `test` or `dev` dependency group, else requirements-test.txt or
+    # requirements-dev.txt, else just pytest)
+    install: tuple[str, ...] | None = None
+    # arguments to pytest (test paths first)
+    pytest_args: tuple[str, ...] = ("tests",)
+    wait_timeout: Seconds | None = None  # default: the stack's wait_timeout
+    runner_target: str = ""  # the target whose image runs pytest with --in-container
+
+
+@dataclass(frozen=True)
+class DbSettings:
+    """``[tool.buildtasks.db]``: the SQLite database `inv db.migrate` and `inv db.status` use."""
+
+    sqlite: Annotated[str, Rule(_source)]  # a host path, or SERVICE:/path in a compose service
+    migrations: ProjectPath = "migrations"  # NNNN_name.sql files, applied in order
+
+
+@dataclass(frozen=True)
 class BackupSettings:
     """``[tool.buildtasks.backup]``: what `inv backup` saves and how long sets are kept."""
 
+    # where sets are written (a path of its own, outside the sources)
     dir: Annotated[str, Rule(_data_path)] = "backups"
     keep_last: Positive = 7  # at least the set just taken
+    # also keep the newest set of each of this many days
     keep_daily: Count = 0
+    # also keep the newest set of each of this many weeks
     keep_weekly: Count = 0
     # host paths, or SERVICE:/path inside a compose service
     sqlite: tuple[Annotated[str, Rule(_source)], ...] = ()
@@ -429,11 +484,14 @@ class ReleaseSettings:
 
     version_file: ProjectPath = "pyproject.toml"  # [project] version, or a file with __version__
     changelog: ProjectPath = "CHANGELOG.md"  # Keep a Changelog format
+    # the branch releases are made from
     branch: Annotated[str, Rule(_word)] = "main"
+    # the git remote commits and tags are pushed to
     remote: Annotated[str, Rule(_word)] = "origin"
     targets: tuple[str, ...] = ()  # default: every target with platforms
     platforms: Platforms = ()  # default: each target's own
     latest: bool = False  # also move `latest` on stable releases
+    # git tag = prefix + version (v1.2.3)
     tag_prefix: Annotated[str, Rule(_optional_word)] = "v"
 
 
@@ -460,15 +518,23 @@ class Settings:
     """Everything buildtasks knows about one project."""
 
     root: Path
+    # the image repository targets are tagged under (default: [project] name)
     image: Annotated[str, Rule(_repository)]
+    # the build context of every target without its own
     context: ProjectPath = "."
+    # .env files read for ${VAR} (later over earlier; the environment wins)
     env_files: tuple[ProjectPath, ...] = (".env",)
+    # a registry prefix every FROM and compose base image is taken from
     mirror: Annotated[str, Rule(_mirror)] = ""
+    # default: release.version_file's version, else [project] version
     version: str = ""
+    # the org.opencontainers.image.source label (default: git remote URL)
     source: str = ""
     targets: Mapping[str, Target] = field(default_factory=dict)
     proto: ProtoSettings | None = None
     stack: StackSettings = StackSettings()
+    integration: IntegrationSettings = IntegrationSettings()
+    db: DbSettings | None = None
     backup: BackupSettings = BackupSettings()
     release: ReleaseSettings = ReleaseSettings()
     cache: CacheSettings = CacheSettings()
@@ -477,6 +543,14 @@ class Settings:
     @property
     def context_dir(self) -> Path:
         return self.root / self.context
+
+    def context_of(self, target: Target) -> Path:
+        """The build context of target: its own, else the project's."""
+        return self.root / (target.context or self.context)
+
+    def image_of(self, target: Target) -> str:
+        """The repository target is tagged and pushed under: its own, else the project's."""
+        return target.image or self.image
 
     @property
     def environment(self) -> dict[str, str]:
@@ -623,7 +697,7 @@ def parse(
     raw = dict(table)
     sections = {
         name: raw.pop(name, None)
-        for name in ("targets", "proto", "stack", "backup", "release", "cache")
+        for name in ("targets", "proto", "stack", "integration", "db", "backup", "release", "cache")
     }
     root = root.resolve()
     ctx = _Context(root, root)
@@ -651,9 +725,13 @@ def parse(
             raise ConfigError(
                 f"{target_where}: target names are lowercase letters, digits, - and _"
             )
-        target = Target(
-            name=name, **_fields(Target, _table(target_table, target_where), target_where, env, ctx)
-        )
+        target_table = _table(target_table, target_where)
+        target_ctx = ctx
+        if "context" in target_table:
+            own = _value(Target, "context", target_table["context"], target_where, env)
+            _check(Target, "context", own, target_where, ctx)
+            target_ctx = _Context(root, (root / own).resolve())
+        target = Target(name=name, **_fields(Target, target_table, target_where, env, target_ctx))
         unknown = set(target.enabled_checks) - set(CHECKS)
         if unknown:
             raise ConfigError(
@@ -662,9 +740,18 @@ def parse(
             )
         targets[name] = target
 
+    _require_order(targets, where)
     stack = _section(StackSettings, sections["stack"], f"{where}.stack", env, ctx)
+    integration = _section(
+        IntegrationSettings, sections["integration"], f"{where}.integration", env, ctx
+    )
     backup = _section(BackupSettings, sections["backup"], f"{where}.backup", env, ctx)
-    for section, chosen in (("stack", stack.targets), ("release", release.targets)):
+    for section, chosen in (
+        ("stack", stack.targets),
+        ("release", release.targets),
+        ("integration", integration.targets or ()),
+        ("integration", (integration.runner_target,) if integration.runner_target else ()),
+    ):
         unknown_targets = [t for t in chosen if t not in targets]
         if unknown_targets:
             raise ConfigError(
@@ -690,12 +777,48 @@ def parse(
         targets=types.MappingProxyType(targets),
         proto=_section(ProtoSettings, sections["proto"], f"{where}.proto", env, ctx, None),
         stack=stack,
+        integration=integration,
+        db=_section(DbSettings, sections["db"], f"{where}.db", env, ctx, None),
         backup=backup,
         release=release,
         cache=_section(CacheSettings, sections["cache"], f"{where}.cache", env, ctx),
         dotenv=types.MappingProxyType(dotenv),
         **values,
     )
+
+
+def build_order(targets: Mapping[str, Target], names: typing.Iterable[str]) -> list[str]:
+    """names and the targets they build FROM, each after the ones it depends on."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in ordered:
+            for dependency in targets[name].depends_on:
+                visit(dependency)
+            ordered.append(name)
+
+    for name in names:
+        visit(name)
+    return ordered
+
+
+def _require_order(targets: Mapping[str, Target], where: str) -> None:
+    """Every target:NAME context names a target, and no target builds FROM itself."""
+
+    def walk(name: str, path: tuple[str, ...]) -> None:
+        for dependency in targets[name].depends_on:
+            if dependency not in targets:
+                raise ConfigError(
+                    f"{where}.targets.{name}.contexts: no target {dependency!r}; "
+                    f"targets: {', '.join(targets)}"
+                )
+            if dependency in path:
+                cycle = " -> ".join((*path[path.index(dependency) :], dependency))
+                raise ConfigError(f"{where}.targets: targets build FROM each other: {cycle}")
+            walk(dependency, (*path, dependency))
+
+    for name in targets:
+        walk(name, (name,))
 
 
 def _release_version(root: Path, release: ReleaseSettings, where: str) -> str:

@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildtasks.atomic import write_text
 from buildtasks.config import Settings
 from buildtasks.docker import builder, compose
 from buildtasks.docker.build import BuildRequest, render_tags, template_values
+from buildtasks.docker.builds import state_file
 from buildtasks.docker.compose import PROJECT_LABEL, Compose, stack_compose
 from buildtasks.docker.engine import (
     Engine,
@@ -55,7 +57,7 @@ def image_variables(rt: Runtime) -> dict[str, str]:
     variables = {}
     for target in settings.targets.values():
         values = template_values(target.name, settings.version, state)
-        tags = render_tags(target.tags, settings.image, values)
+        tags = render_tags(target.tags, settings.image_of(target), values)
         if tags:
             variables[image_variable(target.name)] = tags[0]
     return variables
@@ -71,12 +73,9 @@ def build_targets(rt: Runtime, targets: tuple[str, ...]) -> list[str]:
     """Build the targets; the summary of each image built, for the caller to show."""
     if not targets:
         return []
-    summaries = []
     try:
-        for build_plan in builder.plans(rt, list(targets), BuildRequest()):
-            built = builder.build(rt, build_plan, check=False)
-            if built:
-                summaries.append(built.summary())
+        build_plans = builder.plans(rt, list(targets), BuildRequest())
+        summaries = [built.summary() for built in builder.run(rt, build_plans, False)]
     except CommandError as exc:
         raise BuildFailed(f"image build failed, the stack was not started: {exc}") from None
     return summaries
@@ -314,17 +313,40 @@ def lease_fresh(body: bytes, now: float) -> bool | None:
     return now - renewed <= min(max(ttl, 0.0), MAX_LEASE_TTL)
 
 
-def _owner_override(config: dict, directory: Path, session: str) -> Path:
+def _owner_override(settings: Settings, config: dict, directory: Path, session: str) -> Path:
     """A compose file that labels every container, network and volume with the session, so
-    `integration-clean` finds this session's stacks and no other project's."""
+    `integration-clean` finds this session's stacks and no other project's, and takes base
+    images from the mirror."""
     labels = {SESSION_LABEL: session}
     override = {
         kind: {name: {"labels": labels} for name in config.get(kind) or {}}
         for kind in ("services", "networks", "volumes")
     }
+    for service, image in mirror_images(settings, config).items():
+        override["services"][service]["image"] = image
     path = directory / "buildtasks-owner.json"
     path.write_text(json.dumps(override))
     return path
+
+
+def mirror_images(settings: Settings, config: dict) -> dict[str, str]:
+    """{service: mirrored image} for the stack's base images (see compose.mirrored_images)."""
+    own = {settings.image_of(t) for t in settings.targets.values()}
+    return compose.mirrored_images(config, settings.mirror, own)
+
+
+def with_mirror(sh: Shell, settings: Settings, stack: Compose) -> Compose:
+    """stack plus a compose file that takes its base images from the mirror (none without
+    a mirror or base images). The file is buildtasks' own state, out of the checkout."""
+    if not settings.mirror:
+        return stack
+    images = mirror_images(settings, compose.resolved_config(sh, stack))
+    if not images:
+        return stack
+    path = state_file(settings.root).parent / f"compose-mirror-{stack.project}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps({"services": {s: {"image": i} for s, i in images.items()}}))
+    return Compose(stack.project, (*stack.files, path))
 
 
 def collect_artifacts(sh: Shell, stack: Compose, directory: Path) -> None:
@@ -377,7 +399,8 @@ def integration(
     artifacts = settings.root / options.artifacts / name
     with tempfile.TemporaryDirectory(prefix="buildtasks-stack-") as tmp, interrupts_on_sigterm():
         config = compose.resolved_config(sh, base)
-        stack = Compose(name, (*base.files, _owner_override(config, Path(tmp), options.session)))
+        owner = _owner_override(settings, config, Path(tmp), options.session)
+        stack = Compose(name, (*base.files, owner))
         lease = Lease(sh, name, options.lease_ttl)
         lease.start()
         try:

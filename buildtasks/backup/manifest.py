@@ -71,7 +71,9 @@ def loads(text: str, where: str = NAME) -> Manifest:
     except InvalidManifest:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        raise InvalidManifest(f"{where}: unreadable manifest ({exc})") from None
+        # The reason may quote a hostile key: kept to one printable line.
+        reason = "".join(c if c.isprintable() else "?" for c in str(exc))[:200]
+        raise InvalidManifest(f"{where}: unreadable manifest ({reason})") from None
 
 
 def _typed(cls, values: dict):

@@ -50,6 +50,11 @@ class BuildPlan:
     no_cache: bool
     attest: tuple[str, ...] = ()
 
+    @property
+    def needs_bake(self) -> bool:
+        """Builds FROM another target (a target:NAME context), which only bake resolves."""
+        return any(source.startswith("target:") for source in self.contexts.values())
+
 
 def sanitize_tag(tag: str) -> str:
     """A valid image tag: [A-Za-z0-9_.-], not starting with . or -, at most 128 characters."""
@@ -138,12 +143,14 @@ def secret_spec(entry: str, root: Path, ca_bundle: str) -> str | None:
 
 def named_contexts(contexts: Mapping[str, str], root: Path) -> dict[str, str]:
     """Configured build contexts: URLs as they are, paths made absolute, and
-    ``@buildtasks`` as the directory of this package (so a build can run its generator)."""
+    ``@buildtasks`` as the directory of this package (so a build can run its generator: an
+    installed package's own directory in site-packages, or a checkout's ``buildtasks/``).
+    ``target:NAME`` stays for bake, which builds that target first."""
     resolved = {}
     for name, value in contexts.items():
         if value == "@buildtasks":
             resolved[name] = str(Path(__file__).resolve().parent.parent)
-        elif "://" in value:
+        elif "://" in value or value.startswith("target:"):
             resolved[name] = value
         else:
             resolved[name] = str((root / value).resolve())
@@ -163,7 +170,8 @@ def plan(
     """The build of one target: configuration, then the request's overrides."""
     build_args = {**target.build_args, **request.build_args}
     values = template_values(target.name, settings.version, git)
-    tags = render_tags(request.tags or target.tags, settings.image, values)
+    image = settings.image_of(target)
+    tags = render_tags(request.tags or target.tags, image, values)
     if not tags:
         raise ConfigError(f"target {target.name}: no tag left after rendering; add a tag")
     secrets = tuple(
@@ -171,18 +179,19 @@ def plan(
     )
     registry_cache, registry_cache_to = (), ()
     if target.cache == "registry":
-        ref = f"{settings.image}:buildcache-{target.name}"
+        ref = f"{image}:buildcache-{target.name}"
         registry_cache = (f"type=registry,ref={ref}",)
         registry_cache_to = (f"type=registry,ref={ref},mode=max",)
+    context = settings.context_of(target)
     return BuildPlan(
         target=target.name,
-        context=settings.context_dir,
-        dockerfile=settings.context_dir / target.dockerfile,
+        context=context,
+        dockerfile=context / target.dockerfile,
         stage=target.stage,
         tags=tags,
         labels={
             **oci_labels(settings, git, now),
-            IMAGE_LABEL: settings.image,
+            IMAGE_LABEL: image,
             TARGET_LABEL: target.name,
         },
         build_args=build_args,

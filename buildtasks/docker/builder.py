@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from buildtasks import lfs
+from buildtasks.config import build_order
 from buildtasks.docker import builds
 from buildtasks.docker.build import (
     OCI,
@@ -46,14 +47,17 @@ def host_ca_bundle(env: dict[str, str]) -> str:
 
 
 def plans(rt: Runtime, names: list[str], request: BuildRequest) -> list[BuildPlan]:
+    """The plans of names and of the targets they build FROM, each after what it needs.
+    The request's tags name the images asked for, so a dependency keeps its own tags."""
     settings = rt.settings
     state = rt.git()
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ca_bundle = host_ca_bundle(settings.environment)
     result = []
-    for name in names:
+    for name in build_order(settings.targets, names):
         target = settings.targets[name]
-        dockerfile = settings.context_dir / target.dockerfile
+        wanted = request if name in names else replace(request, tags=())
+        dockerfile = settings.context_of(target) / target.dockerfile
         try:
             text = dockerfile.read_text()
         except OSError as exc:
@@ -61,7 +65,7 @@ def plans(rt: Runtime, names: list[str], request: BuildRequest) -> list[BuildPla
                 f"target {name}: cannot read {dockerfile} ({exc.strerror}); "
                 "fix `dockerfile` or `context`"
             ) from None
-        build = plan(settings, target, state, text, request, ca_bundle=ca_bundle, now=now)
+        build = plan(settings, target, state, text, wanted, ca_bundle=ca_bundle, now=now)
         _require_env_secrets(build, settings.environment)
         result.append(build)
     return result
@@ -77,8 +81,19 @@ def _require_env_secrets(build: BuildPlan, environment: dict[str, str]) -> None:
             )
 
 
+def run(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
+    """Build the plans: one plan alone through `buildx build`, several, or one that builds
+    FROM another target, through bake (which builds a shared base first, and only when its
+    inputs changed)."""
+    if len(build_plans) == 1 and not build_plans[0].needs_bake:
+        built = build(rt, build_plans[0], check)
+        return [built] if built else []
+    return bake(rt, build_plans, check)
+
+
 def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
     """One `docker buildx build`; the image checks run unless check is False."""
+    lfs.require_content(rt, rt.settings.root, [build_plan.context])
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
         _run_with_engine(rt, buildx_argv(build_plan, str(metadata_file)), {build_plan.target})
@@ -90,6 +105,7 @@ def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
 
 def bake(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
     """Every plan at once through `docker buildx bake`, fed the generated JSON on stdin."""
+    lfs.require_content(rt, rt.settings.root, [p.context for p in build_plans])
     definition = json.dumps(bake_definition(build_plans), indent=2)
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
@@ -123,7 +139,7 @@ def _finish(rt: Runtime, build_plan: BuildPlan, metadata: dict, check: bool) -> 
     facts = None
     if not build_plan.push:
         facts = builds.known_facts(settings.root, metadata) or rt.engine.image(ref)
-        facts = dataclasses.replace(facts, ref=ref)
+        facts = replace(facts, ref=ref)
     # What prune may remove; pushes too, as the containerd store keeps the pushed image
     # (an id the engine does not list is never a candidate).
     builds.record(settings.root, build_plan.target, revision, metadata, facts)

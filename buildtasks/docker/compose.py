@@ -115,3 +115,25 @@ def missing_images(sh: Shell, config: dict) -> dict[str, str]:
             if sh.run(probe, query=True, check=False).returncode != 0:
                 missing[service] = image
     return missing
+
+
+def repository_of(ref: str) -> str:
+    """'reg:5000/app:tag' -> 'reg:5000/app' (a tag never contains '/')."""
+    name, sep, tag = ref.rpartition(":")
+    return name if sep and "/" not in tag else ref
+
+
+def mirrored_images(config: dict, mirror: str, own: set[str]) -> dict[str, str]:
+    """{service: MIRROR/image} for every service that runs a base image (not one of the
+    project's own repositories, not built by compose, not already from the mirror): compose
+    images come through the mirror as Dockerfile FROM lines do."""
+    if not mirror:
+        return {}
+    prefix = mirror.rstrip("/") + "/"
+    result = {}
+    for service, definition in sorted(config.get("services", {}).items()):
+        image = definition.get("image") or ""
+        base = image and "build" not in definition and not image.startswith(prefix)
+        if base and repository_of(image.split("@", 1)[0]) not in own:
+            result[service] = prefix + image
+    return result

@@ -35,7 +35,7 @@ from stat import S_ISREG
 from buildtasks import git, lazy
 from buildtasks.docker import builds
 from buildtasks.docker.build import render_tags, template_values
-from buildtasks.docker.compose import PROJECT_LABEL, stack_compose
+from buildtasks.docker.compose import PROJECT_LABEL, repository_of, stack_compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
 
@@ -86,12 +86,6 @@ class Guards:
 class ImagePlan:
     remove: list[ImageInfo]  # whole images, newest first within each target
     kept: list[Kept]
-
-
-def repository_of(ref: str) -> str:
-    """'reg:5000/app:tag' -> 'reg:5000/app' (a tag never contains '/')."""
-    name, sep, tag = ref.rpartition(":")
-    return name if sep and "/" not in tag else ref
 
 
 def chain_ids(layers: Iterable[str]) -> list[str]:

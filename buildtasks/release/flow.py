@@ -121,7 +121,9 @@ def staging_tag(name: str, commit: str) -> str:
 def _require_tags(settings: Settings, new: str, image_tags: dict[str, list[str]]) -> None:
     """Every image tag the release will write is one the registry accepts (a PEP 440 local
     version such as 0.3.3+local is not), checked before anything changes."""
-    staging = [f"{settings.image}:{staging_tag(n, 'f' * 40)}" for n in image_tags]
+    staging = [
+        f"{settings.image_of(settings.targets[n])}:{staging_tag(n, 'f' * 40)}" for n in image_tags
+    ]
     for ref in [*staging, *(r for refs in image_tags.values() for r in refs)]:
         tag = ref.rpartition(":")[2]
         if not config.is_tag(tag):
@@ -130,6 +132,18 @@ def _require_tags(settings: Settings, new: str, image_tags: dict[str, list[str]]
                 "digits, _ . -, not starting with . or -, at most 128 characters); "
                 "nothing was changed"
             )
+
+
+def release_image_tags(
+    settings: Settings, names: list[str], tags: list[str]
+) -> dict[str, list[str]]:
+    """{target: references}: plain version tags (1.2.3, 1.2) on a repository only one
+    released target uses; targets sharing a repository tell theirs apart as 1.2.3-NAME."""
+    images = {n: settings.image_of(settings.targets[n]) for n in names}
+    shared = {i for i in images.values() if list(images.values()).count(i) > 1}
+    return {
+        n: [f"{images[n]}:{t}{f'-{n}' if images[n] in shared else ''}" for t in tags] for n in names
+    }
 
 
 def make_plan(settings: Settings, bump: str = "", explicit: str = "") -> Plan:
@@ -144,8 +158,7 @@ def make_plan(settings: Settings, bump: str = "", explicit: str = "") -> Plan:
     today = datetime.now(UTC).strftime("%Y-%m-%d")
     tags = version.image_tags(new, release.latest)
     names = release_targets(settings)
-    suffix = (lambda n: "") if len(names) == 1 else (lambda n: f"-{n}")
-    image_tags = {n: [f"{settings.image}:{t}{suffix(n)}" for t in tags] for n in names}
+    image_tags = release_image_tags(settings, names, tags)
     _require_tags(settings, new, image_tags)
     return Plan(
         current=current,
@@ -236,7 +249,8 @@ def remove_staging_tags(settings: Settings, sh: Shell, progress: Progress) -> li
     holds the digest this release recorded; one line per tag."""
     lines = []
     for name, ref in progress.digests.items():
-        reference = f"{settings.image}:{staging_tag(name, progress.commit)}"
+        image = settings.image_of(settings.targets[name])
+        reference = f"{image}:{staging_tag(name, progress.commit)}"
         try:
             lines.append(registry.remove_tag(sh, reference, ref.rpartition("@")[2]))
         except registry.RegistryError as exc:

@@ -7,7 +7,7 @@ from pathlib import Path
 from invoke import Collection
 
 from buildtasks.config import Settings
-from buildtasks.tasks import backup, build, cache, doctor, proto, release, stack
+from buildtasks.tasks import backup, build, cache, db, doctor, proto, release, stack
 
 
 def collection(settings: Settings) -> Collection:
@@ -24,6 +24,9 @@ def collection(settings: Settings) -> Collection:
     ns.add_collection(cache.collection)
     ns.add_task(cache.prune)
     ns.add_task(backup.restore)
+    ns.add_task(db.clean_storage)
+    if settings.db is not None:
+        ns.add_collection(db.collection)
     if settings.proto is not None:
         ns.add_collection(proto.collection)
     ns.configure({"buildtasks": {"root": str(Path(settings.root))}})

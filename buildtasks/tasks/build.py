@@ -63,12 +63,13 @@ def target_task(target: Target) -> Task:
     ):
         rt = runtime(c)
         request = _request(tag, platform, push, no_cache, build_arg)
-        (build_plan,) = builder.plans(rt, [target.name], request)
-        built = builder.build(rt, build_plan, check=not no_check)
-        if built:
+        build_plans = builder.plans(rt, [target.name], request)
+        for built in builder.run(rt, build_plans, check=not no_check):
             rt.result(built.summary())
 
-    build_target.__doc__ = f"Build the {target.name} image from {target.dockerfile}."
+    build_target.__doc__ = f"Build the {target.name} image from {target.dockerfile}" + (
+        f" (and {', '.join(target.depends_on)} first, when changed)." if target.depends_on else "."
+    )
     return ShortFlagTask(build_target, help=FLAG_HELP, iterable=["tag", "build_arg"])
 
 
@@ -86,7 +87,7 @@ def target_task(target: Target) -> Task:
 def build_all(
     c: Context, print=False, only="", push=False, no_cache=False, build_arg=None, no_check=False
 ):
-    """Build every target at once with `docker buildx bake` (generated bake JSON)."""
+    """Build every target at once with `docker buildx bake` (shared bases first)."""
     rt = runtime(c)
     project = rt.settings
     names = [n.strip() for n in only.split(",") if n.strip()] or list(project.targets)

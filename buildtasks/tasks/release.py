@@ -75,7 +75,8 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
         print(f"release {plan.current} -> {plan.new}, git tag {plan.tag}")
         print(plan.diff(), end="")
         for name, refs in plan.image_tags.items():
-            staging = f"{project.image}:{flow.staging_tag(name, flow.PENDING_COMMIT)}"
+            image = project.image_of(project.targets[name])
+            staging = f"{image}:{flow.staging_tag(name, flow.PENDING_COMMIT)}"
             print(
                 f"{name}: push {staging} (version {plan.new}), verify, then tag {', '.join(refs)}"
             )

@@ -18,9 +18,11 @@ STACK_HELP = {
 
 
 def _stack(c: Context, file, project):
-    """The runtime, with the targets' images for compose, and the stack to act on."""
+    """The runtime, with the targets' images for compose, and the stack to act on (its
+    base images from the mirror)."""
     rt = stack.use_stack_images(runtime(c))
-    return rt, stack.stack_compose(rt.settings, tuple(file or ()), project)
+    compose = stack.stack_compose(rt.settings, tuple(file or ()), project)
+    return rt, stack.with_mirror(rt, rt.settings, compose)
 
 
 @task(help={**STACK_HELP, "build": "build the stack's targets first"}, iterable=["file"])

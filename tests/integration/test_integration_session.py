@@ -57,6 +57,7 @@ def project_dir(tmp_path: Path, mirror: str, test: str = "pass", healthy: bool =
     (tmp_path / "pyproject.toml").write_text(
         f'[tool.buildtasks]\nimage = "fixture/{name}"\n'
         f'[tool.buildtasks.stack]\nproject = "{name}"\nwait_timeout = 60\n'
+        '[tool.buildtasks.integration]\ncompose = ["compose/integration.yml"]\n'
     )
     (tmp_path / "noxfile.py").write_text(
         "from buildtasks.sessions import integration_session\n"

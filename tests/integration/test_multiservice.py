@@ -1,0 +1,202 @@
+"""The fixture project tests/fixtures/shop, laid out unlike example/: a shared base image
+that api, worker and a one-shot migrate image build FROM, protos/ and compose.yaml at the
+root, an LFS-tracked asset, data under var/. Real builds, compose, git LFS and SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, remove_images, run_cli
+
+pytestmark = pytest.mark.integration
+
+FIXTURE = REPO / "tests/fixtures/shop"
+ASSET = "services/api/assets/banner.bin"
+
+
+def git(cwd: Path, *args: str, env: dict | None = None) -> str:
+    result = subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory, engine, mirror):
+    """The fixture as a git checkout whose LFS objects live in a local bare remote."""
+    top = tmp_path_factory.mktemp("shop")
+    work, remote = top / "work", top / "remote.git"
+    shutil.copytree(FIXTURE, work)
+    (work / "gitattributes.lfs").rename(work / ".gitattributes")
+    git(top, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(work, "init", "-q", "-b", "main")
+    git(work, "lfs", "install", "--local")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "shop")
+    git(work, "remote", "add", "origin", remote.as_uri())
+    git(work, "push", "-q", "origin", "main")  # LFS objects go to remote.git/lfs over file://
+    prefix = f"127.0.0.1:5000/shop-{uuid.uuid4().hex[:8]}"
+    env = {
+        "SHOP_REGISTRY": prefix,
+        "SHOP_PROJECT": f"shop{uuid.uuid4().hex[:8]}",
+        "BASE_IMAGE_MIRROR": mirror,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    yield work, remote, env, prefix
+    remove_images(engine, prefix)
+
+
+def inv(cwd: Path, env: dict, *args: str):
+    return run_cli(["invoke", *args], cwd=cwd, env=env)
+
+
+def image_id(engine, ref: str) -> str:
+    return engine.images.get(ref).id
+
+
+def test_a_clone_without_lfs_content_is_pulled_before_the_build(shop, tmp_path):
+    _, remote, env, prefix = shop
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", remote.as_uri(), str(clone), env={"GIT_LFS_SKIP_SMUDGE": "1"})
+    assert (clone / ASSET).read_bytes().startswith(b"version https://git-lfs")
+    built = inv(clone, env, "build-api", "--tag", f"{prefix}/api:lfs-clone")
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert (clone / ASSET).read_bytes() == b"SHOP-ASSET-v1\n"
+
+
+def test_a_pointer_whose_object_is_missing_is_refused_naming_the_file(shop, tmp_path):
+    _, remote, env, _ = shop
+    bare = tmp_path / "no-objects.git"
+    shutil.copytree(remote, bare, ignore=shutil.ignore_patterns("lfs"))
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", bare.as_uri(), str(clone), env={"GIT_LFS_SKIP_SMUDGE": "1"})
+    refused = inv(clone, env, "build-api")
+    assert refused.returncode != 0
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and ASSET in last and "pointer" in last, last
+    assert "Traceback" not in refused.stderr
+
+
+def test_build_orders_targets_and_rebuilds_the_base_only_when_it_changed(shop, engine):
+    work, _, env, prefix = shop
+    built = inv(work, env, "build")
+    assert built.returncode == 0, built.stderr[-2000:]
+    lines = built.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["base", "api", "worker", "migrate"]
+    base = image_id(engine, f"{prefix}/base:latest-build")
+
+    again = inv(work, env, "build-api")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert image_id(engine, f"{prefix}/base:latest-build") == base  # unchanged: not rebuilt
+
+    common = work / "services/base/common.py"
+    common.write_text(common.read_text().replace('"1"', '"2"'))
+    git(work, "commit", "-qam", "base: version 2")
+    changed = inv(work, env, "build-api")
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert changed.stdout.splitlines()[0].startswith("base:")  # base first
+    new_base = engine.images.get(f"{prefix}/base:latest-build")
+    assert new_base.id != base
+    api = engine.images.get(f"{prefix}/api:latest-build")
+    base_layers = new_base.attrs["RootFS"]["Layers"]
+    assert api.attrs["RootFS"]["Layers"][: len(base_layers)] == base_layers  # FROM the new base
+
+
+def test_nox_integration_runs_the_stack_from_config_alone(shop):
+    work, _, env, _ = shop
+    result = subprocess.run(
+        [sys.executable, "-m", "nox", "-f", str(work / "noxfile.py"), "-s", "integration"],
+        cwd=work,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "1 passed" in result.stdout + result.stderr
+
+
+def test_db_migrate_stops_at_a_failing_file_and_clean_storage_needs_a_set(shop):
+    work, _, env, _ = shop
+    (work / "var/uploads").mkdir(parents=True, exist_ok=True)
+    (work / "var/uploads/receipt.txt").write_text("paid")
+
+    dry = inv(work, env, "--dry", "db.migrate")
+    assert dry.returncode == 0 and "would apply 0003_broken.sql" in dry.stdout
+    assert not (work / "var/shop.db").exists()
+
+    failed = inv(work, env, "db.migrate")
+    assert failed.returncode == 1
+    assert "0003_broken.sql" in failed.stderr and "stays at version 2" in failed.stderr
+    db = sqlite3.connect(work / "var/shop.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"orders"}  # the failing file's CREATE TABLE audit was rolled back
+    db.close()
+
+    again = inv(work, env, "db.migrate")  # with a database: a backup set first
+    assert again.returncode == 1 and "backup set" in again.stderr
+    status = json.loads(inv(work, env, "db.status", "--json").stdout)
+    assert status["after"] == 2 and status["pending"] == ["0003_broken.sql"]
+
+    refused = inv(work, env, "clean-storage", "--yes")  # the migrate sets hold no uploads
+    assert refused.returncode == 1 and "no backup set" in refused.stderr
+    assert inv(work, env, "backup").returncode == 0
+    no_yes = inv(work, env, "clean-storage")
+    assert no_yes.returncode == 1 and "--yes" in no_yes.stderr
+    dry_clean = inv(work, env, "--dry", "clean-storage")
+    assert dry_clean.returncode == 0 and (work / "var/uploads/receipt.txt").exists()
+    cleaned = inv(work, env, "clean-storage", "--yes")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not (work / "var/shop.db").exists() and not any((work / "var/uploads").iterdir())
+    set_id = cleaned.stdout.split("--id ")[1].split("`")[0]
+    restored = inv(work, env, "restore", "--yes", "--id", set_id)
+    assert restored.returncode == 0, restored.stderr
+    assert (work / "var/uploads/receipt.txt").read_text() == "paid"
+    db = sqlite3.connect(work / "var/shop.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+def test_release_plan_gives_each_image_plain_version_tags(shop):
+    from buildtasks import config
+    from buildtasks.release import flow
+
+    work, _, env, prefix = shop
+    os.environ.update(env)
+    try:
+        plan = flow.make_plan(config.load(work), bump="minor")
+    finally:
+        for key in env:
+            if key != "PATH":
+                os.environ.pop(key, None)
+    assert plan.new == "0.2.0"
+    assert plan.image_tags == {
+        "api": [f"{prefix}/api:0.2.0", f"{prefix}/api:0.2", f"{prefix}/api:0"],
+        "worker": [f"{prefix}/worker:0.2.0", f"{prefix}/worker:0.2", f"{prefix}/worker:0"],
+    }
+
+
+def test_push_builds_the_api_from_the_pushed_base_by_digest(shop):
+    work, _, env, prefix = shop
+    pushed = inv(work, env, "push", "--target", "api")
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    lines = [line for line in pushed.stdout.splitlines() if ": pushed " in line]
+    assert [line.split(":")[0] for line in lines] == ["base", "api"]
+    base_ref = lines[0].split(": pushed ")[1].split()[0]
+    assert base_ref.startswith(f"{prefix}/base@sha256:")
+    assert f"base=docker-image://{base_ref}" in pushed.stderr  # the api's build command
