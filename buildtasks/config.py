@@ -434,6 +434,12 @@ def read_data_subset(text: str) -> str:
     )
 
 
+def _restic_option(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[a-z0-9]+\.[a-z0-9.-]+=.*", value, re.DOTALL) and "\x00" not in value:
+        return None
+    return "is not a restic option; write KEY=VALUE such as sftp.args=-p 2222"
+
+
 def _subset(value: str, _: _Context) -> str | None:
     try:
         read_data_subset(value)
@@ -451,6 +457,8 @@ class OffsiteSettings:
     password_file: Annotated[str, Rule(_optional_data_path)] = ""  # ... or a file holding it
     send: typing.Literal["manual", "always"] = "manual"  # always: every `inv backup` sends
     check_subset: Annotated[str, Rule(_subset)] = "5%"  # what `backup.verify --offsite` reads
+    # restic -o KEY=VALUE for every command (sftp.args, s3.region, ...); shown, so no secrets
+    options: tuple[Annotated[str, Rule(_restic_option)], ...] = ()
 
 
 @dataclass(frozen=True)

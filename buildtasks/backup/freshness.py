@@ -40,5 +40,8 @@ def age_seconds(set_id: str, now: datetime | None = None) -> float:
 
 
 def human_age(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m"
+    """In Go's duration units, as --max-age is written: 26h03m, 4m10s, 7s."""
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
+    return f"{whole // 3600}h{whole // 60 % 60:02d}m"

@@ -91,6 +91,7 @@ class Repository:
             )
         self.settings = settings
         self.shown = redact_url(config.repository)
+        self.options = [word for option in config.options for word in ("-o", option)]
         environment = settings.environment
         env = {
             "RESTIC_REPOSITORY": config.repository,
@@ -130,9 +131,8 @@ class Repository:
         self, *args: str, query: bool = False, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run restic; its known failures become one line naming the repository."""
-        result = self.sh.run(
-            ["restic", *args], query=query, capture=True, check=False, cwd=cwd and str(cwd)
-        )
+        argv = ["restic", *self.options, *args]
+        result = self.sh.run(argv, query=query, capture=True, check=False, cwd=cwd and str(cwd))
         if result.returncode == 0:
             return result
         if result.returncode == 127:
@@ -161,7 +161,8 @@ class Repository:
     def open(self, create: bool = False) -> None:
         """Check the repository opens with the password (before anything changes); create
         it when it does not exist and create is set."""
-        probe = self.sh.run(["restic", "cat", "config"], query=True, capture=True, check=False)
+        argv = ["restic", *self.options, "cat", "config"]
+        probe = self.sh.run(argv, query=True, capture=True, check=False)
         if probe.returncode == 10 and create:
             self.sh.note(f"off-site: creating the repository {self.shown}")
             self.restic("init")
