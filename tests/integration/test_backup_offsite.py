@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -16,7 +18,7 @@ import pytest
 
 from buildtasks import config
 from buildtasks.backup import offsite, sets
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.integration.test_backup import (  # noqa: F401 (example_stack is a fixture)
     POPULATE,
     example_stack,
@@ -283,6 +285,22 @@ def test_drill_and_disaster_recovery_from_offsite_on_the_example(
         names = [c["name"] for c in report["checks"]]
         assert names[:2] == ["verify", "health"] and len(names) == 5, report
         assert leftovers_of(engine, prefix) == []
+
+        # Ctrl-C (SIGINT to the whole process group, as a terminal sends it) once the
+        # throwaway stack exists: it is still removed.
+        drilling = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "backup.drill", "--from", "local"],
+            cwd=REPO, env={**os.environ, **env}, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while not leftovers_of(engine, prefix) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert leftovers_of(engine, prefix), "the drill stack never appeared"
+        os.killpg(drilling.pid, signal.SIGINT)
+        _, stderr = drilling.communicate(timeout=180)
+        assert drilling.returncode != 0, stderr[-2000:]
+        assert leftovers_of(engine, prefix) == [], stderr[-2000:]
 
         # A tampered local set: the drill fails (one JSON document), and leaves nothing.
         tar = next((tmp_path / "sets" / made["id"]).glob("files-*.tar"))
