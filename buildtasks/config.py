@@ -50,6 +50,7 @@ _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}
 _REPOSITORY = re.compile(_NAME)
 _REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
 _TAG_NAME = re.compile(_TAG)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # build argument and variable names
 _RESTIC_REPOSITORY = re.compile(r"(?:rest:https?://|sftp:|s3:|b2:)\S+")
 
 
@@ -153,7 +154,7 @@ def _optional_data_path(value: str, ctx: _Context) -> str | None:
 
 
 def _env_name(value: str, _: _Context) -> str | None:
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+    if _IDENTIFIER.fullmatch(value):
         return None
     return "is not an environment variable name"
 
@@ -324,7 +325,7 @@ def _optional_word(value: str, ctx: _Context) -> str | None:
 
 
 def _arg_name(value: str, _: _Context) -> str | None:
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+    if _IDENTIFIER.fullmatch(value):
         return None
     return "is not a build argument name"
 

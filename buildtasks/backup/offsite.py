@@ -78,6 +78,33 @@ def group_of(found: Manifest) -> str:
     return "partial-" + "+".join(sorted({a.kind for a in found.artifacts}))
 
 
+def parse_snapshots(output: str, shown: str) -> list[Snapshot]:
+    """`restic snapshots --json` as this tool's sets: one per set id (its newest snapshot),
+    newest set first. Read back, so input: only well-formed ids, tags and groups count."""
+    try:
+        rows = json.loads(output or "[]")
+        if not isinstance(rows, list):
+            raise ValueError("not a list")
+    except ValueError:
+        raise OffsiteError(f"off-site repository {shown}: unreadable snapshot list") from None
+    found: dict[str, tuple[str, Snapshot]] = {}
+    for row in rows:
+        if not isinstance(row, dict) or not _SNAPSHOT_ID.fullmatch(str(row.get("id", ""))):
+            continue
+        tags = row.get("tags") if isinstance(row.get("tags"), list) else []
+        tags = [t for t in tags if isinstance(t, str)]
+        ids = [t[len(SET_TAG) :] for t in tags if t.startswith(SET_TAG)]
+        groups = [t[len(GROUP_TAG) :] for t in tags if t.startswith(GROUP_TAG)]
+        if len(ids) != 1 or not re.fullmatch(ID_PATTERN, ids[0]):
+            continue
+        if len(groups) != 1 or not _GROUP.fullmatch(groups[0]):
+            continue
+        when = str(row.get("time", ""))
+        if ids[0] not in found or when > found[ids[0]][0]:
+            found[ids[0]] = (when, Snapshot(row["id"], ids[0], groups[0]))
+    return sorted((s for _, s in found.values()), key=lambda s: s.set_id, reverse=True)
+
+
 class Repository:
     """The configured repository, with a shell whose restic commands see the URL and the
     password in their environment and never show either."""
@@ -173,28 +200,7 @@ class Repository:
         """This tool's snapshots, one per set (the newest snapshot of a set id), newest set
         first. Tags are read back: only well-formed ids and groups are taken."""
         output = self.restic("snapshots", "--json", "--no-lock", "--tag", TAG, query=True).stdout
-        try:
-            rows = json.loads(output or "[]")
-            assert isinstance(rows, list)
-        except (ValueError, AssertionError):
-            raise OffsiteError(
-                f"off-site repository {self.shown}: unreadable snapshot list"
-            ) from None
-        found: dict[str, tuple[str, Snapshot]] = {}
-        for row in rows:
-            if not isinstance(row, dict) or not _SNAPSHOT_ID.fullmatch(str(row.get("id", ""))):
-                continue
-            tags = [t for t in row.get("tags") or () if isinstance(t, str)]
-            ids = [t[len(SET_TAG) :] for t in tags if t.startswith(SET_TAG)]
-            groups = [t[len(GROUP_TAG) :] for t in tags if t.startswith(GROUP_TAG)]
-            if len(ids) != 1 or not re.fullmatch(ID_PATTERN, ids[0]):
-                continue
-            if len(groups) != 1 or not _GROUP.fullmatch(groups[0]):
-                continue
-            when = str(row.get("time", ""))
-            if ids[0] not in found or when > found[ids[0]][0]:
-                found[ids[0]] = (when, Snapshot(row["id"], ids[0], groups[0]))
-        return sorted((s for _, s in found.values()), key=lambda s: s.set_id, reverse=True)
+        return parse_snapshots(output, self.shown)
 
     def push(self, directory: Path, found: Manifest) -> dict:
         """Send a verified set (its directory) as one snapshot; a set already there is not

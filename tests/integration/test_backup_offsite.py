@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.integration.test_backup import (  # noqa: F401 (example_stack is a fi
     stack_exec,
     tree_digest,
 )
+from tests.integration.test_backup_redis import CmdlineWatch
 from tests.servers import rest_server, sftp_server
 
 pytestmark = pytest.mark.integration
@@ -73,44 +73,13 @@ def offsite_ids(project: Path) -> list[str]:
     return [row["id"] for row in json.loads(ok(cli(project, "backup.offsite.list", "--json")))]
 
 
-class ArgvWatch:
-    """Reads every process's /proc/PID/cmdline while it runs; records any holding a secret."""
-
-    def __init__(self, *secrets: str):
-        self.secrets = [s.encode() for s in secrets]
-        self.seen: list[str] = []
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    try:
-                        argv = (entry / "cmdline").read_bytes()
-                    except OSError:
-                        continue
-                    if any(s in argv for s in self.secrets):
-                        self.seen.append(argv.replace(b"\0", b" ").decode(errors="replace"))
-            self.scans += 1
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
 def test_rest_round_trip_retention_and_no_secret_anywhere(tmp_path):
     with rest_server(tmp_path / "server") as server:
         repository = server.url.replace("http://", f"http://user:{URL_SECRET}@") + "/ledger"
         project = stranger(tmp_path / "ledger", repository)
-        with ArgvWatch(PASSWORD, URL_SECRET) as watch:
+        with CmdlineWatch((PASSWORD, URL_SECRET)) as watch:
             first = json.loads(ok(cli(project, "backup", "--offsite", "--json")))
-        assert watch.scans > 5 and watch.seen == []
+        assert watch.samples > 5 and watch.hits == []
         assert first["offsite"]["snapshot"] and first["offsite"]["bytes_added"] > 0
         settings = config.load(project)
         set_dir = sets.backup_dir(settings) / first["id"]
