@@ -60,16 +60,10 @@ class Snapshot:
 
 
 def redact_url(repository: str) -> str:
-    """The repository as shown: a password in its URL replaced by ***."""
-    scheme, sep, rest = repository.partition(":")
-    if scheme not in ("rest", "s3") or "://" not in rest:
-        return repository
-    password = urlsplit(rest).password
-    return (
-        f"{scheme}{sep}{rest.replace(':' + password + '@', ':' + REDACTED + '@')}"
-        if password
-        else repository
-    )
+    """The repository as shown: a password in its URL (rest:http://user:PASSWORD@...,
+    sftp://user:PASSWORD@...) replaced by ***."""
+    password = urlsplit(repository.partition(":")[2]).password
+    return repository.replace(f":{password}@", f":{REDACTED}@") if password else repository
 
 
 def group_of(found: Manifest) -> str:

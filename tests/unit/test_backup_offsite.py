@@ -91,6 +91,7 @@ def test_redact_url_leaves_urls_without_a_password_alone():
         == "s3:https://key:***@s3.example/b"
     )
     assert offsite.redact_url("rest:http://h/r") == "rest:http://h/r"
+    assert offsite.redact_url("sftp://u:pw9@h:22//srv/r") == "sftp://u:***@h:22//srv/r"
 
 
 def row(set_tag: str, group: str = "full", sid: str = "a" * 64, time: str = "t1") -> dict:
