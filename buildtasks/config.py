@@ -458,6 +458,7 @@ class OffsiteSettings:
     password_file: Annotated[str, Rule(_optional_data_path)] = ""  # ... or a file holding it
     send: typing.Literal["manual", "always"] = "manual"  # always: every `inv backup` sends
     check_subset: Annotated[str, Rule(_subset)] = "5%"  # what `backup.verify --offsite` reads
+    open_timeout: Seconds = 60  # seconds the repository gets to answer when it is opened
     # restic -o KEY=VALUE for every command (sftp.args, s3.region, ...); shown, so no secrets
     options: tuple[Annotated[str, Rule(_restic_option)], ...] = ()
 

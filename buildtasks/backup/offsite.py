@@ -154,41 +154,45 @@ class Repository:
         """Run restic; its known failures become one line naming the repository."""
         argv = ["restic", *self.options, *args]
         result = self.sh.run(argv, query=query, capture=True, check=False, cwd=cwd and str(cwd))
-        if result.returncode == 0:
-            return result
-        if result.returncode == 127:
-            raise OffsiteError(f"restic: command not found; {INSTALL}")
-        if result.returncode == 12:
-            raise OffsiteError(
-                f"off-site repository {self.shown}: wrong password (restic could not open it "
-                "with the configured password); nothing was changed"
-            )
-        if result.returncode == 10:
-            raise OffsiteError(
-                f"off-site repository {self.shown} does not exist; `inv backup --offsite` "
-                "creates it with the first set it sends"
-            )
-        if result.returncode == 11:
-            raise OffsiteError(
-                f"off-site repository {self.shown} is locked by another restic; try again "
-                "later, or `restic unlock` if that run is gone"
-            )
+        if result.returncode != 0:
+            raise self._failure(args[0], result)
+        return result
+
+    def _failure(self, command: str, result: subprocess.CompletedProcess[str]) -> OffsiteError:
+        known = {
+            127: f"restic: command not found; {INSTALL}",
+            124: f"off-site repository {self.shown} did not answer within "
+            f"{self.settings.backup.offsite.open_timeout}s (restic retries an unreachable "
+            "backend for 15 minutes); check that it is up and reachable; nothing was changed",
+            12: f"off-site repository {self.shown}: wrong password (restic could not open it "
+            "with the configured password); nothing was changed",
+            10: f"off-site repository {self.shown} does not exist; `inv backup --offsite` "
+            "creates it with the first set it sends",
+            11: f"off-site repository {self.shown} is locked by another restic; try again "
+            "later, or `restic unlock` if that run is gone",
+        }
+        if result.returncode in known:
+            return OffsiteError(known[result.returncode])
         lines = redact(result.stderr or "", self.sh.secrets).strip().splitlines()
         detail = next((line for line in reversed(lines) if line.strip()), "no message")
-        raise OffsiteError(
-            f"`restic {args[0]}` on {self.shown} failed with exit {result.returncode}: {detail}"
+        return OffsiteError(
+            f"`restic {command}` on {self.shown} failed with exit {result.returncode}: {detail}"
         )
 
     def open(self, create: bool = False) -> None:
-        """Check the repository opens with the password (before anything changes); create
+        """Check the repository opens with the password, before anything changes, within
+        open_timeout (restic itself retries an unreachable backend for 15 minutes); create
         it when it does not exist and create is set."""
-        argv = ["restic", *self.options, "cat", "config"]
+        limit = str(self.settings.backup.offsite.open_timeout)
+        argv = ["timeout", "--kill-after=5", limit, "restic", *self.options, "cat", "config"]
         probe = self.sh.run(argv, query=True, capture=True, check=False)
         if probe.returncode == 10 and create:
             self.sh.note(f"off-site: creating the repository {self.shown}")
             self.restic("init")
+        elif probe.returncode == 137:  # killed by timeout --kill-after: it did not answer
+            raise self._failure("cat", subprocess.CompletedProcess(argv, 124))
         elif probe.returncode != 0:
-            self.restic("cat", "config", query=True)  # the same failure, as one line
+            raise self._failure("cat", probe)
 
     def snapshots(self) -> list[Snapshot]:
         """This tool's snapshots, one per set (the newest snapshot of a set id), newest set

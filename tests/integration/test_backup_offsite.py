@@ -292,3 +292,17 @@ def test_drill_and_disaster_recovery_from_offsite_on_the_example(
         assert example_state(env) == before
         health = json.loads(urllib.request.urlopen(f"{api}/health").read())
         assert health["status"] == "ok" and health["database"]["jobs"] == 3
+
+
+def test_an_unreachable_repository_is_one_line_within_open_timeout(tmp_path):
+    """restic retries a backend that refuses connections for 15 minutes; we do not wait."""
+    from buildtasks.platforms import free_port
+
+    url = f"rest:http://127.0.0.1:{free_port()}/ledger"
+    project = stranger(tmp_path / "ledger", url, "open_timeout = 2\n")
+    started = time.monotonic()
+    line = one_line_error(cli(project, "backup", "--offsite"))
+    assert "did not answer within 2s" in line and time.monotonic() - started < 30
+    assert not (project / "var/sets").exists() or not list((project / "var/sets").iterdir())
+    result = cli(project, "backup.verify", "--max-age", "26h")  # a warning, then no set at all
+    assert "off-site not read" in result.stderr and "no intact full backup set" in result.stderr
