@@ -17,13 +17,12 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from buildtasks.atomic import fsync_dir, fsync_file
 from buildtasks.backup import manifest, retention, sets
-from buildtasks.backup.manifest import ID_FORMAT, ID_PATTERN, Manifest
+from buildtasks.backup.manifest import ID_PATTERN, Manifest
 from buildtasks.backup.restore import RestoreRefused
 from buildtasks.config import Settings
 from buildtasks.errors import BuildtasksError, ConfigError
@@ -53,10 +52,6 @@ class Snapshot:
     id: str  # restic's snapshot id
     set_id: str
     group: str  # full, or partial-KINDS
-
-    @property
-    def created(self) -> datetime:
-        return datetime.strptime(self.set_id, ID_FORMAT).replace(tzinfo=UTC)
 
 
 def redact_url(repository: str) -> str:
@@ -125,13 +120,15 @@ class Repository:
         secrets |= {environment.get(name, "") for name in CREDENTIALS}
         if config.password_file:
             path = settings.root / config.password_file
-            if not path.is_file():
+            try:
+                secrets.add(path.read_text().strip())  # shown as *** should restic echo it
+            except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigError(
-                    f"[tool.buildtasks.backup.offsite] password_file: no file at {path}; "
-                    "create it (mode 600) holding the repository password"
-                )
+                    f"[tool.buildtasks.backup.offsite] password_file: cannot read {path} "
+                    f"({getattr(exc, 'strerror', None) or exc}); create it (mode 600) holding "
+                    "the repository password"
+                ) from None
             env["RESTIC_PASSWORD_FILE"] = str(path)
-            secrets.add(path.read_text().strip())
         else:
             password = environment.get(config.password_env, "")
             if not password:

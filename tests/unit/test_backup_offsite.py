@@ -76,6 +76,9 @@ def test_password_file_and_missing_password(tmp_path, monkeypatch):
     settings = project(tmp_path, 'repository = "b2:bucket:path"\n')
     with pytest.raises(ConfigError, match="no password; set RESTIC_PASSWORD"):
         offsite.Repository(settings, Shell(echo=False))
+    settings = project(tmp_path, 'repository = "b2:bucket:path"\npassword_file = "pw"\n')
+    with pytest.raises(ConfigError, match=r"password_file: cannot read .*pw"):
+        offsite.Repository(settings, Shell(echo=False))
     (tmp_path / "pw").write_text("from-a-file\n")
     settings = project(tmp_path, 'repository = "b2:bucket:path"\npassword_file = "pw"\n')
     repo = offsite.Repository(settings, Shell(echo=False))
