@@ -4,14 +4,20 @@ A 1 GB SQLite database against `sqlite3 .backup` and `cp` (the floor), and its r
 against `cp`; Redis with 1M keys
 against `redis-cli --rdb`; a backup under a writer committing >= 200 times a second
 against the idle case; the quiesce pause of a compose service holding a 1 GB database
-(target: <= 2 s; only the pinning of the snapshot is paused, its copy follows).
+(target: <= 2 s; only the pinning of the snapshot is paused, its copy follows); the
+off-site push of a 1 GB set against `restic backup` of the same directory (target 1.1x), and
+what a second push of the unchanged database adds (target < 5% of the first).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, report, run, timed
 
 from buildtasks import config
-from buildtasks.backup import redis
+from buildtasks.backup import offsite, redis, sets
+from buildtasks.platforms import free_port
 from buildtasks.shell import Shell
 
 BT = [sys.executable, "-m", "buildtasks"]
@@ -50,14 +57,8 @@ def project(root: Path, backup: str) -> Path:
 
 def sqlite_bench(root: Path) -> None:
     db_path = root / "big.db"
-    db = sqlite3.connect(db_path)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("CREATE TABLE big (x BLOB)")
-    db.execute("CREATE TABLE small (x BLOB)")
-    for _ in range(10):
-        db.executemany("INSERT INTO big VALUES (randomblob(4000))", [()] * 25_000)
-        db.commit()
-    db.close()
+    fill_sqlite(db_path)
+    sqlite3.connect(db_path).execute("CREATE TABLE small (x BLOB)").connection.commit()
     print(f"sqlite database: {db_path.stat().st_size / 1e9:.2f} GB", flush=True)
     proj = project(root, 'sqlite = ["big.db"]')
     ours = timed([*BT, "backup"], proj, runs=3)
@@ -149,13 +150,107 @@ def quiesce_bench(root: Path) -> None:
         run([*compose, "down", "--volumes"], proj, env)
 
 
+def fill_sqlite(db_path: Path) -> None:
+    """A 1 GB database of random blobs."""
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE big (x BLOB)")
+    for _ in range(10):
+        db.executemany("INSERT INTO big VALUES (randomblob(4000))", [()] * 25_000)
+        db.commit()
+    db.close()
+
+
+@contextlib.contextmanager
+def rest_server(data: Path):
+    """restic's rest-server on a free loopback port, for the off-site benchmark."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["restic-rest-server", "--listen", f"127.0.0.1:{port}", "--path", str(data), "--no-auth"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        yield f"rest:http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def with_repository(settings, repository: str):
+    backup = settings.backup
+    offsite_settings = dataclasses.replace(backup.offsite, repository=repository)
+    return dataclasses.replace(
+        settings, backup=dataclasses.replace(backup, offsite=offsite_settings)
+    )
+
+
+def offsite_bench(root: Path) -> None:
+    """The push `inv backup --offsite` adds to a backup, against `restic backup` of the same
+    set directory run directly, each into a fresh repository on a loopback rest-server; then
+    a second push of an unchanged database (a new set with the same data)."""
+    proj = root / "offsiteproj"
+    proj.mkdir()
+    fill_sqlite(proj / "big.db")
+    password = "bench-password"
+    os.environ["BENCH_RESTIC_PASSWORD"] = password
+    with rest_server(root / "rest") as url:
+        (proj / "pyproject.toml").write_text(
+            '[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.backup]\nkeep_last = 2\n'
+            'sqlite = ["big.db"]\n[tool.buildtasks.backup.offsite]\n'
+            f'repository = "{url}/ours"\npassword_env = "BENCH_RESTIC_PASSWORD"\n'
+        )
+        run([*BT, "backup"], proj)
+        settings = config.load(proj)
+        made = sets.listing(settings)[0][0]
+        directory = sets.backup_dir(settings) / made.id
+        print(f"set: {sum(a.size for a in made.artifacts) / 1e9:.2f} GB", flush=True)
+        env = {"RESTIC_PASSWORD": password}
+        ours, anchor, sent = [], [], {}
+        for attempt in range(2):  # alternating, each into a fresh repository
+            repository = f"{url}/direct{attempt}"
+            run(["restic", "init", "--repo", repository], root, env)
+            anchor.append(
+                timed(
+                    ["restic", "backup", "--repo", repository, "--quiet", "."], directory, env=env
+                )
+            )
+            if attempt:
+                run(["restic", "init", "--repo", f"{url}/ours{attempt}"], root, env)
+            repo = offsite.Repository(with_repository(settings, f"{url}/ours{attempt or ''}"),
+                                      Shell(echo=False))  # fmt: skip
+            repo.open(create=True)
+            started = time.perf_counter()
+            sent = repo.push(directory, made)
+            ours.append(time.perf_counter() - started)
+        report("off-site push of a 1 GB set vs restic backup", statistics.median(ours),
+               statistics.median(anchor), 1.1)  # fmt: skip
+        run([*BT, "backup"], proj)  # the same database, a new set
+        second_set = sets.listing(settings)[0][0]
+        again = repo.push(sets.backup_dir(settings) / second_set.id, second_set)
+        share = again["bytes_added"] / sent["bytes_added"]
+        verdict = "meets" if share < 0.05 else "MISSES"
+        print(
+            f"{'off-site: second push of the unchanged 1 GB database':<58} "
+            f"{again['bytes_added'] / 1e6:.1f} MB of {sent['bytes_added'] / 1e6:.1f} MB "
+            f"({share:.1%})  target < 5%  {verdict}",
+            flush=True,
+        )
+
+
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="buildtasks-bench-backup-"))
     (root / "redisproj").mkdir()
     try:
-        only = sys.argv[1:] or ["sqlite", "redis", "quiesce"]
+        only = sys.argv[1:] or ["sqlite", "redis", "quiesce", "offsite"]
+        benches = {
+            "sqlite": sqlite_bench,
+            "redis": redis_bench,
+            "quiesce": quiesce_bench,
+            "offsite": offsite_bench,
+        }
         for name in only:
-            {"sqlite": sqlite_bench, "redis": redis_bench, "quiesce": quiesce_bench}[name](root)
+            benches[name](root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -53,6 +53,8 @@ _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}
 _REPOSITORY = re.compile(_NAME)
 _REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
 _TAG_NAME = re.compile(_TAG)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # build argument and variable names
+_RESTIC_REPOSITORY = re.compile(r"(?:rest:https?://|sftp:|s3:|b2:)\S+")
 
 
 def is_tag(text: str) -> bool:
@@ -148,6 +150,16 @@ def _data_path(value: str, ctx: _Context) -> str | None:
     if value.startswith("/") and "\x00" not in value:
         return None
     return _project_path(value, ctx)
+
+
+def _optional_data_path(value: str, ctx: _Context) -> str | None:
+    return _data_path(value, ctx) if value else None
+
+
+def _env_name(value: str, _: _Context) -> str | None:
+    if _IDENTIFIER.fullmatch(value):
+        return None
+    return "is not an environment variable name"
 
 
 def _container_path(value: str, _: _Context) -> str | None:
@@ -319,7 +331,7 @@ def _optional_word(value: str, ctx: _Context) -> str | None:
 
 
 def _arg_name(value: str, _: _Context) -> str | None:
-    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+    if _IDENTIFIER.fullmatch(value):
         return None
     return "is not a build argument name"
 
@@ -433,6 +445,55 @@ class StackSettings:
     data_owner: Annotated[str, Rule(_owner)] = "1000:1000"  # ... and chowned to the image's user
 
 
+def _repository_url(value: str, _: _Context) -> str | None:
+    if not value or _RESTIC_REPOSITORY.fullmatch(value):
+        return None
+    return (
+        "is not an off-site restic repository; write rest:http(s)://..., sftp:..., s3:... or b2:..."
+    )
+
+
+def read_data_subset(text: str) -> str:
+    """text if restic check --read-data-subset takes it: N% (above 0, at most 100) or n/t."""
+    if (match := re.fullmatch(r"(\d{1,3}(?:\.\d+)?)%", text)) and 0 < float(match[1]) <= 100:
+        return text
+    if (match := re.fullmatch(r"(\d{1,6})/(\d{1,6})", text)) and 1 <= int(match[1]) <= int(
+        match[2]
+    ):
+        return text
+    raise ConfigError(
+        f"data subset {text[:40]!r}: write a percentage such as 5% or a part n/t such as 1/7"
+    )
+
+
+def _restic_option(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[a-z0-9]+\.[a-z0-9.-]+=.*", value, re.DOTALL) and "\x00" not in value:
+        return None
+    return "is not a restic option; write KEY=VALUE such as sftp.args=-p 2222"
+
+
+def _subset(value: str, _: _Context) -> str | None:
+    try:
+        read_data_subset(value)
+    except ConfigError:
+        return "is not a data subset; write a percentage such as 5% or a part n/t such as 1/7"
+    return None
+
+
+@dataclass(frozen=True)
+class OffsiteSettings:
+    """``[tool.buildtasks.backup.offsite]``: the restic repository sets are sent to."""
+
+    repository: Annotated[str, Rule(_repository_url)] = ""  # empty: no off-site copies
+    password_env: Annotated[str, Rule(_env_name)] = "RESTIC_PASSWORD"  # env or .env variable
+    password_file: Annotated[str, Rule(_optional_data_path)] = ""  # ... or a file holding it
+    send: typing.Literal["manual", "always"] = "manual"  # always: every `inv backup` sends
+    check_subset: Annotated[str, Rule(_subset)] = "5%"  # what `backup.verify --offsite` reads
+    open_timeout: Seconds = 60  # seconds the repository gets to answer when it is opened
+    # restic -o KEY=VALUE for every command (sftp.args, s3.region, ...); shown, so no secrets
+    options: tuple[Annotated[str, Rule(_restic_option)], ...] = ()
+
+
 @dataclass(frozen=True)
 class IntegrationSettings:
     """``[tool.buildtasks.integration]``: what `nox -s integration` installs, builds, runs."""
@@ -476,6 +537,7 @@ class BackupSettings:
     # compose services paused (docker pause) while SQLite, Redis and files are captured, so
     # the stores of a set come from one instant; `inv backup --no-quiesce` skips it
     quiesce: tuple[Annotated[str, Rule(_service)], ...] = ()
+    offsite: OffsiteSettings = OffsiteSettings()  # [tool.buildtasks.backup.offsite]
 
 
 @dataclass(frozen=True)
@@ -745,7 +807,14 @@ def parse(
     integration = _section(
         IntegrationSettings, sections["integration"], f"{where}.integration", env, ctx
     )
-    backup = _section(BackupSettings, sections["backup"], f"{where}.backup", env, ctx)
+    backup_table = sections["backup"]
+    offsite = None
+    if isinstance(backup_table, dict) and "offsite" in backup_table:
+        backup_table = dict(backup_table)
+        offsite = backup_table.pop("offsite")
+    backup = _section(BackupSettings, backup_table, f"{where}.backup", env, ctx)
+    offsite = _section(OffsiteSettings, offsite, f"{where}.backup.offsite", env, ctx)
+    backup = dataclasses.replace(backup, offsite=offsite)
     for section, chosen in (
         ("stack", stack.targets),
         ("release", release.targets),

@@ -192,21 +192,29 @@ def run(settings: Settings, sh: Runtime, found: Manifest, only: tuple[str, ...] 
                 f"backup {found.id} failed verification, nothing restored: {'; '.join(problems)}"
             )
         in_stack = needs_stack(settings, chosen)
-        stack = stack_compose(settings)
         if in_stack:
-            prepare_stack(settings, sh, stack)
+            prepare_stack(settings, sh, stack_compose(settings))
         safety = sets.create(settings, sh, safety=True)
         sh.note(f"safety backup: {safety.id}")
 
-        with interrupts_on_sigterm():  # SIGTERM unwinds like Ctrl-C: put back, start
-            if in_stack:
-                sh.run(stack.argv("stop"))
-            try:
-                Restorer(settings, sh, root / found.id).apply(chosen)
-            finally:
-                if in_stack:
-                    up(sh, stack, settings.stack.wait_timeout)
+        swap_in(settings, sh, root / found.id, chosen, in_stack)
     return safety
+
+
+def swap_in(
+    settings: Settings, sh: Runtime, directory: Path, chosen: list[Step], in_stack: bool
+) -> None:
+    """Stop the stack (when it holds data), stage and swap the set's artifacts in, start it
+    again and wait for health, whatever happened in between."""
+    stack = stack_compose(settings)
+    with interrupts_on_sigterm():  # SIGTERM unwinds like Ctrl-C: put back, start
+        if in_stack:
+            sh.run(stack.argv("stop"))
+        try:
+            Restorer(settings, sh, directory).apply(chosen)
+        finally:
+            if in_stack:
+                up(sh, stack, settings.stack.wait_timeout)
 
 
 def prepare_stack(settings: Settings, sh: Shell, stack: compose.Compose) -> None:

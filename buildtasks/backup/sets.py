@@ -525,12 +525,19 @@ def verify(settings: Settings, sh: Shell, name: str) -> list[str]:
     manifest, file names, sizes, checksums, SQLite integrity, archive members, RDB check."""
     if not is_plain_name(name) or name.startswith("."):
         return [f"{name!r} is not a backup set in {backup_dir(settings)}"]
-    directory = backup_dir(settings) / name
+    return verify_directory(sh, backup_dir(settings) / name, name if is_set_id(name) else "")
+
+
+def verify_directory(sh: Shell, directory: Path, expected_id: str = "") -> list[str]:
+    """Every problem of the set in directory (a set of the backup directory, or one just
+    downloaded); expected_id, when given, is the id its manifest must carry."""
+    if (directory / manifest.NAME).is_symlink():
+        return [f"{directory / manifest.NAME}: a symlink, not the set's manifest"]
     try:
         found = manifest.load(directory)
     except InvalidManifest as exc:
         return [str(exc)]
-    if is_set_id(name) and found.id != name:
+    if expected_id and found.id != expected_id:
         return [f"{directory}: the manifest is of set {found.id}"]
     problems = []
     checks = {"sqlite": sqlite.check, "files": archive.check, "redis": lambda p: redis.check(sh, p)}

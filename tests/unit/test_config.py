@@ -23,6 +23,7 @@ _SCHEMA = (
     config.ProtoSettings,
     config.StackSettings,
     config.BackupSettings,
+    config.OffsiteSettings,
     config.ReleaseSettings,
     config.CacheSettings,
 )
@@ -472,7 +473,8 @@ _BUILDTASKS = _table_of(
     targets=_TARGETS | _ANY,
     proto=_table_of(config.ProtoSettings) | _ANY,
     stack=_table_of(config.StackSettings) | _ANY,
-    backup=_table_of(config.BackupSettings) | _ANY,
+    backup=_table_of(config.BackupSettings, offsite=_table_of(config.OffsiteSettings) | _ANY)
+    | _ANY,
     release=_table_of(config.ReleaseSettings) | _ANY,
     cache=_table_of(config.CacheSettings) | _ANY,
 )
