@@ -330,6 +330,16 @@ def _cache_spec(value: str, _: _Context) -> str | None:
     return "is not a cache spec (type=...,key=value or an image reference)"
 
 
+def _buf_rule(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
+        return None
+    return "is not a buf rule or category (e.g. STANDARD, FIELD_LOWER_SNAKE_CASE)"
+
+
+def _python_version(value: str, _: _Context) -> str | None:
+    return None if re.fullmatch(r"3\.[0-9]{1,2}", value) else "is not a Python version (e.g. 3.12)"
+
+
 Count = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[int, Meta(ge=1, le=_MAX_SECONDS)]
@@ -384,7 +394,27 @@ class ProtoSettings:
     out: ProjectPath
     include: tuple[ProjectPath, ...] = ()
     grpc: bool = True
-    pyi: bool = True
+    pyi: bool = True  # .pyi stubs for the message and the gRPC modules (mypy-protobuf)
+    # `inv proto.breaking`: buf's breaking-change category (a project's buf.yaml wins)
+    breaking: typing.Literal["FILE", "PACKAGE", "WIRE_JSON", "WIRE"] = "WIRE_JSON"
+    # `inv proto.lint`: buf lint rules or categories used, and those left out
+    lint: tuple[Annotated[str, Rule(_buf_rule)], ...] = ("STANDARD",)
+    lint_except: tuple[Annotated[str, Rule(_buf_rule)], ...] = (
+        "RPC_REQUEST_RESPONSE_UNIQUE",
+        "RPC_RESPONSE_STANDARD_NAME",
+    )
+
+
+@dataclass(frozen=True)
+class CiSettings:
+    """``[tool.buildtasks.ci]``: what `buildtasks ci github|gitlab` puts in the workflow.
+    Each step list is shell commands run in the project root."""
+
+    python: Annotated[str, Rule(_python_version)] = "3.11"
+    install: tuple[str, ...] = ("python -m pip install -e .[dev]",)
+    lint: tuple[str, ...] = ("nox -s lint",)
+    unit: tuple[str, ...] = ("nox -s tests",)
+    integration: tuple[str, ...] = ("nox -s integration",)
 
 
 @dataclass(frozen=True)
@@ -469,6 +499,7 @@ class Settings:
     backup: BackupSettings = BackupSettings()
     release: ReleaseSettings = ReleaseSettings()
     cache: CacheSettings = CacheSettings()
+    ci: CiSettings = CiSettings()
     dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
 
     @property
@@ -622,7 +653,7 @@ def parse(
     raw = dict(table)
     sections = {
         name: raw.pop(name, None)
-        for name in ("targets", "proto", "stack", "backup", "release", "cache")
+        for name in ("targets", "proto", "stack", "backup", "release", "cache", "ci")
     }
     root = root.resolve()
     ctx = _Context(root, root)
@@ -692,6 +723,7 @@ def parse(
         backup=backup,
         release=release,
         cache=_section(CacheSettings, sections["cache"], f"{where}.cache", env, ctx),
+        ci=_section(CiSettings, sections["ci"], f"{where}.ci", env, ctx),
         dotenv=types.MappingProxyType(dotenv),
         **values,
     )

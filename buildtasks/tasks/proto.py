@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
@@ -73,4 +75,49 @@ def clean(c: Context):
     print(f"proto: {verb} {len(removed)} files from {options.out}")
 
 
-collection = Collection("proto", generate, clean)
+def _render(report, as_json: bool, what: str) -> None:
+    """The findings as file:line lines (or one JSON document); exit 1 when there are any."""
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for finding in report.findings:
+            print(finding)
+        if report.note:
+            print(f"proto: {report.note}")
+    if report.findings:
+        raise Exit(f"error: proto: {len(report.findings)} {what} ({report.config})", code=1)
+    if not as_json:
+        print(f"proto: no {what} ({report.config})")
+
+
+@task(
+    help={
+        "against": "git ref to compare with (default: the newest release tag, else the "
+        "release branch)",
+        "category": "buf breaking category over the configured one: FILE, PACKAGE, "
+        "WIRE_JSON or WIRE",
+        "json": "print the result as one JSON document",
+    }
+)
+@one_line_errors
+def breaking(c: Context, against="", category="", json=False):
+    """Fail on breaking changes of the specs since a git ref (buf breaking; no checkout)."""
+    from buildtasks import buf
+
+    project = settings(c)
+    report = buf.breaking(shell(c, project), project, against, category)
+    what = f"breaking changes against {report.against}"
+    _render(report, json, what)
+
+
+@task(name="lint", help={"json": "print the result as one JSON document"})
+@one_line_errors
+def lint_specs(c: Context, json=False):
+    """Lint the specs with buf lint (rules from buf.yaml or [tool.buildtasks.proto])."""
+    from buildtasks import buf
+
+    project = settings(c)
+    _render(buf.lint(shell(c, project), project), json, "lint findings")
+
+
+collection = Collection("proto", generate, clean, breaking, lint_specs)
