@@ -10,8 +10,6 @@ temporary directory): the working tree and the index are never touched.
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
@@ -21,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 
 from buildtasks.config import Settings
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
-from buildtasks.shell import Shell
+from buildtasks.shell import Shell, tool
 
 FINDINGS_EXIT = 100  # buf's exit code when it found something (0: clean; others: failure)
 
@@ -61,15 +59,7 @@ class Module:
 
 
 def binary() -> str:
-    """buf from this environment (buf-bin installs it beside the interpreter), else PATH."""
-    beside = Path(sys.executable).parent / "buf"
-    found = str(beside) if beside.is_file() else shutil.which("buf")
-    if not found:
-        raise BuildtasksError(
-            "buf is not installed in this environment; install it with: "
-            "pip install 'buildtasks[proto]'"
-        )
-    return found
+    return tool("buf", "install it with: pip install 'buildtasks[proto]'")
 
 
 def _require_proto(settings: Settings):

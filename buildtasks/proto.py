@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
-from buildtasks.shell import Shell
+from buildtasks.shell import Shell, tool
 
 STAMP = ".buildtasks-proto.json"
 REWRITER_VERSION = "2"  # bump when rewrite_imports changes its output
@@ -112,15 +112,8 @@ def tools_version(options: ProtoOptions | None = None) -> str:
 
 def stub_plugin(name: str) -> str:
     """A protoc plugin of mypy-protobuf (protoc-gen-mypy for messages, protoc-gen-mypy_grpc
-    for services): beside this interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.is_file() else shutil.which(name)
-    if not found:
-        raise BuildtasksError(
-            f"typed stubs need mypy-protobuf's {name}; install it with: "
-            "pip install 'buildtasks[proto]' (or set pyi = false)"
-        )
-    return found
+    for services)."""
+    return tool(name, "install it with: pip install 'buildtasks[proto]' (or set pyi = false)")
 
 
 def inputs_digest(options: ProtoOptions) -> str:
