@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from buildtasks.config import Settings, Target
@@ -136,7 +136,7 @@ def offline_checks(text: str, target: Target, path: str) -> list[Finding]:
     found = []
 
     def add(line: int, check: str, message: str) -> None:
-        found.append(Finding(path, line, f"buildtasks/{check}", "error", message, (target.name,)))
+        found.append(Finding(path, line, f"buildtasks/{check}", "error", message, ()))
 
     for number, line in enumerate(text.splitlines(), 1):
         if not _DIRECTIVE.match(line.strip()):
@@ -144,9 +144,9 @@ def offline_checks(text: str, target: Target, path: str) -> list[Finding]:
         match = _SYNTAX.match(line.strip())
         first = match.group(1).split("/")[0] if match else ""
         if match and ("/" not in match.group(1) or not re.search(r"[.:]|^localhost$", first)):
-            add(number, "syntax", f"`# syntax={match.group(1)}` makes BuildKit pull that "
-                "frontend from Docker Hub, which fails offline; remove the line (the built-in "
-                "frontend supports RUN --mount) or name an image in a registry you run")  # fmt: skip
+            why = "makes BuildKit pull that frontend from Docker Hub, which fails offline"
+            fix = "remove the line (the built-in frontend supports RUN --mount) or name an image"
+            add(number, "syntax", f"`# syntax={match.group(1)}` {why}; {fix} in your registry")
     stages = _stages(text)
     chosen = [s for s in stages if s.name == target.stage.lower()] if target.stage else stages
     if not chosen:
@@ -178,23 +178,15 @@ def lint(sh: Shell, settings: Settings) -> Report:
                 f"target {target.name}: cannot read {path} ({exc.strerror}); fix `dockerfile`"
             ) from None
         found = [
-            Finding(
-                path,
-                int(item["line"]),
-                item["code"],
-                item["level"],
-                item["message"],
-                (target.name,),
-            )  # fmt: skip
+            Finding(path, int(item["line"]), item["code"], item["level"], item["message"], ())
             for item in hadolint(sh, settings, dockerfile, config)
             if not (item["code"] == "DL3022" and _named_context_copy(text, item["line"], target))
         ]
         for finding in [*found, *offline_checks(text, target, path)]:
             key = (finding.path, finding.line, finding.code)
-            if key in findings:  # a Dockerfile shared by targets: one finding, every target
-                finding = Finding(**{**asdict(findings[key]),
-                                     "targets": (*findings[key].targets, target.name)})  # fmt: skip
-            findings[key] = finding
+            # a Dockerfile shared by targets: one finding that names every target
+            earlier = findings[key].targets if key in findings else ()
+            findings[key] = replace(finding, targets=(*earlier, target.name))
     ordered = tuple(sorted(findings.values(), key=lambda f: (f.path, f.line, f.code)))
     rank = {level: i for i, level in enumerate(LEVELS)}
     failing = tuple(
