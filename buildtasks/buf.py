@@ -154,8 +154,9 @@ def _read_ref(sh: Shell, settings: Settings, ref: str, paths: tuple[str, ...], i
 
 
 def _run(sh: Shell, settings: Settings, argv: list[str], sides: dict[str, str]) -> list[Finding]:
-    """Run buf with JSON errors; its findings with paths made project-relative. sides maps
-    a directory prefix of reported paths to the label it stands for."""
+    """Run buf with JSON errors in the project root (so its paths are relative to it); its
+    findings. sides maps a directory prefix of reported paths to the label it stands for
+    (the other side of a breaking check: REF:)."""
     result = sh.run([binary(), *argv, "--error-format", "json"], query=True, check=False,
                     cwd=str(settings.root))  # fmt: skip
     if result.returncode not in (0, FINDINGS_EXIT):
@@ -204,8 +205,7 @@ def breaking(sh: Shell, settings: Settings, against: str = "", category: str = "
         argv = ["breaking", mod.input, "--against", str(tree / mod.input)]
         argv += _config_args("--config", mod, settings)
         argv += _config_args("--against-config", mod, settings)
-        sides = {str(tree) + "/": f"{ref}:", "": "" if mod.input == "." else mod.input + "/"}
-        findings = _run(sh, settings, argv, sides)
+        findings = _run(sh, settings, argv, {str(tree) + "/": f"{ref}:"})
     return Report(tuple(findings), mod.source, ref)
 
 
@@ -213,8 +213,7 @@ def lint(sh: Shell, settings: Settings) -> Report:
     """buf lint of the specs in the working tree."""
     mod = module(settings)
     argv = ["lint", mod.input, *_config_args("--config", mod, settings)]
-    prefix = "" if mod.input == "." else mod.input + "/"
-    return Report(tuple(_run(sh, settings, argv, {"": prefix})), mod.source)
+    return Report(tuple(_run(sh, settings, argv, {})), mod.source)
 
 
 def release_problems(

@@ -1,0 +1,251 @@
+"""CI gates on real tools: buf breaking/lint against real git tags, typed stubs under
+mypy --strict, hadolint, and generated workflows through actionlint and the workflow
+schemas; on a copy of the example and on a project laid out unlike it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.integration.test_release import git, registry, release_project  # noqa: F401
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+# The second project: specs under protos/ (not beside the code), generated code five
+# packages deep, targets named web and jobs-runner with Dockerfiles under docker/, the
+# version in pyproject.toml, release tags release-X on a trunk branch.
+INVOICE = """syntax = "proto3";
+
+package acme.billing.v2;
+
+import "google/protobuf/timestamp.proto";
+
+// Invoices of a customer.
+service InvoiceService {
+  // One invoice by id.
+  rpc GetInvoice(GetInvoiceRequest) returns (GetInvoiceResponse);
+}
+
+message GetInvoiceRequest {
+  string invoice_id = 1;
+}
+
+message GetInvoiceResponse {
+  Invoice invoice = 1;
+}
+
+message Invoice {
+  string invoice_id = 1;
+  int64 total_cents = 2;
+  string customer = 3;
+  google.protobuf.Timestamp issued = 4;
+}
+"""
+FOREIGN_PYPROJECT = """[project]
+name = "acme-billing"
+version = "2.3.0"
+
+[tool.buildtasks]
+image = "127.0.0.1:5000/acme/billing"
+
+[tool.buildtasks.proto]
+src = "protos"
+out = "src/acme/platform/api/grpc/gen"
+
+[tool.buildtasks.release]
+branch = "trunk"
+tag_prefix = "release-"
+targets = ["web"]
+
+[tool.buildtasks.targets.web]
+dockerfile = "docker/web.Dockerfile"
+platforms = ["linux/amd64"]
+checks = ["non-root", "healthcheck"]
+
+[tool.buildtasks.targets.jobs-runner]
+dockerfile = "docker/runner.Dockerfile"
+"""
+WEB_DOCKERFILE = """FROM scratch AS files
+COPY README.md /srv/
+
+FROM files
+USER 10001
+HEALTHCHECK CMD ["/srv/health"]
+"""
+
+
+@pytest.fixture
+def foreign(tmp_path: Path) -> Path:
+    """The second project as a repository whose first release, release-2.2.0, predates
+    its specs; release-2.3.0 has them. A bare remote as origin."""
+    project = tmp_path / "billing"
+    (project / "docker").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(FOREIGN_PYPROJECT)
+    (project / "README.md").write_text("billing\n")
+    (project / "CHANGELOG.md").write_text("# Changelog\n\n## [Unreleased]\n\n- Invoices.\n")
+    (project / "docker/web.Dockerfile").write_text(WEB_DOCKERFILE)
+    (project / "docker/runner.Dockerfile").write_text("FROM scratch\nCOPY README.md /\n")
+    for package in ("src/acme", "src/acme/platform", "src/acme/platform/api"):
+        (project / package).mkdir(parents=True, exist_ok=True)
+        (project / package / "__init__.py").write_text("")
+    (project / "src/acme/platform/api/grpc").mkdir()
+    (project / "src/acme/platform/api/grpc/__init__.py").write_text("")
+    (project / ".gitignore").write_text("src/acme/platform/api/grpc/gen/\n")
+    remote = tmp_path / "billing.git"
+    git(tmp_path, "init", "--quiet", "--bare", "-b", "trunk", str(remote))
+    git(project, "init", "--quiet", "-b", "trunk")
+    git(project, "add", "-A")
+    git(project, "commit", "--quiet", "-m", "billing without specs")
+    git(project, "tag", "release-2.2.0")
+    (project / "protos/acme/billing/v2").mkdir(parents=True)
+    (project / "protos/acme/billing/v2/invoice.proto").write_text(INVOICE)
+    git(project, "add", "-A")
+    git(project, "commit", "--quiet", "-m", "invoice specs")
+    git(project, "tag", "release-2.3.0")
+    git(project, "remote", "add", "origin", str(remote))
+    git(project, "push", "--quiet", "--tags", "origin", "trunk")
+    return project
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """A copy of the example as its own repository, its current state tagged v0.1.0."""
+    project = release_project(tmp_path, platforms='["linux/amd64"]')
+    git(project, "tag", "v0.1.0")
+    return project
+
+
+SPEC = {
+    "example": "example/specs/jobs/v1/jobs.proto",
+    "foreign": "protos/acme/billing/v2/invoice.proto",
+}
+# (message body line to delete, a field line to add after it, a field to rename in JSON)
+EDITS = {
+    "example": ("  int64 words = 4;\n", "  string owner = 7;\n", "  string text = 3;"),
+    "foreign": ("  string customer = 3;\n", "  string currency = 5;\n", "  int64 total_cents = 2;"),
+}
+
+
+@pytest.fixture(params=["example", "foreign"])
+def project(request) -> tuple[str, Path]:
+    return request.param, request.getfixturevalue(request.param)
+
+
+def state(project: Path) -> tuple:
+    """What a check must not change: HEAD, the index, the tree's status, the stash."""
+    index = hashlib.sha256((project / ".git/index").read_bytes()).hexdigest()
+    return (
+        git(project, "rev-parse", "HEAD"),
+        index,
+        git(project, "status", "--porcelain"),
+        git(project, "stash", "list"),
+        git(project, "branch", "--show-current"),
+    )
+
+
+def edit(project: Path, name: str, old: str, new: str) -> None:
+    path = project / SPEC[name]
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def breaking(project: Path, *args: str):
+    return run_cli(["buildtasks", "proto.breaking", *args], cwd=project)
+
+
+def test_deleting_a_field_fails_with_file_and_line(project):
+    name, root = project
+    edit(root, name, EDITS[name][0], "")
+    before = state(root)
+    result = breaking(root)
+    assert result.returncode == 1, result.stdout + result.stderr
+    finding = re.compile(
+        rf"{re.escape(SPEC[name])}:\d+:\d+: Previously present field .* was deleted"
+    )
+    assert any(finding.match(line) for line in result.stdout.splitlines()), result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("error: proto: ")
+    assert state(root) == before
+
+
+def test_adding_a_field_passes(project):
+    name, root = project
+    deleted, added, _ = EDITS[name]
+    edit(root, name, deleted, deleted + added)
+    before = state(root)
+    result = breaking(root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("([tool.buildtasks.proto])")
+    assert state(root) == before
+
+
+def test_renaming_a_json_name_fails_under_wire_json_only(project):
+    name, root = project
+    field = EDITS[name][2]
+    edit(root, name, field, field[:-1] + ' [json_name = "renamed"];')
+    result = breaking(root, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)  # exactly one document
+    assert report["ok"] is False
+    assert [f["rule"] for f in report["findings"]] == ["FIELD_SAME_JSON_NAME"]
+    assert report["findings"][0]["path"] == SPEC[name]
+    assert report["findings"][0]["line"] > 1
+    assert breaking(root, "--category", "WIRE").returncode == 0
+
+
+def test_default_ref_is_the_newest_release_tag(project):
+    name, root = project
+    result = breaking(root, "--json")
+    assert (
+        json.loads(result.stdout)["against"]
+        == {"example": "v0.1.0", "foreign": "release-2.3.0"}[name]
+    )
+
+
+def test_a_spec_tree_absent_at_the_ref_passes_with_a_note(foreign):
+    result = breaking(foreign, "--against", "release-2.2.0")
+    assert result.returncode == 0, result.stderr
+    assert "proto: protos did not exist at release-2.2.0: nothing to compare" in result.stdout
+
+
+def test_unknown_ref_is_one_line(foreign):
+    result = breaking(foreign, "--against", "no-such-tag")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: proto.breaking: 'no-such-tag' is not a commit, tag or branch of {foreign}; "
+        "pass --against REF"
+    ]
+
+
+def test_a_projects_own_buf_yaml_is_honoured(foreign):
+    (foreign / "protos/buf.yaml").write_text(
+        "version: v1\nbreaking:\n  use: [WIRE]\nlint:\n  use: [MINIMAL]\n"
+    )
+    edit(
+        foreign, "foreign", "  int64 total_cents = 2;", '  int64 total_cents = 2 [json_name = "t"];'
+    )
+    result = breaking(foreign)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(protos/buf.yaml)" in result.stdout
+    edit(foreign, "foreign", "  string customer = 3;\n", "")
+    deleted = breaking(foreign)
+    assert deleted.returncode == 1
+    assert deleted.stdout.startswith("protos/acme/billing/v2/invoice.proto:")
+
+
+def test_proto_lint_passes_then_flags_a_planted_violation(project):
+    name, root = project
+    ok = run_cli(["buildtasks", "proto.lint"], cwd=root)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    edit(root, name, EDITS[name][0], EDITS[name][0] + "  string ownerName = 9;\n")
+    bad = run_cli(["buildtasks", "proto.lint"], cwd=root)
+    assert bad.returncode == 1
+    assert bad.stdout.startswith(SPEC[name] + ":")
+    assert "FIELD_LOWER_SNAKE_CASE" in bad.stdout
