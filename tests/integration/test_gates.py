@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.test_release import git, registry, release_project  # noqa: F401
+from tests.integration import test_release
+from tests.integration.test_release import git, release_project
 
 pytestmark = pytest.mark.integration
+registry = test_release.registry  # a registry of the test's own, for the release tests
 BIN = Path(sys.executable).parent
 
 # The second project: specs under protos/ (not beside the code), generated code five
@@ -53,7 +57,7 @@ name = "acme-billing"
 version = "2.3.0"
 
 [tool.buildtasks]
-image = "127.0.0.1:5000/acme/billing"
+image = "${REGISTRY:-127.0.0.1:5000}/acme/billing"
 
 [tool.buildtasks.proto]
 src = "protos"
@@ -249,3 +253,103 @@ def test_proto_lint_passes_then_flags_a_planted_violation(project):
     assert bad.returncode == 1
     assert bad.stdout.startswith(SPEC[name] + ":")
     assert "FIELD_LOWER_SNAKE_CASE" in bad.stdout
+
+
+def commit_breaking_change(project: Path, name: str) -> None:
+    edit(project, name, EDITS[name][0], "")
+    git(project, "commit", "--quiet", "-am", "drop a field")
+    git(project, "push", "--quiet", "origin", "HEAD")
+
+
+def test_release_refuses_a_breaking_minor_and_lets_a_major_through(engine, registry, project):
+    address, _ = registry
+    name, root = project
+    commit_breaking_change(root, name)
+    env = {"REGISTRY": address}
+    head = git(root, "rev-parse", "HEAD")
+    refused = run_cli(["buildtasks", "release", "--bump", "minor"], cwd=root, env=env)
+    assert refused.returncode == 1
+    tag = {"example": "v0.1.0", "foreign": "release-2.3.0"}[name]
+    (line,) = [line for line in refused.stderr.splitlines() if "proto:" in line]
+    assert line.startswith(f"  - proto: breaking change since {tag}: {SPEC[name]}:")
+    assert line.endswith("release it with --bump major or pass --allow-breaking")
+    assert "nothing was changed" in refused.stderr
+    assert git(root, "rev-parse", "HEAD") == head
+    allowed = ["buildtasks", "--dry", "release", "--bump", "minor", "--allow-breaking"]
+    assert run_cli(allowed, cwd=root, env=env).returncode == 0
+    if name == "example":  # dry: the example's image takes minutes to build
+        major = run_cli(["buildtasks", "--dry", "release", "--bump", "major"], cwd=root, env=env)
+        assert major.returncode == 0, major.stderr[-2000:]
+        assert "release 0.1.0 -> 1.0.0" in major.stdout
+    else:
+        major = run_cli(["buildtasks", "release", "--bump", "major"], cwd=root, env=env)
+        assert major.returncode == 0, major.stderr[-2000:]
+        assert "released 3.0.0: commit" in major.stdout
+        assert "release-3.0.0" in git(root, "ls-remote", "--tags", "origin")
+
+
+# package, module, service, method, a good request, source dir, response, a wrong request
+CLIENTS = {
+    "example": ("jobsvc.gen.jobs.v1", "jobs_pb2", "JobService", "Submit",
+                "SubmitRequest(text=text)", "example/src", "Job", "SubmitRequest(text=42)"),
+    "foreign": ("acme.platform.api.grpc.gen.acme.billing.v2", "invoice_pb2", "InvoiceService",
+                "GetInvoice", "GetInvoiceRequest(invoice_id=text)", "src",
+                "GetInvoiceResponse", "GetInvoiceRequest(invoice_id=42)"),
+}  # fmt: skip
+
+
+def mypy(root: Path, source: str, path: str) -> subprocess.CompletedProcess:
+    """mypy --strict on a client module, with the project's source directory on MYPYPATH."""
+    client = root / "client.py"
+    client.write_text(source)
+    return subprocess.run(
+        [str(BIN / "mypy"), "--strict", "--no-incremental", "--cache-dir=/dev/null", str(client)],
+        cwd=root, env={**os.environ, "MYPYPATH": str(root / path)}, capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def test_typed_grpc_stubs_pass_mypy_strict_and_catch_a_wrong_call(project):
+    name, root = project
+    assert run_cli(["buildtasks", "proto"], cwd=root).returncode == 0
+    package, module, service, method, good, path, response, wrong = CLIENTS[name]
+    header = (
+        f"import grpc\n\nfrom {package} import {module}, {module}_grpc\n\n\n"
+        "def call(channel: grpc.Channel, text: str) -> None:\n"
+        f"    stub = {module}_grpc.{service}Stub(channel)\n"
+    )
+    ok = mypy(
+        root, header + f"    reply: {module}.{response} = stub.{method}({module}.{good})\n", name
+    )
+    assert ok.returncode == 0, ok.stdout
+    bad = mypy(root, header + f"    stub.{method}({module}.{wrong})\n    stub.Cancel(None)\n", path)
+    assert bad.returncode == 1
+    assert 'incompatible type "int"; expected "str"' in bad.stdout
+    assert f'"{service}Stub" has no attribute "Cancel"' in bad.stdout
+    assert "Found 2 errors in 1 file" in bad.stdout
+
+
+def test_dockerfile_lint_passes_the_projects_and_flags_planted_problems(project):
+    name, root = project
+    ok = run_cli(["buildtasks", "lint"], cwd=root)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    dockerfile = {"example": "example/Dockerfile", "foreign": "docker/web.Dockerfile"}[name]
+    target = {"example": "apify", "foreign": "web"}[name]  # both ask for non-root, healthcheck
+    (root / dockerfile).write_text(
+        "# syntax=docker/dockerfile:1\nFROM x:latest\nUSER root\nCOPY README.md /\n"
+    )
+    bad = run_cli(["buildtasks", "lint"], cwd=root)
+    assert bad.returncode == 1
+    # every problem of the file in one report, each naming its line and the target
+    codes = {line.split(" ")[1] for line in bad.stdout.splitlines()}
+    assert {"buildtasks/syntax", "DL3007", "DL3002", "buildtasks/non-root",
+            "buildtasks/healthcheck"} <= codes  # fmt: skip
+    assert f"{dockerfile}:2: DL3007 warning: Using latest" in bad.stdout
+    assert all(line.endswith(f"[{target}]") for line in bad.stdout.splitlines())
+    (root / ".hadolint.yaml").write_text("ignored: [DL3007, DL3002, DL3066]\n")
+    configured = run_cli(["buildtasks", "lint", "--json"], cwd=root)
+    report = json.loads(configured.stdout)
+    assert configured.returncode == 1
+    assert report["config"] == ".hadolint.yaml"
+    assert sorted(f["code"] for f in report["findings"]) == [
+        "buildtasks/healthcheck", "buildtasks/non-root", "buildtasks/syntax"
+    ]  # fmt: skip
