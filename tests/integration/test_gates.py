@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import run_cli
 from tests.integration import test_release
@@ -353,3 +354,90 @@ def test_dockerfile_lint_passes_the_projects_and_flags_planted_problems(project)
     assert sorted(f["code"] for f in report["findings"]) == [
         "buildtasks/healthcheck", "buildtasks/non-root", "buildtasks/syntax"
     ]  # fmt: skip
+
+
+WORKFLOWS = {"github": ".github/workflows/buildtasks.yml", "gitlab": ".gitlab-ci.yml"}
+
+
+def ci(root: Path, *args: str):
+    return run_cli(["buildtasks", "ci", *args], cwd=root)
+
+
+@pytest.mark.parametrize("provider", ["github", "gitlab"])
+def test_generated_workflow_is_valid_and_builds_every_target(project, provider):
+    name, root = project
+    result = ci(root, provider)
+    assert result.returncode == 0, result.stderr
+    path = root / WORKFLOWS[provider]
+    assert result.stdout.strip() == f"ci: wrote {path}"
+    workflow = yaml.safe_load(path.read_text())
+    targets = {"example": ["dev", "prod", "apify"], "foreign": ["web", "jobs-runner"]}[name]
+    schema = {"github": "vendor.github-workflows", "gitlab": "vendor.gitlab-ci"}[provider]
+    validated = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", schema, str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    release = {"example": ("main", "v"), "foreign": ("trunk", "release-")}[name]
+    if provider == "github":
+        linted = subprocess.run(
+            [str(BIN / "actionlint"), str(path)], capture_output=True, text=True
+        )
+        assert linted.returncode == 0, linted.stdout + linted.stderr
+        jobs = workflow["jobs"]
+        assert jobs["build"]["strategy"]["matrix"]["target"] == targets
+        assert workflow["on"]["push"] == {"branches": [release[0]], "tags": [f"{release[1]}*"]}
+        assert jobs["push"]["if"] == f"github.ref == 'refs/heads/{release[0]}'"
+        assert jobs["release"]["if"] == "startsWith(github.ref, 'refs/tags/')"
+        steps = [step.get("run", "") for job in jobs.values() for step in job["steps"]]
+        assert "docker/setup-buildx-action@v3" in {
+            step.get("uses") for step in jobs["integration"]["steps"]
+        }
+    else:
+        assert workflow["build"]["parallel"]["matrix"] == [{"TARGET": targets}]
+        assert workflow["push"]["rules"] == [{"if": f'$CI_COMMIT_BRANCH == "{release[0]}"'}]
+        steps = [command for job in workflow.values() if isinstance(job, dict)
+                 for command in job.get("script", [])]  # fmt: skip
+    assert {"inv lint", "inv proto.lint", "inv proto.breaking", "nox -s integration"} <= set(steps)
+    assert f"inv push --target {'web' if name == 'foreign' else 'prod'}" in steps
+
+
+@pytest.mark.parametrize("provider", ["github", "gitlab"])
+def test_check_passes_after_generation_and_fails_after_a_target_is_added(project, provider):
+    _, root = project
+    path = root / WORKFLOWS[provider]
+    dry = run_cli(["buildtasks", "--dry", "ci", provider], cwd=root)
+    assert dry.returncode == 0 and not path.exists()
+    assert ci(root, provider, "--check").returncode == 1  # no file yet
+    assert ci(root, provider).returncode == 0
+    ok = ci(root, provider, "--check")
+    assert ok.returncode == 0, ok.stderr
+    assert ci(root, provider).stdout.strip() == f"ci: unchanged {path}"
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(
+        pyproject.read_text()
+        + '\n[tool.buildtasks.targets.extra]\ndockerfile = "Dockerfile.extra"\n'
+    )
+    drift = ci(root, provider, "--check")
+    assert drift.returncode == 1
+    assert drift.stderr.strip() == (
+        f"error: ci: {path} is out of date with the configuration; "
+        f"run `buildtasks ci {provider}` (--force over hand edits)"
+    )
+    assert ci(root, provider).returncode == 0  # not hand-edited: regenerated
+    assert "extra" in path.read_text()
+    assert ci(root, provider, "--check").returncode == 0
+
+
+def test_hand_edits_are_kept_unless_forced(foreign):
+    path = foreign / WORKFLOWS["github"]
+    assert ci(foreign, "github").returncode == 0
+    edited = path.read_text().replace("runs-on: ubuntu-latest", "runs-on: self-hosted", 1)
+    path.write_text(edited)
+    assert "was edited by hand" in ci(foreign, "github", "--check").stderr
+    refused = ci(foreign, "github")
+    assert refused.returncode == 1
+    assert "pass --force to overwrite it" in refused.stderr
+    assert path.read_text() == edited
+    assert ci(foreign, "github", "--force").returncode == 0
+    assert ci(foreign, "github", "--check").returncode == 0
