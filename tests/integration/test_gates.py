@@ -243,6 +243,10 @@ def test_a_projects_own_buf_yaml_is_honoured(foreign):
     deleted = breaking(foreign)
     assert deleted.returncode == 1
     assert deleted.stdout.startswith("protos/acme/billing/v2/invoice.proto:")
+    edit(foreign, "foreign", "  int64 total_cents", "  int64 totalCents")  # MINIMAL allows it
+    linted = run_cli(["buildtasks", "proto.lint"], cwd=foreign)
+    assert linted.returncode == 0, linted.stdout
+    assert "(protos/buf.yaml)" in linted.stdout
 
 
 def test_proto_lint_passes_then_flags_a_planted_violation(project):
