@@ -322,9 +322,8 @@ def test_typed_grpc_stubs_pass_mypy_strict_and_catch_a_wrong_call(project):
         "def call(channel: grpc.Channel, text: str) -> None:\n"
         f"    stub = {module}_grpc.{service}Stub(channel)\n"
     )
-    ok = mypy(
-        root, header + f"    reply: {module}.{response} = stub.{method}({module}.{good})\n", name
-    )
+    typed_call = f"    reply: {module}.{response} = stub.{method}({module}.{good})\n"
+    ok = mypy(root, header + typed_call, path)
     assert ok.returncode == 0, ok.stdout
     bad = mypy(root, header + f"    stub.{method}({module}.{wrong})\n    stub.Cancel(None)\n", path)
     assert bad.returncode == 1
