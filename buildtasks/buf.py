@@ -137,6 +137,9 @@ def _read_ref(sh: Shell, settings: Settings, ref: str, paths: tuple[str, ...], i
         raise BuildtasksError(
             f"proto.breaking: {ref!r} is not a commit, tag or branch of {root}; pass --against REF"
         )
+    # The project may sit in a subdirectory of its repository: archive from the top, the
+    # project's tree at ref, so the paths come out relative to the project.
+    top = _git(sh, root, "rev-parse", "--show-toplevel").stdout.strip()
     prefix = _git(sh, root, "rev-parse", "--show-prefix").stdout.strip()
     present = [
         p for p in paths if _git(sh, root, "cat-file", "-e", f"{ref}:{prefix}{p}").returncode == 0
@@ -144,7 +147,7 @@ def _read_ref(sh: Shell, settings: Settings, ref: str, paths: tuple[str, ...], i
     if present:
         archive = into.parent / "ref.tar"
         sh.run(
-            ["git", "-C", str(root), "archive", "--format=tar", "-o", str(archive),
+            ["git", "-C", top, "archive", "--format=tar", "-o", str(archive),
              f"{ref}:{prefix}", "--", *present],
             query=True,
         )  # fmt: skip

@@ -444,3 +444,21 @@ def test_hand_edits_are_kept_unless_forced(foreign):
     assert path.read_text() == edited
     assert ci(foreign, "github", "--force").returncode == 0
     assert ci(foreign, "github", "--check").returncode == 0
+
+
+def test_a_project_in_a_subdirectory_of_its_repository(tmp_path):
+    top = tmp_path / "monorepo"
+    project = top / "services/billing"
+    (project / "protos/acme/billing/v2").mkdir(parents=True)
+    (project / "protos/acme/billing/v2/invoice.proto").write_text(INVOICE)
+    (project / "pyproject.toml").write_text(FOREIGN_PYPROJECT)
+    (top / "other.txt").write_text("another service\n")
+    git(top, "init", "--quiet", "-b", "trunk")
+    git(top, "add", "-A")
+    git(top, "commit", "--quiet", "-m", "monorepo")
+    git(top, "tag", "release-1.0.0")
+    edit(project, "foreign", EDITS["foreign"][0], "")
+    result = breaking(project)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{SPEC['foreign']}:"), result.stdout + result.stderr
+    assert "against release-1.0.0" in result.stderr
