@@ -17,7 +17,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
-from buildtasks.config import Settings
+from buildtasks.config import Settings, read_yaml_mapping
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
 from buildtasks.shell import Shell, tool
 
@@ -94,16 +94,13 @@ def module(settings: Settings) -> Module:
         }
         paths = (proto.src, *proto.include)
         return Module(".", json.dumps(config), paths, "[tool.buildtasks.proto]")
-    import yaml
-
     directory = found.parent.relative_to(settings.root.resolve())
-    try:
-        data = yaml.safe_load(found.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{found}: cannot read it as YAML ({exc}); fix it") from None
-    modules = data.get("modules") if isinstance(data, dict) else None
+    data = read_yaml_mapping(found)
+    modules = data.get("modules")
     if data.get("version") == "v2" and isinstance(modules, list) and modules:
-        paths = tuple(str(directory / str(m.get("path", "."))) for m in modules)
+        paths = tuple(
+            str(directory / str(m.get("path", ".") if isinstance(m, dict) else m)) for m in modules
+        )
     else:
         paths = (str(directory),)
     return Module(str(directory), None, paths, str(directory / "buf.yaml"))

@@ -512,6 +512,21 @@ class Settings:
         return {**self.dotenv, **os.environ}
 
 
+def read_yaml_mapping(path: Path) -> dict:
+    """A tool's YAML configuration (buf.yaml, .hadolint.yaml) as a mapping; anything else,
+    or unreadable YAML, is one ConfigError line."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{path}: cannot read it as YAML ({reason}); fix it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a YAML mapping of settings; fix it")
+    return data
+
+
 def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
     """Resolve ``${VAR}``, ``${VAR:-default}`` and ``$$`` in value."""
 

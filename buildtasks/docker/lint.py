@@ -9,7 +9,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from buildtasks.config import Settings, Target
+from buildtasks.config import Settings, Target, read_yaml_mapping
 from buildtasks.docker.checks import runs_as_root
 from buildtasks.docker.dockerfile import numbered_instructions
 from buildtasks.errors import CommandError, ConfigError
@@ -61,14 +61,12 @@ def _threshold(config: Path | None) -> str:
     """failure-threshold of the configuration (hadolint's default: info)."""
     if config is None:
         return "info"
-    import yaml
-
-    try:
-        data = yaml.safe_load(config.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{config}: cannot read it as YAML ({exc}); fix it") from None
-    value = data.get("failure-threshold", "info") if isinstance(data, dict) else "info"
-    return value if value in (*LEVELS, "none") else "info"
+    value = read_yaml_mapping(config).get("failure-threshold", "info")
+    if value not in (*LEVELS, "none"):
+        raise ConfigError(
+            f"{config}: failure-threshold {value!r} is not one of {', '.join(LEVELS)}, none"
+        )
+    return value
 
 
 def hadolint(sh: Shell, settings: Settings, dockerfile: Path, config: Path | None) -> list[dict]:

@@ -357,6 +357,12 @@ def test_dockerfile_lint_passes_the_projects_and_flags_planted_problems(project)
     assert sorted(f["code"] for f in report["findings"]) == [
         "buildtasks/healthcheck", "buildtasks/non-root", "buildtasks/syntax"
     ]  # fmt: skip
+    # a warning under the configured failure threshold is listed, and passes
+    (root / ".hadolint.yaml").write_text("failure-threshold: error\n")
+    (root / dockerfile).write_text("FROM x:latest\nUSER 1000\nHEALTHCHECK CMD true\n")
+    warned = run_cli(["buildtasks", "lint"], cwd=root)
+    assert warned.returncode == 0, warned.stdout + warned.stderr
+    assert f"{dockerfile}:1: DL3007 warning:" in warned.stdout
 
 
 WORKFLOWS = {"github": ".github/workflows/buildtasks.yml", "gitlab": ".gitlab-ci.yml"}
