@@ -14,11 +14,16 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from buildtasks.atomic import write_text
+from buildtasks import lazy
 from buildtasks.config import Settings
 from buildtasks.errors import BuildtasksError
-from buildtasks.shell import Shell
+
+if TYPE_CHECKING:
+    from buildtasks.runtime import Runtime
+
+yaml = lazy.module("yaml")
 
 PROVIDERS = {"github": ".github/workflows/buildtasks.yml", "gitlab": ".gitlab-ci.yml"}
 _DIGEST = re.compile(r"^# buildtasks-digest: sha256:([0-9a-f]{64})\n", re.MULTILINE)
@@ -157,7 +162,6 @@ def gitlab(settings: Settings) -> dict:
 
 def render(settings: Settings, provider: str) -> str:
     """The workflow text: a header with the digest of the YAML below it."""
-    import yaml
 
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data) -> bool:
@@ -202,10 +206,10 @@ def check(settings: Settings, provider: str, out: str = "") -> Path:
     return path
 
 
-def write(sh: Shell, settings: Settings, provider: str, out: str = "", force: bool = False):
+def write(rt: Runtime, provider: str, out: str = "", force: bool = False) -> tuple[Path, bool]:
     """Write the workflow; (path, changed). Never over a hand-edited file without force."""
-    path = path_of(settings, provider, out)
-    text = render(settings, provider)
+    path = path_of(rt.settings, provider, out)
+    text = render(rt.settings, provider)
     current = path.read_text() if path.is_file() else None
     if current == text:
         return path, False
@@ -214,7 +218,7 @@ def write(sh: Shell, settings: Settings, provider: str, out: str = "", force: bo
             f"ci: {path} was edited by hand since it was generated; keep your edits in "
             f"[tool.buildtasks] and pass --force to overwrite it"
         )
-    if sh.change(["buildtasks", "ci", provider, "--out", str(path)]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, text)
+    if not path.parent.is_dir() and rt.change(["mkdir", "-p", str(path.parent)]):
+        path.parent.mkdir(parents=True)
+    rt.write_text(path, text)
     return path, True

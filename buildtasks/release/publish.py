@@ -6,15 +6,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from buildtasks import git
-from buildtasks.atomic import write_text
-from buildtasks.config import Settings
 from buildtasks.docker import builder, registry
 from buildtasks.docker.build import BuildRequest
 from buildtasks.docker.registry import RegistryError
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import native
-from buildtasks.shell import Shell
+from buildtasks.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -32,8 +29,7 @@ class Pushed:
 
 
 def push(
-    settings: Settings,
-    sh: Shell,
+    rt: Runtime,
     names: list[str],
     platforms: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
@@ -43,8 +39,8 @@ def push(
     ones), then check the registry holds every platform. A dirty tree and access to every
     registry are checked before any build."""
     request = BuildRequest(tags=tags, platforms=platforms, push=True)
-    plans = builder.plans(settings, names, request, sh)
-    dirty = git.state(sh, settings.root).dirty
+    plans = builder.plans(rt, names, request)
+    dirty = rt.git().dirty
     if dirty and not allow_dirty:
         published = ", ".join(tag for plan in plans for tag in plan.tags)
         raise BuildtasksError(
@@ -55,12 +51,12 @@ def push(
         registry.require_push_access(build_plan.tags[0])
     pushed = []
     for build_plan in plans:
-        built = builder.build(sh, settings, build_plan, check=False)
+        built = builder.build(rt, build_plan, check=False)
         if built is None:  # dry run
             continue
         repository = build_plan.tags[0].rsplit(":", 1)[0]
         wanted = set(build_plan.platforms or (native(),))
-        found = registry.platforms(sh, f"{repository}@{built.digest}")
+        found = registry.platforms(rt, f"{repository}@{built.digest}")
         missing = sorted(wanted - set(found))
         if missing:
             raise RegistryError(
@@ -80,7 +76,7 @@ def push(
     return pushed
 
 
-def write_digests(path: Path, pushed: list[Pushed]) -> None:
+def write_digests(rt: Runtime, path: Path, pushed: list[Pushed]) -> bool:
     """{target: {repository, digest, ref, platforms}} for signing or promotion."""
     body = {p.target: {**asdict(p), "ref": p.ref} for p in pushed}
-    write_text(path, json.dumps(body, indent=2) + "\n")
+    return rt.write_text(path, json.dumps(body, indent=2) + "\n")

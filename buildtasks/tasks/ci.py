@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from invoke import Context, task
 
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks import lazy
+from buildtasks.tasks.common import one_line_errors, runtime
+
+workflow = lazy.module("buildtasks.ci")
 
 
 @task(
@@ -17,11 +20,9 @@ from buildtasks.tasks.common import one_line_errors, settings, shell
 @one_line_errors
 def ci(c: Context, provider, out="", check=False, force=False):
     """Write the CI workflow (lint, tests, target matrix, push, release) from the config."""
-    from buildtasks import ci as workflow
-
-    project = settings(c)
+    rt = runtime(c)
     if check:
-        print(f"ci: {workflow.check(project, provider, out)} matches the configuration")
+        rt.result(f"ci: {workflow.check(rt.settings, provider, out)} matches the configuration")
         return
-    path, changed = workflow.write(shell(c, project), project, provider, out, force)
-    print(f"ci: {'wrote' if changed else 'unchanged'} {path}")
+    path, changed = workflow.write(rt, provider, out, force)
+    rt.result(f"ci: {'wrote' if changed else 'unchanged'} {path}")

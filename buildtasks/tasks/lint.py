@@ -1,27 +1,26 @@
 from __future__ import annotations
 
-import json as json_module
-
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks import lazy
+from buildtasks.tasks.common import one_line_errors, runtime
+
+dockerfile_lint = lazy.module("buildtasks.docker.lint")
 
 
 @task(help={"json": "print the result as one JSON document"})
 @one_line_errors
 def lint(c: Context, json=False):
     """Lint every target's Dockerfile (hadolint + offline checks) before any build."""
-    from buildtasks.docker import lint as dockerfile_lint
-
-    project = settings(c)
-    report = dockerfile_lint.lint(shell(c, project), project)
+    rt = runtime(c)
+    report = dockerfile_lint.lint(rt, rt.settings)
     if json:
-        print(json_module.dumps(report.to_json(), indent=2))
+        rt.document(report.to_json())
     else:
         for finding in report.findings:
-            print(f"{finding}  [{', '.join(finding.targets)}]")
-    files = len({t.dockerfile for t in project.targets.values()})
+            rt.result(f"{finding}  [{', '.join(finding.targets)}]")
+    files = len({t.dockerfile for t in rt.settings.targets.values()})
     summary = f"{len(report.findings)} findings in {files} Dockerfiles"
     if report.failing:
         raise Exit(
@@ -30,4 +29,4 @@ def lint(c: Context, json=False):
             code=1,
         )
     if not json:
-        print(f"lint: {summary}, none at or above {report.threshold}")
+        rt.result(f"lint: {summary}, none at or above {report.threshold}")

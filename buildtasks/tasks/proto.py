@@ -1,24 +1,30 @@
 from __future__ import annotations
 
-import json
+from typing import TYPE_CHECKING
 
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
+from buildtasks import lazy
 from buildtasks.config import Settings
 from buildtasks.errors import ConfigError
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks.tasks.common import one_line_errors, runtime
 
-
-def _options(project: Settings):
+if TYPE_CHECKING:
     from buildtasks.proto import ProtoOptions
+    from buildtasks.runtime import Runtime
 
+proto = lazy.module("buildtasks.proto")
+buf = lazy.module("buildtasks.buf")
+
+
+def _options(project: Settings) -> ProtoOptions:
     if project.proto is None:
         raise ConfigError(
             "no [tool.buildtasks.proto] table; add one with `src` (specs) and `out` (package dir)"
         )
     config = project.proto
-    return ProtoOptions(
+    return proto.ProtoOptions(
         src=project.root / config.src,
         out=project.root / config.out,
         include=tuple(project.root / path for path in config.include),
@@ -37,11 +43,9 @@ def _options(project: Settings):
 @one_line_errors
 def generate(c: Context, check=False, force=False):
     """Generate protobuf + gRPC Python code from the specs (incremental; --check for CI)."""
-    from buildtasks import proto
-
-    project = settings(c)
+    sh = runtime(c)
+    project = sh.settings
     options = _options(project)
-    sh = shell(c, project)
     if check:
         differing = proto.check(sh, options)
         if differing:
@@ -66,28 +70,26 @@ def generate(c: Context, check=False, force=False):
 @one_line_errors
 def clean(c: Context):
     """Remove the generated code (only files the generator wrote)."""
-    from buildtasks import proto
-
-    project = settings(c)
-    options = _options(project)
-    removed = proto.clean(shell(c, project), options)
-    verb = "would remove" if c.config.run.dry else "removed"
+    sh = runtime(c)
+    options = _options(sh.settings)
+    removed = proto.clean(sh, options)
+    verb = "would remove" if sh.dry else "removed"
     print(f"proto: {verb} {len(removed)} files from {options.out}")
 
 
-def _render(report, as_json: bool, what: str) -> None:
+def _render(rt: Runtime, report: buf.Report, as_json: bool, what: str) -> None:
     """The findings as file:line lines (or one JSON document); exit 1 when there are any."""
     if as_json:
-        print(json.dumps(report.to_json(), indent=2))
+        rt.document(report.to_json())
     else:
         for finding in report.findings:
-            print(finding)
+            rt.result(str(finding))
         if report.note:
-            print(f"proto: {report.note}")
+            rt.result(f"proto: {report.note}")
     if report.findings:
         raise Exit(f"error: proto: {len(report.findings)} {what} ({report.config})", code=1)
     if not as_json:
-        print(f"proto: no {what} ({report.config})")
+        rt.result(f"proto: no {what} ({report.config})")
 
 
 @task(
@@ -102,22 +104,17 @@ def _render(report, as_json: bool, what: str) -> None:
 @one_line_errors
 def breaking(c: Context, against="", category="", json=False):
     """Fail on breaking changes of the specs since a git ref (buf breaking; no checkout)."""
-    from buildtasks import buf
-
-    project = settings(c)
-    report = buf.breaking(shell(c, project), project, against, category)
-    what = f"breaking changes against {report.against}"
-    _render(report, json, what)
+    rt = runtime(c)
+    report = buf.breaking(rt, rt.settings, against, category)
+    _render(rt, report, json, f"breaking changes against {report.against}")
 
 
 @task(name="lint", help={"json": "print the result as one JSON document"})
 @one_line_errors
 def lint_specs(c: Context, json=False):
     """Lint the specs with buf lint (rules from buf.yaml or [tool.buildtasks.proto])."""
-    from buildtasks import buf
-
-    project = settings(c)
-    _render(buf.lint(shell(c, project), project), json, "lint findings")
+    rt = runtime(c)
+    _render(rt, buf.lint(rt, rt.settings), json, "lint findings")
 
 
 collection = Collection("proto", generate, clean, breaking, lint_specs)

@@ -5,9 +5,13 @@ from pathlib import Path
 
 from invoke import Context, task
 
+from buildtasks import lazy
 from buildtasks.errors import ConfigError
 from buildtasks.tasks.build import ShortFlagTask
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks.tasks.common import one_line_errors, runtime
+
+flow = lazy.module("buildtasks.release.flow")
+publish = lazy.module("buildtasks.release.publish")
 
 
 @task(
@@ -24,9 +28,8 @@ from buildtasks.tasks.common import one_line_errors, settings, shell
 @one_line_errors
 def push(c: Context, target=None, platform="", digests_file="", allow_dirty=False):
     """Build and push targets for every platform; verify what the registry holds."""
-    from buildtasks.release import publish
-
-    project = settings(c)
+    rt = runtime(c)
+    project = rt.settings
     names = list(target or [n for n, t in project.targets.items() if t.platforms])
     unknown = [n for n in names if n not in project.targets]
     if unknown or not names:
@@ -34,8 +37,7 @@ def push(c: Context, target=None, platform="", digests_file="", allow_dirty=Fals
             f"--target: no target {unknown[0]!r}" if unknown else "no target to push; pass --target"
         )
     platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
-    sh = shell(c, project)
-    pushed = publish.push(project, sh, names, platforms, allow_dirty=allow_dirty)
+    pushed = publish.push(rt, names, platforms, allow_dirty=allow_dirty)
     for item in pushed:
         print(f"{item.target}: pushed {item.ref}  [{', '.join(item.platforms)}]")
         print(f"  tags: {', '.join(item.tags)}")
@@ -46,8 +48,7 @@ def push(c: Context, target=None, platform="", digests_file="", allow_dirty=Fals
             print(f"  built from uncommitted changes (--allow-dirty){listing}")
             if moved:
                 print(f"  floating tags moved to this uncommitted build: {', '.join(moved)}")
-    if digests_file and not sh.dry:
-        publish.write_digests(Path(digests_file), pushed)
+    if digests_file and publish.write_digests(rt, Path(digests_file), pushed):
         print(f"digests written to {digests_file}")
 
 
@@ -67,10 +68,8 @@ def release(
     allow_breaking=False,
 ):  # fmt: skip
     """Bump, changelog, commit + tag, push images by digest, verify, promote tags, push git."""
-    from buildtasks.release import flow
-
-    project = settings(c)
-    sh = shell(c, project)
+    sh = runtime(c)
+    project = sh.settings
     if resume:
         progress = flow.run(project, sh, flow.load_progress(project))
         print(f"released {progress.version} ({progress.tag})")
@@ -91,9 +90,9 @@ def release(
     flow.preflight(project, sh, plan, allow_empty_changelog, allow_breaking)
     if sh.dry:
         # The push the release makes: the new version in the labels, the staging tag.
-        released = dataclasses.replace(project, version=plan.new)
+        released = sh.derive(dataclasses.replace(project, version=plan.new))
         for name in plan.image_tags:
-            flow.push_target(released, sh, name, flow.PENDING_COMMIT)
+            flow.push_target(released, name, flow.PENDING_COMMIT)
         print(f"nothing changed (dry run); `inv release --bump ...` makes release {plan.new}")
         return
     progress = flow.start(project, sh, plan)
