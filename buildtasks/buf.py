@@ -130,7 +130,9 @@ def default_against(sh: Shell, settings: Settings) -> str:
 def _read_ref(sh: Shell, settings: Settings, ref: str, paths: tuple[str, ...], into: Path):
     """Extract paths as they are at ref into `into`; the paths that exist there."""
     root = settings.root
-    if _git(sh, root, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}").returncode != 0:
+    # a ref starting with - would be read by git as an option (git archive -o FILE ...)
+    if ref.startswith("-") or _git(sh, root, "rev-parse", "--verify", "-q", "--end-of-options",
+                                   f"{ref}^{{commit}}").returncode != 0:  # fmt: skip
         raise BuildtasksError(
             f"proto.breaking: {ref!r} is not a commit, tag or branch of {root}; pass --against REF"
         )

@@ -468,3 +468,22 @@ def test_a_project_in_a_subdirectory_of_its_repository(tmp_path):
     assert result.returncode == 1
     assert result.stdout.startswith(f"{SPEC['foreign']}:"), result.stdout + result.stderr
     assert "against release-1.0.0" in result.stderr
+
+
+@pytest.mark.parametrize("ref", ["-o/tmp/buildtasks-evil.tar", "--output=x", "v9 ; rm -rf /"])
+def test_a_ref_that_is_no_ref_is_refused_before_git_reads_it(foreign, ref):
+    result = breaking(foreign, f"--against={ref}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: proto.breaking: {ref!r} is not a commit, tag or branch of {foreign}; "
+        "pass --against REF"
+    ]
+    assert not Path("/tmp/buildtasks-evil.tar").exists() and not (foreign / "x").exists()
+
+
+def test_a_broken_buf_yaml_is_one_line(foreign):
+    (foreign / "protos/buf.yaml").write_text("version: [v1\n")
+    result = run_cli(["buildtasks", "proto.lint"], cwd=foreign)
+    assert result.returncode == 2  # a configuration error
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {foreign / 'protos/buf.yaml'}: cannot read it as YAML (")
