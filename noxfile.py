@@ -14,10 +14,13 @@ PYTHON = "3.11"
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff")
+    """ruff check, ruff format --check, and the example's gates: hadolint and the offline
+    checks on every target's Dockerfile (`inv lint`), buf lint on the specs."""
+    session.install("-e", ".[lint]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("inv", "lint")
+    session.run("inv", "proto.lint")
 
 
 @nox.session(python=PYTHON)

@@ -1,8 +1,10 @@
 """Proto benchmarks (issue: inv proto). Run: .venv/bin/python bench/proto.py
 
 No-op `inv proto` against a full regeneration, and a full `inv proto` against the raw
-`python -m grpc_tools.protoc` call over the same specs: on the example's two specs, where
-process start-up dominates, and on a 200-spec tree, where generation does.
+`python -m grpc_tools.protoc` call over the same specs (with the same stub plugins): on the
+example's two specs, where process start-up dominates, and on a 200-spec tree, where
+generation does. Then `inv proto.breaking` on the 202-spec tree against `buf breaking` run
+directly with the same configuration, reading the tag through buf's own git input.
 """
 
 from __future__ import annotations
@@ -40,12 +42,40 @@ def compare(label: str, root: Path, specs: Path) -> None:
     noop = timed([*INV, "proto"], root, runs=RUNS)
     report(f"{label}: no-op inv proto vs full regeneration", noop, full, 0.2)
     out = Path(tempfile.mkdtemp(prefix="buildtasks-bench-protoc-"))
-    raw = [
-        sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={specs}",
-        f"--python_out={out}", f"--grpc_python_out={out}", f"--pyi_out={out}",
-        *(str(p) for p in sorted(specs.rglob("*.proto"))),
-    ]  # fmt: skip
+    raw = raw_protoc(specs, out)
     report(f"{label}: full inv proto vs raw protoc", full, timed(raw, root, runs=RUNS), 1.2)
+
+
+def raw_protoc(specs: Path, out: Path) -> list[str]:
+    """The protoc command `inv proto` stands for, with the same outputs and plugins."""
+    from buildtasks import proto
+
+    options = proto.ProtoOptions(src=specs, out=out)
+    return proto.protoc_argv(options, out, proto.specs(specs))
+
+
+def breaking(label: str, root: Path) -> None:
+    """inv proto.breaking against the tag vs buf breaking reading the tag itself."""
+    import json
+
+    from buildtasks import buf, config
+
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    run([*git, "add", "-A"], root)
+    run([*git, "commit", "-qm", "specs"], root)
+    run([*git, "tag", "-f", "v9.0.0"], root)
+    spec = root / "example/specs/pkg0/v1/m0.proto"  # a change buf has to compare
+    spec.write_text(
+        spec.read_text().replace("  string id = 1;", "  string id = 1;\n  int64 n = 9;")
+    )
+    ours = timed([*INV, "proto.breaking"], root, runs=RUNS)
+    module = buf.module(config.load(root))
+    direct = [buf.binary(), "breaking", ".", "--against", ".git#tag=v9.0.0",
+              "--config", module.config, "--against-config", module.config]  # fmt: skip
+    assert json.loads(module.config)["breaking"]["use"] == ["WIRE_JSON"]
+    report(
+        f"{label}: inv proto.breaking vs buf breaking", ours, timed(direct, root, runs=RUNS), 1.2
+    )
 
 
 def in_process(label: str, root: Path) -> None:
@@ -75,9 +105,7 @@ def in_process(label: str, root: Path) -> None:
     report(f"{label}, in-process: no-op vs full", median(lambda: proto.generate(sh, options)), full)
     out = Path(tempfile.mkdtemp(prefix="buildtasks-bench-protoc-"))
     include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", f"-I{specs}", f"-I{include}", f"--python_out={out}",
-            f"--grpc_python_out={out}", f"--pyi_out={out}",
-            *(str(p) for p in sorted(specs.rglob("*.proto")))]  # fmt: skip
+    args = ["protoc", *raw_protoc(specs, out)[3:], f"-I{include}"]
     report(f"{label}, in-process: full vs protoc main()", full, median(lambda: protoc.main(args)))
 
 
@@ -87,6 +115,7 @@ def main() -> None:
     synthetic_tree(root / "example/specs")
     compare("202 specs", root, root / "example/specs")
     in_process("202 specs", root)
+    breaking("202 specs", root)
 
 
 if __name__ == "__main__":

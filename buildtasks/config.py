@@ -35,6 +35,7 @@ from buildtasks import lazy
 from buildtasks.errors import ConfigError
 
 dotenv = lazy.module("dotenv")
+yaml = lazy.module("yaml")
 
 CHECKS = ("non-root", "healthcheck", "size", "dockerignore")
 DEFAULT_TAGS = ("{target}", "{target}-{short_sha}")
@@ -348,6 +349,16 @@ def _cache_spec(value: str, _: _Context) -> str | None:
     return "is not a cache spec (type=...,key=value or an image reference)"
 
 
+def _buf_rule(value: str, _: _Context) -> str | None:
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
+        return None
+    return "is not a buf rule or category (e.g. STANDARD, FIELD_LOWER_SNAKE_CASE)"
+
+
+def _python_version(value: str, _: _Context) -> str | None:
+    return None if re.fullmatch(r"3\.[0-9]{1,2}", value) else "is not a Python version (e.g. 3.12)"
+
+
 Count = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(ge=1)]
 Seconds = Annotated[int, Meta(ge=1, le=_MAX_SECONDS)]
@@ -423,8 +434,29 @@ class ProtoSettings:
     include: tuple[ProjectPath, ...] = ()
     # also generate gRPC stubs
     grpc: bool = True
-    # also generate .pyi type stubs
+    # .pyi type stubs for the message and the gRPC modules (mypy-protobuf)
     pyi: bool = True
+    # `inv proto.breaking`: buf's breaking-change category (a project's buf.yaml wins)
+    breaking: typing.Literal["FILE", "PACKAGE", "WIRE_JSON", "WIRE"] = "WIRE_JSON"
+    # `inv proto.lint`: buf lint rules or categories used
+    lint: tuple[Annotated[str, Rule(_buf_rule)], ...] = ("STANDARD",)
+    # `inv proto.lint`: rules left out (these two the example's RPC names break)
+    lint_except: tuple[Annotated[str, Rule(_buf_rule)], ...] = (
+        "RPC_REQUEST_RESPONSE_UNIQUE",
+        "RPC_RESPONSE_STANDARD_NAME",
+    )
+
+
+@dataclass(frozen=True)
+class CiSettings:
+    """``[tool.buildtasks.ci]``: what `buildtasks ci github|gitlab` puts in the workflow.
+    Each step list is shell commands run in the project root."""
+
+    python: Annotated[str, Rule(_python_version)] = "3.11"  # the runner's Python
+    install: tuple[str, ...] = ("python -m pip install -e .[dev]",)  # before every job
+    lint: tuple[str, ...] = ("nox -s lint",)  # the lint job
+    unit: tuple[str, ...] = ("nox -s tests",)  # the unit-test job
+    integration: tuple[str, ...] = ("nox -s integration",)  # the job on an engine
 
 
 @dataclass(frozen=True)
@@ -600,6 +632,7 @@ class Settings:
     backup: BackupSettings = BackupSettings()
     release: ReleaseSettings = ReleaseSettings()
     cache: CacheSettings = CacheSettings()
+    ci: CiSettings = CiSettings()
     dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
 
     @property
@@ -618,6 +651,19 @@ class Settings:
     def environment(self) -> dict[str, str]:
         """What commands see: .env values under the real environment."""
         return {**self.dotenv, **os.environ}
+
+
+def read_yaml_mapping(path: Path) -> dict:
+    """A tool's YAML configuration (buf.yaml, .hadolint.yaml) as a mapping; anything else,
+    or unreadable YAML, is one ConfigError line."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{path}: cannot read it as YAML ({reason}); fix it") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a YAML mapping of settings; fix it")
+    return data
 
 
 def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
@@ -759,7 +805,17 @@ def parse(
     raw = dict(table)
     sections = {
         name: raw.pop(name, None)
-        for name in ("targets", "proto", "stack", "integration", "db", "backup", "release", "cache")
+        for name in (
+            "targets",
+            "proto",
+            "stack",
+            "integration",
+            "db",
+            "backup",
+            "release",
+            "cache",
+            "ci",
+        )
     }
     root = root.resolve()
     ctx = _Context(root, root)
@@ -851,6 +907,7 @@ def parse(
         backup=backup,
         release=release,
         cache=_section(CacheSettings, sections["cache"], f"{where}.cache", env, ctx),
+        ci=_section(CiSettings, sections["ci"], f"{where}.ci", env, ctx),
         dotenv=types.MappingProxyType(dotenv),
         **values,
     )

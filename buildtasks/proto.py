@@ -23,12 +23,12 @@ from pathlib import Path
 
 from buildtasks import lazy
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
-from buildtasks.shell import Shell
+from buildtasks.shell import Shell, tool
 
 metadata = lazy.module("importlib.metadata")
 
 STAMP = ".buildtasks-proto.json"
-REWRITER_VERSION = "1"  # bump when rewrite_imports changes its output
+REWRITER_VERSION = "2"  # bump when rewrite_imports changes its output
 _FROM_IMPORT = re.compile(r"^(\s*)from ([\w.]+) import (\w+)( as \w+)?\s*$")
 _PLAIN_IMPORT = re.compile(r"^(\s*)import (\w+)( as \w+)?\s*$")
 
@@ -98,21 +98,29 @@ def rewrite_imports(text: str, module: str, local: set[str]) -> str:
     return "".join(lines)
 
 
-def tools_version() -> str:
+def tools_version(options: ProtoOptions | None = None) -> str:
+    """The generators' versions: grpcio-tools, and mypy-protobuf where it writes stubs."""
+    names = ["grpcio-tools", *(["mypy-protobuf"] if options and options.pyi else [])]
     try:
-        return metadata.version("grpcio-tools")
-    except metadata.PackageNotFoundError:
+        return " ".join(metadata.version(name) for name in names)
+    except metadata.PackageNotFoundError as exc:
         raise BuildtasksError(
-            "protobuf generation needs grpcio-tools in this environment; "
+            f"protobuf generation needs {exc.name} in this environment; "
             "install it with: pip install 'buildtasks[proto]'"
         ) from None
+
+
+def stub_plugin(name: str) -> str:
+    """A protoc plugin of mypy-protobuf (protoc-gen-mypy for messages, protoc-gen-mypy_grpc
+    for services)."""
+    return tool(name, "install it with: pip install 'buildtasks[proto]' (or set pyi = false)")
 
 
 def inputs_digest(options: ProtoOptions) -> str:
     """sha256 over every spec and include file, the options and the generator versions."""
     digest = hashlib.sha256()
     digest.update(
-        json.dumps([tools_version(), REWRITER_VERSION, options.grpc, options.pyi]).encode()
+        json.dumps([tools_version(options), REWRITER_VERSION, options.grpc, options.pyi]).encode()
     )
     for root in (options.src, *options.include):
         for spec in specs(root):
@@ -127,8 +135,12 @@ def protoc_argv(options: ProtoOptions, out_dir: Path, spec_paths: list[Path]) ->
     argv.append(f"--python_out={out_dir}")
     if options.grpc:
         argv.append(f"--grpc_python_out={out_dir}")
-    if options.pyi:
-        argv.append(f"--pyi_out={out_dir}")
+    # mypy-protobuf's stubs, not --pyi_out's: those pass `mypy --strict` and type the
+    # gRPC stubs and servicers too
+    plugins = ["mypy", "mypy_grpc"] if options.grpc else ["mypy"]
+    for plugin in plugins if options.pyi else []:
+        argv += [f"--plugin=protoc-gen-{plugin}={stub_plugin(f'protoc-gen-{plugin}')}",
+                 f"--{plugin}_out=quiet:{out_dir}"]  # fmt: skip
     return argv + [str(options.src / spec) for spec in spec_paths]
 
 
@@ -206,7 +218,7 @@ def up_to_date(options: ProtoOptions) -> bool:
 
 def generate(sh: Shell, options: ProtoOptions, force: bool = False) -> Outcome:
     """Generate into a sibling directory and swap it in; a no-op when the stamp matches."""
-    tools_version()
+    tools_version(options)
     if not force and options.out.is_dir() and up_to_date(options):
         return Outcome(False, tuple(_read_stamp(options.out)["files"]))
     if options.out.exists():
@@ -248,7 +260,7 @@ def check(sh: Shell, options: ProtoOptions) -> list[str]:
     """Files of out that differ from a fresh generation (missing, extra or changed).
     Read-only for the project (it generates into a temporary directory), so it runs under
     dry-run too."""
-    tools_version()
+    tools_version(options)
     with tempfile.TemporaryDirectory(prefix="buildtasks-proto-check-") as tmp:
         fresh = _generate_into(sh.variant(dry=False), options, Path(tmp))
     current = _tree_digests(options.out)

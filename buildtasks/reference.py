@@ -21,11 +21,13 @@ TABLES = (
     ("tool.buildtasks.integration", config.IntegrationSettings),
     ("tool.buildtasks.db", config.DbSettings),
     ("tool.buildtasks.backup", config.BackupSettings),
+    ("tool.buildtasks.backup.offsite", config.OffsiteSettings),
     ("tool.buildtasks.release", config.ReleaseSettings),
     ("tool.buildtasks.cache", config.CacheSettings),
+    ("tool.buildtasks.ci", config.CiSettings),
 )
 NOT_KEYS = {"root", "dotenv", "name", "targets", "proto", "stack", "integration", "db"}
-NOT_KEYS |= {"backup", "release", "cache"}
+NOT_KEYS |= {"backup", "release", "cache", "ci", "offsite"}
 
 EXAMPLE = """\
 ## A multi-service layout

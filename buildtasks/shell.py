@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +26,16 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted((s for s in secrets if s), key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def tool(name: str, install: str) -> str:
+    """The path of a program a Python package installs: beside this interpreter (the
+    package's own environment, active or not), else on PATH; install says how to get it."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    found = beside if os.path.isfile(beside) else shutil.which(name)
+    if not found:
+        raise CommandError(f"{name} is not installed in this environment; {install}", 127)
+    return found
 
 
 def _last_line(text: str) -> str:

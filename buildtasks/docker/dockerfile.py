@@ -11,13 +11,19 @@ _ARG_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-
 
 def instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs with comments dropped and continuations joined."""
-    result, pending = [], ""
-    for line in text.splitlines():
+    return [(keyword, rest) for _, keyword, rest in numbered_instructions(text)]
+
+
+def numbered_instructions(text: str) -> list[tuple[int, str, str]]:
+    """(line where it starts, INSTRUCTION, arguments), as `instructions`."""
+    result, pending, start = [], "", 0
+    for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not pending and (not stripped or stripped.startswith("#")):
             continue
         if pending and stripped.startswith("#"):
             continue
+        start = start or number
         if stripped.endswith("\\"):
             pending += stripped[:-1] + " "
             continue
@@ -25,7 +31,8 @@ def instructions(text: str) -> list[tuple[str, str]]:
         pending = ""
         if full:
             keyword, _, rest = full.partition(" ")
-            result.append((keyword.upper(), rest.strip()))
+            result.append((start, keyword.upper(), rest.strip()))
+        start = 0
     return result
 
 

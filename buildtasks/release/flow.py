@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from buildtasks import config, git
+from buildtasks import buf, config, git
 from buildtasks.config import Settings
 from buildtasks.docker import registry
 from buildtasks.errors import BuildtasksError
@@ -172,7 +172,10 @@ def make_plan(settings: Settings, bump: str = "", explicit: str = "") -> Plan:
     )
 
 
-def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: bool) -> None:
+def preflight(
+    settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: bool,
+    allow_breaking: bool = False,
+) -> None:  # fmt: skip
     """Every reason the release cannot start, reported together."""
     release = settings.release
     problems = []
@@ -206,6 +209,7 @@ def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: 
             f"{plan.changelog_file.name}: the Unreleased section is empty; "
             "describe the release or pass --allow-empty-changelog"
         )
+    problems += buf.release_problems(sh, settings, plan.current, plan.new, allow_breaking)
     for name in plan.image_tags:
         try:
             registry.require_push_access(plan.image_tags[name][0])

@@ -12,8 +12,10 @@ from buildtasks.tasks.common import one_line_errors, runtime
 
 if TYPE_CHECKING:
     from buildtasks.proto import ProtoOptions
+    from buildtasks.runtime import Runtime
 
 proto = lazy.module("buildtasks.proto")
+buf = lazy.module("buildtasks.buf")
 
 
 def _options(project: Settings) -> ProtoOptions:
@@ -75,4 +77,44 @@ def clean(c: Context):
     print(f"proto: {verb} {len(removed)} files from {options.out}")
 
 
-collection = Collection("proto", generate, clean)
+def _render(rt: Runtime, report: buf.Report, as_json: bool, what: str) -> None:
+    """The findings as file:line lines (or one JSON document); exit 1 when there are any."""
+    if as_json:
+        rt.document(report.to_json())
+    else:
+        for finding in report.findings:
+            rt.result(str(finding))
+        if report.note:
+            rt.result(f"proto: {report.note}")
+    if report.findings:
+        raise Exit(f"error: proto: {len(report.findings)} {what} ({report.config})", code=1)
+    if not as_json:
+        rt.result(f"proto: no {what} ({report.config})")
+
+
+@task(
+    help={
+        "against": "git ref to compare with (default: the newest release tag, else the "
+        "release branch)",
+        "category": "buf breaking category over the configured one: FILE, PACKAGE, "
+        "WIRE_JSON or WIRE",
+        "json": "print the result as one JSON document",
+    }
+)
+@one_line_errors
+def breaking(c: Context, against="", category="", json=False):
+    """Fail on breaking changes of the specs since a git ref (buf breaking; no checkout)."""
+    rt = runtime(c)
+    report = buf.breaking(rt, rt.settings, against, category)
+    _render(rt, report, json, f"breaking changes against {report.against}")
+
+
+@task(name="lint", help={"json": "print the result as one JSON document"})
+@one_line_errors
+def lint_specs(c: Context, json=False):
+    """Lint the specs with buf lint (rules from buf.yaml or [tool.buildtasks.proto])."""
+    rt = runtime(c)
+    _render(rt, buf.lint(rt, rt.settings), json, "lint findings")
+
+
+collection = Collection("proto", generate, clean, breaking, lint_specs)

@@ -59,10 +59,14 @@ def push(c: Context, target=None, platform="", digests_file="", allow_dirty=Fals
         "version": "the exact new version instead of --bump",
         "allow_empty_changelog": "release even if the Unreleased section is empty",
         "resume": "finish a release that stopped after publishing (does not rebuild)",
+        "allow_breaking": "release a breaking proto change without a major version bump",
     },
 )
 @one_line_errors
-def release(c: Context, bump="", version="", allow_empty_changelog=False, resume=False):
+def release(
+    c: Context, bump="", version="", allow_empty_changelog=False, resume=False,
+    allow_breaking=False,
+):  # fmt: skip
     """Bump, changelog, commit + tag, push images by digest, verify, promote tags, push git."""
     sh = runtime(c)
     project = sh.settings
@@ -84,7 +88,7 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
             f"{flow.PENDING_COMMIT} stands for the release commit, which a dry run does not "
             "make; the real build's revision label is that commit too"
         )
-    flow.preflight(project, sh, plan, allow_empty_changelog)
+    flow.preflight(project, sh, plan, allow_empty_changelog, allow_breaking)
     if sh.dry:
         # The push the release makes: the new version in the labels, the staging tag.
         released = sh.derive(dataclasses.replace(project, version=plan.new))

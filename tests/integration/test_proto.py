@@ -40,7 +40,7 @@ def test_generated_tree_imports_in_a_fresh_interpreter(tmp_path):
     project = proto_project(tmp_path)
     result = run_cli(["buildtasks", "proto"], cwd=project)
     assert result.returncode == 0, result.stderr
-    assert "proto: generated 16 files in" in result.stdout
+    assert "proto: generated 20 files in" in result.stdout
     modules = sorted(
         "app.gen." + ".".join(p.relative_to(project / "app/gen").with_suffix("").parts)
         for p in (project / "app/gen").rglob("*_pb2*.py")
@@ -52,7 +52,7 @@ def test_generated_tree_imports_in_a_fresh_interpreter(tmp_path):
     )
     assert imported.stdout.strip() == "ok", imported.stderr
     again = run_cli(["buildtasks", "proto"], cwd=project)
-    assert again.stdout.strip() == f"proto: up to date (16 files in {project / 'app/gen'})"
+    assert again.stdout.strip() == f"proto: up to date (20 files in {project / 'app/gen'})"
 
 
 def test_check_passes_on_fresh_output_and_fails_after_a_spec_edit(tmp_path):
@@ -90,7 +90,7 @@ def test_clean_removes_only_generated_files(tmp_path):
     project = proto_project(tmp_path)
     assert run_cli(["buildtasks", "proto"], cwd=project).returncode == 0
     result = run_cli(["buildtasks", "proto.clean"], cwd=project)
-    assert result.stdout.strip() == f"proto: removed 17 files from {project / 'app/gen'}"
+    assert result.stdout.strip() == f"proto: removed 21 files from {project / 'app/gen'}"
     assert not (project / "app/gen").exists()
     assert (project / "app/__init__.py").exists()
 

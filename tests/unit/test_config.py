@@ -234,6 +234,10 @@ BAD_VALUES = [
     ("[tool.buildtasks.backup]\nredis = { url = 'http://x' }", "backup.redis.url", "redis://"),
     ("[tool.buildtasks.proto]\nsrc = 'specs'\nout = '../gen'", "proto.out", "outside"),
     ("[tool.buildtasks.proto]\nsrc = 'specs'", "proto", "`out` is required"),
+    ("[tool.buildtasks.proto]\nsrc='s'\nout='o'\nbreaking='WIRE-JSON'", "proto.breaking", "'FILE'"),
+    ("[tool.buildtasks.proto]\nsrc='s'\nout='o'\nlint=['standard']", "proto.lint", "buf rule"),
+    ("[tool.buildtasks.ci]\npython = '3'", "ci.python", "Python version"),
+    ("[tool.buildtasks.ci]\nunit = 'pytest'", "ci.unit", "list of strings"),
 ]
 
 
@@ -477,6 +481,7 @@ _BUILDTASKS = _table_of(
     | _ANY,
     release=_table_of(config.ReleaseSettings) | _ANY,
     cache=_table_of(config.CacheSettings) | _ANY,
+    ci=_table_of(config.CiSettings) | _ANY,
 )
 _PROJECT = st.fixed_dictionaries({}, optional={"name": _TEXT | _ANY, "version": _TEXT | _ANY})
 _DOCUMENTS = st.fixed_dictionaries(

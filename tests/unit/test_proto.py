@@ -103,11 +103,13 @@ def test_real_protoc_output_is_rewritten_in_every_file(tmp_path):
         "import warnings",
         "from . import order_pb2 as shop_dot_v1_dot_order__pb2",
     ]
-    assert import_lines(out / "shop/v1/order_pb2.pyi")[:3] == [
-        "import datetime",
-        "from . import item_pb2 as _item_pb2",
+    assert import_lines(out / "shop/v1/order_pb2.pyi")[1:3] == [
         "from ...money import amount_pb2 as _amount_pb2",
+        "from . import item_pb2 as _item_pb2",
     ]
+    assert "from . import order_pb2 as _order_pb2" in import_lines(
+        out / "shop/v1/order_pb2_grpc.pyi"
+    )
     assert import_lines(out / "top_pb2.py") == [
         "from .shop.v1 import order_pb2 as shop_dot_v1_dot_order__pb2"
     ]
