@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildtasks.config import Settings
+from buildtasks.docker.dockerfile import names_registry
 from buildtasks.shell import Shell
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -124,16 +125,16 @@ def repository_of(ref: str) -> str:
 
 
 def mirrored_images(config: dict, mirror: str, own: set[str]) -> dict[str, str]:
-    """{service: MIRROR/image} for every service that runs a base image (not one of the
-    project's own repositories, not built by compose, not already from the mirror): compose
-    images come through the mirror as Dockerfile FROM lines do."""
+    """{service: MIRROR/image} for every service that runs a base image of the default
+    registry (not one of the project's own repositories, not built by compose, not naming
+    a registry of its own): compose images come through the mirror as FROM lines do."""
     if not mirror:
         return {}
     prefix = mirror.rstrip("/") + "/"
     result = {}
     for service, definition in sorted(config.get("services", {}).items()):
         image = definition.get("image") or ""
-        base = image and "build" not in definition and not image.startswith(prefix)
+        base = image and "build" not in definition and not names_registry(image)
         if base and repository_of(image.split("@", 1)[0]) not in own:
             result[service] = prefix + image
     return result

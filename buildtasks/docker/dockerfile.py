@@ -74,9 +74,20 @@ def base_images(text: str, build_args: Mapping[str, str] | None = None) -> list[
     return images
 
 
+def names_registry(image: str) -> bool:
+    """Whether a reference names its registry (`host.name/...`, `host:port/...`,
+    `localhost/...`): such an image is pulled from there, not through a mirror of the
+    default registry (prefixing it would not even be a valid reference)."""
+    first, sep, _ = image.partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
+
+
 def mirror_contexts(images: list[str], mirror: str) -> dict[str, str]:
-    """Named build contexts that take every base image from the mirror, Dockerfile untouched."""
+    """Named build contexts that take every base image of the default registry from the
+    mirror, Dockerfile untouched."""
     if not mirror:
         return {}
     prefix = mirror.rstrip("/")
-    return {image: f"docker-image://{prefix}/{image}" for image in images}
+    return {
+        image: f"docker-image://{prefix}/{image}" for image in images if not names_registry(image)
+    }

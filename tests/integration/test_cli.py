@@ -46,7 +46,13 @@ def test_each_task_help_names_its_flags_with_their_help():
         "build-prod": BUILD_FLAGS | {"--tag", "--platform"},
         "build": BUILD_FLAGS | {"--only", "--print"},
         "push": {"--target", "--platform", "--digests-file", "--allow-dirty"},
-        "release": {"--bump", "--version", "--allow-empty-changelog", "--resume"},
+        "release": {
+            "--bump",
+            "--version",
+            "--allow-empty-changelog",
+            "--resume",
+            "--allow-breaking",
+        },
     }
     for task, flags in expected.items():
         found = options(task)

@@ -1,4 +1,6 @@
-from buildtasks.docker.dockerfile import base_images, instructions, mirror_contexts
+import pytest
+
+from buildtasks.docker.dockerfile import base_images, instructions, mirror_contexts, names_registry
 
 MULTI_STAGE = """\
 # comment
@@ -40,3 +42,20 @@ def test_mirror_contexts_map_every_base_image():
         "busybox:1.36": "docker-image://127.0.0.1:5000/mirror/busybox:1.36",
     }
     assert mirror_contexts(images, "") == {}
+
+
+@pytest.mark.parametrize(
+    ("image", "named"),
+    [
+        ("redis:7", False),
+        ("library/redis:7", False),
+        ("bitnami/redis:7", False),
+        ("127.0.0.1:5000/app:1", True),
+        ("registry.example.com/team/app", True),
+        ("localhost/app", True),
+        ("ghcr.io/org/app@sha256:" + "a" * 64, True),
+    ],
+)
+def test_only_images_of_the_default_registry_come_through_the_mirror(image, named):
+    assert names_registry(image) is named
+    assert bool(mirror_contexts([image], "127.0.0.1:5000/mirror")) is not named
