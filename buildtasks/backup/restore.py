@@ -31,7 +31,7 @@ from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
-from buildtasks.stack import interrupts_on_sigterm, signals_deferred, up
+from buildtasks.stack import interrupts_on_sigterm, live_stack, signals_deferred, up
 
 ORDER = {"files": 0, "sqlite": 1, "redis": 2}  # a database inside a files tree after it
 
@@ -193,7 +193,7 @@ def run(settings: Settings, sh: Runtime, found: Manifest, only: tuple[str, ...] 
             )
         in_stack = needs_stack(settings, chosen)
         if in_stack:
-            prepare_stack(settings, sh, stack_compose(settings))
+            prepare_stack(settings, sh, live_stack(sh, settings))
         safety = sets.create(settings, sh, safety=True)
         sh.note(f"safety backup: {safety.id}")
 
@@ -206,7 +206,7 @@ def swap_in(
 ) -> None:
     """Stop the stack (when it holds data), stage and swap the set's artifacts in, start it
     again and wait for health, whatever happened in between."""
-    stack = stack_compose(settings)
+    stack = live_stack(sh, settings)
     with interrupts_on_sigterm():  # SIGTERM unwinds like Ctrl-C: put back, start
         if in_stack:
             sh.run(stack.argv("stop"))
