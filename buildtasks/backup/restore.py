@@ -27,7 +27,6 @@ from buildtasks.backup import archive, redis, sets
 from buildtasks.backup.manifest import Artifact, Manifest
 from buildtasks.config import Settings
 from buildtasks.docker import compose
-from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell

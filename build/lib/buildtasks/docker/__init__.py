@@ -1,0 +1,1 @@
+"""Docker: pure argv/bake builders, Dockerfile reading, and the engine wrapper."""

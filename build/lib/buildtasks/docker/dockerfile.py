@@ -1,0 +1,82 @@
+"""Reading Dockerfiles: which base images a build pulls."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+
+_ARG_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with comments dropped and continuations joined."""
+    return [(keyword, rest) for _, keyword, rest in numbered_instructions(text)]
+
+
+def numbered_instructions(text: str) -> list[tuple[int, str, str]]:
+    """(line where it starts, INSTRUCTION, arguments), as `instructions`."""
+    result, pending, start = [], "", 0
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue
+        start = start or number
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = (pending + stripped).strip()
+        pending = ""
+        if full:
+            keyword, _, rest = full.partition(" ")
+            result.append((start, keyword.upper(), rest.strip()))
+        start = 0
+    return result
+
+
+def _expand(value: str, args: Mapping[str, str]) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(3)
+        if args.get(name):
+            return args[name]
+        return match.group(2) or ""
+
+    return _ARG_REF.sub(substitute, value)
+
+
+def base_images(text: str, build_args: Mapping[str, str] | None = None) -> list[str]:
+    """Images named in FROM lines, in order, without duplicates, stage names or ``scratch``.
+
+    ARGs declared before the first FROM are resolved from their defaults, overridden by
+    build_args, as BuildKit does.
+    """
+    build_args = build_args or {}
+    global_args: dict[str, str] = {}
+    stages: set[str] = set()
+    images: list[str] = []
+    seen_from = False
+    for keyword, rest in instructions(text):
+        if keyword == "ARG" and not seen_from:
+            for declaration in shlex.split(rest):
+                name, has_default, default = declaration.partition("=")
+                value = build_args.get(name, default if has_default else "")
+                global_args[name] = _expand(value, global_args)
+        elif keyword == "FROM":
+            seen_from = True
+            words = [w for w in rest.split() if not w.startswith("--")]
+            image = _expand(words[0], global_args)
+            if image.lower() not in stages and image != "scratch" and image not in images:
+                images.append(image)
+            if len(words) >= 3 and words[1].upper() == "AS":
+                stages.add(words[2].lower())
+    return images
+
+
+def mirror_contexts(images: list[str], mirror: str) -> dict[str, str]:
+    """Named build contexts that take every base image from the mirror, Dockerfile untouched."""
+    if not mirror:
+        return {}
+    prefix = mirror.rstrip("/")
+    return {image: f"docker-image://{prefix}/{image}" for image in images}

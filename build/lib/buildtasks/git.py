@@ -1,0 +1,71 @@
+"""What the build needs to know about the git checkout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from buildtasks.shell import Shell
+
+
+@dataclass(frozen=True)
+class GitState:
+    sha: str = ""
+    branch: str = ""
+    dirty: bool = False
+    commit_time: str = ""  # ISO 8601 UTC of HEAD; a reproducible `created` label
+    remote_url: str = ""
+
+    @property
+    def short_sha(self) -> str:
+        return self.sha[:7]
+
+
+_states: dict[Path, GitState] = {}
+
+
+def state(sh: Shell, root: Path) -> GitState:
+    """The checkout's HEAD, branch and dirtiness; an empty state outside a git repository.
+    Read once per process and root (a task asks several times: tags, labels, the dirty
+    check); whatever moves HEAD or edits the tree calls `forget` afterwards."""
+    root = Path(root).resolve()
+    if root not in _states:
+        _states[root] = _read_state(sh, root)
+    return _states[root]
+
+
+def forget() -> None:
+    """Drop the states read so far: HEAD or the tree changed (a release commit)."""
+    _states.clear()
+
+
+def _read_state(sh: Shell, root: Path) -> GitState:
+
+    def git(*args: str) -> str:
+        result = sh.run(["git", "-C", str(root), *args], query=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    # One status call says HEAD, the branch and whether the tree is dirty.
+    status = git("status", "--porcelain=v2", "--branch", "--untracked-files=normal")
+    headers = dict(line[2:].split(" ", 1) for line in status.splitlines() if line.startswith("# "))
+    sha = headers.get("branch.oid", "")
+    if not sha or sha == "(initial)":
+        return GitState()
+    branch = headers.get("branch.head", "")
+    epoch = git("show", "-s", "--format=%ct", "HEAD")
+    return GitState(
+        sha=sha,
+        branch="HEAD" if branch == "(detached)" else branch,  # as `rev-parse --abbrev-ref`
+        dirty=any(not line.startswith("# ") for line in status.splitlines()),
+        commit_time=datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        remote_url=without_credentials(git("remote", "get-url", "origin")),
+    )
+
+
+def without_credentials(url: str) -> str:
+    """A URL without user:password@ (CI remotes carry tokens there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    return f"{scheme}://{rest.split('@', 1)[1]}"

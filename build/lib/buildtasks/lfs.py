@@ -1,0 +1,69 @@
+"""Git LFS before a build: pull the content, and never send a pointer file to BuildKit.
+
+A checkout made without git-lfs (or with GIT_LFS_SKIP_SMUDGE=1) holds, in place of each
+LFS-tracked file, a small text pointer. An image built from it starts, and then fails at
+the first read of a model or asset; so a build of such a project pulls first and refuses
+to start while a file in its context is still a pointer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from buildtasks.errors import BuildtasksError
+from buildtasks.shell import Shell
+
+POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
+POINTER_MAX_BYTES = 1024  # pointers are ~130 bytes; content never starts like one
+
+
+class PointerFile(BuildtasksError):
+    """A file the build would send is a Git LFS pointer, not its content."""
+
+
+def uses_lfs(root: Path) -> bool:
+    """Whether the project's .gitattributes route any file through the LFS filter."""
+    try:
+        return "filter=lfs" in (root / ".gitattributes").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def is_pointer(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(POINTER_MAX_BYTES + 1)
+    except OSError:
+        return False
+    return len(head) <= POINTER_MAX_BYTES and head.startswith(POINTER_PREFIX)
+
+
+def require_content(sh: Shell, root: Path, contexts: Iterable[Path]) -> None:
+    """`git lfs pull`, then fail with one line naming the first LFS-tracked file inside the
+    build contexts that is still a pointer. Nothing to do for a project without LFS."""
+    if not uses_lfs(root):
+        return
+    if shutil.which("git-lfs") is None:
+        raise BuildtasksError(
+            f"{root / '.gitattributes'} routes files through Git LFS but git-lfs is not "
+            "installed; install it (apt-get install git-lfs), then build again"
+        )
+    pulled = sh.run(["git", "-C", str(root), "lfs", "pull"], check=False, capture=True)
+    if sh.dry:
+        return
+    listed = sh.output(["git", "-C", str(root), "lfs", "ls-files", "--name-only"], check=False)
+    dirs = [Path(c).resolve() for c in contexts]
+    for name in listed.splitlines():
+        path = (root / name).resolve()
+        if any(path.is_relative_to(d) for d in dirs) and is_pointer(path):
+            why = (
+                f"`git lfs pull` failed: {(pulled.stderr or '').strip().splitlines()[-1]}"
+                if pulled.returncode and (pulled.stderr or "").strip()
+                else "its object is not on the LFS remote"
+            )
+            raise PointerFile(
+                f"{name} is a Git LFS pointer, not the file ({why}); fetch it with "
+                "`git lfs pull` (check the LFS remote and credentials), then build again"
+            )

@@ -1,0 +1,1 @@
+"""Publishing: verified multi-platform pushes, version bumps, changelogs, the release flow."""
