@@ -5,6 +5,7 @@ the installed generator."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -46,8 +47,14 @@ def installed(tmp_path_factory) -> Path:
     """A virtualenv with buildtasks installed from its wheel (the dependencies are this
     environment's, through a .pth file: they are not what is under test)."""
     top = tmp_path_factory.mktemp("installed")
+    source = top / "source"  # a copy: building writes build/ next to the sources
+    shutil.copytree(
+        REPO / "buildtasks", source / "buildtasks", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    wheel = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(top), str(REPO)]
+    wheel = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(top), str(source)]
     subprocess.run(wheel, check=True, capture_output=True)
     venv = top / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -1,1 +1,0 @@
-"""Docker: pure argv/bake builders, Dockerfile reading, and the engine wrapper."""

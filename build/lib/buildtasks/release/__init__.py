@@ -1,1 +1,0 @@
-"""Publishing: verified multi-platform pushes, version bumps, changelogs, the release flow."""
