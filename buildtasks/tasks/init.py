@@ -19,7 +19,7 @@ def init(c: Context):
     """Write tasks.py, noxfile.py and the [tool.buildtasks] table from the Dockerfiles,
     compose file and .proto files found here (in an empty project also a small service,
     its Dockerfile, .dockerignore, compose file and test); existing files are kept."""
-    root = Path.cwd()
+    root = Path(c.config.get("buildtasks", {}).get("root", ".")).resolve()
     # No configuration exists yet: the runtime only writes files (echoed, --dry honoured).
     rt = runtimes.Runtime(config.parse({"image": "init"}, root=root), dry=bool(c.config.run.dry))
     for line in scaffold.init(rt, root):
