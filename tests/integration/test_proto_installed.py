@@ -54,6 +54,7 @@ def installed(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    # no build isolation: the test environment has setuptools (grpcio-tools needs it)
     wheel = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(top), str(source)]
     subprocess.run(wheel, check=True, capture_output=True)
     venv = top / "venv"
