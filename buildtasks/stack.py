@@ -349,6 +349,11 @@ def with_mirror(sh: Shell, settings: Settings, stack: Compose) -> Compose:
     return Compose(stack.project, (*stack.files, path))
 
 
+def live_stack(sh: Shell, settings: Settings) -> Compose:
+    """The configured stack as `inv up` starts it: base images from the mirror."""
+    return with_mirror(sh, settings, stack_compose(settings))
+
+
 def collect_artifacts(sh: Shell, stack: Compose, directory: Path) -> None:
     """Logs with timestamps, ps and health details of every container."""
     directory.mkdir(parents=True, exist_ok=True)

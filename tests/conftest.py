@@ -7,10 +7,14 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+
+from buildtasks.platforms import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,3 +83,30 @@ def run_once(engine, image: str, command: list[str], **options) -> str:
         return container.logs().decode().strip()
     finally:
         container.remove(force=True, v=True)
+
+
+@pytest.fixture
+def registry(engine, tmp_path):
+    """A registry of the test's own on 127.0.0.1, so it can be stopped mid-release."""
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield address, process
+    process.kill()
+    process.wait()
+    remove_images(engine, address)

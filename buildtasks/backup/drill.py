@@ -172,7 +172,7 @@ def _restore_and_inspect(
             try:
                 restore.prepare_stack(drill, sh, stack)
                 try:
-                    restore.swap_in(drill, sh, directory, chosen, in_stack=True)
+                    restore.swap_in(drill, sh, directory, chosen, stack)
                 except StackUnhealthy as exc:
                     report.checks.append(Check("health", False, str(exc)))
                     return

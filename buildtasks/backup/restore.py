@@ -27,11 +27,10 @@ from buildtasks.backup import archive, redis, sets
 from buildtasks.backup.manifest import Artifact, Manifest
 from buildtasks.config import Settings
 from buildtasks.docker import compose
-from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
-from buildtasks.stack import interrupts_on_sigterm, signals_deferred, up
+from buildtasks.stack import interrupts_on_sigterm, live_stack, signals_deferred, up
 
 ORDER = {"files": 0, "sqlite": 1, "redis": 2}  # a database inside a files tree after it
 
@@ -191,29 +190,32 @@ def run(settings: Settings, sh: Runtime, found: Manifest, only: tuple[str, ...] 
             raise RestoreRefused(
                 f"backup {found.id} failed verification, nothing restored: {'; '.join(problems)}"
             )
-        in_stack = needs_stack(settings, chosen)
-        if in_stack:
-            prepare_stack(settings, sh, stack_compose(settings))
+        stack = live_stack(sh, settings) if needs_stack(settings, chosen) else None
+        if stack:
+            prepare_stack(settings, sh, stack)
         safety = sets.create(settings, sh, safety=True)
         sh.note(f"safety backup: {safety.id}")
 
-        swap_in(settings, sh, root / found.id, chosen, in_stack)
+        swap_in(settings, sh, root / found.id, chosen, stack)
     return safety
 
 
 def swap_in(
-    settings: Settings, sh: Runtime, directory: Path, chosen: list[Step], in_stack: bool
+    settings: Settings,
+    sh: Runtime,
+    directory: Path,
+    chosen: list[Step],
+    stack: compose.Compose | None,
 ) -> None:
-    """Stop the stack (when it holds data), stage and swap the set's artifacts in, start it
-    again and wait for health, whatever happened in between."""
-    stack = stack_compose(settings)
+    """Stop the stack (given when it holds data), stage and swap the set's artifacts in,
+    start it again and wait for health, whatever happened in between."""
     with interrupts_on_sigterm():  # SIGTERM unwinds like Ctrl-C: put back, start
-        if in_stack:
+        if stack:
             sh.run(stack.argv("stop"))
         try:
             Restorer(settings, sh, directory).apply(chosen)
         finally:
-            if in_stack:
+            if stack:
                 up(sh, stack, settings.stack.wait_timeout)
 
 

@@ -242,10 +242,12 @@ def load_progress(settings: Settings) -> Progress:
 
 
 def push_target(rt: Runtime, name: str, commit: str) -> publish.Pushed | None:
-    """Build and push one target under its staging tag, verified (None in a dry run)."""
+    """Build and push one target under its staging tag, verified (None in a dry run). A
+    shared base it builds FROM is pushed first, under its own tags: the target's is the
+    last push."""
     tags = (staging_tag(name, commit),)
     pushed = publish.push(rt, [name], platforms_of(rt.settings, name), tags)
-    return pushed[0] if pushed else None
+    return next((p for p in pushed if p.target == name), None)
 
 
 def remove_staging_tags(settings: Settings, sh: Shell, progress: Progress) -> list[str]:

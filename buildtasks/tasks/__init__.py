@@ -7,7 +7,19 @@ from pathlib import Path
 from invoke import Collection
 
 from buildtasks.config import Settings
-from buildtasks.tasks import backup, build, cache, ci, db, doctor, lint, proto, release, stack
+from buildtasks.tasks import (
+    backup,
+    build,
+    cache,
+    ci,
+    db,
+    doctor,
+    init,
+    lint,
+    proto,
+    release,
+    stack,
+)
 
 
 def collection(settings: Settings) -> Collection:
@@ -18,6 +30,7 @@ def collection(settings: Settings) -> Collection:
     ns.add_task(doctor.doctor, name="doctor")
     ns.add_task(lint.lint)
     ns.add_task(ci.ci)
+    ns.add_task(init.init)
     ns.add_task(release.push)
     ns.add_task(release.release)
     for stack_task in (stack.up, stack.down, stack.logs, stack.health, stack.deploy):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, remove_images, run_cli
+from tests.integration.test_release import IDENTITY, labels_at, raw_manifest, tags_of
 
 pytestmark = pytest.mark.integration
 
@@ -200,3 +201,96 @@ def test_push_builds_the_api_from_the_pushed_base_by_digest(shop):
     base_ref = lines[0].split(": pushed ")[1].split()[0]
     assert base_ref.startswith(f"{prefix}/base@sha256:")
     assert f"base=docker-image://{base_ref}" in pushed.stderr  # the api's build command
+
+
+@pytest.fixture
+def shop_clone(shop, engine, tmp_path):
+    """A clone of the shop with a bare remote of its own (LFS objects too), its own image
+    prefix and compose project, so it can be released or run beside the module's checkout."""
+    _, remote, env, _ = shop
+    own = tmp_path / "remote.git"
+    shutil.copytree(remote, own)
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", own.as_uri(), str(clone))
+    prefix = f"127.0.0.1:5000/shop-{uuid.uuid4().hex[:8]}"
+    env = {**env, "SHOP_REGISTRY": prefix, "SHOP_PROJECT": f"shop{uuid.uuid4().hex[:8]}"}
+    yield clone, own, env
+    remove_images(engine, prefix)
+
+
+def test_release_tags_each_image_with_plain_versions_at_its_staged_digest(shop_clone, registry):
+    clone, remote, env = shop_clone
+    address, _ = registry
+    env = {**env, **IDENTITY, "SHOP_REGISTRY": f"{address}/shop"}
+    released = inv(clone, env, "release", "--bump", "minor")
+    assert released.returncode == 0, released.stdout[-2000:] + released.stderr[-3000:]
+    assert git(remote, "tag", "--list") == "v0.2.0"
+    commit = git(clone, "rev-parse", "HEAD")
+    assert git(remote, "rev-parse", "main") == commit
+    for name in ("api", "worker"):
+        repository = f"{address}/shop/{name}"
+        tags = tags_of(address, f"shop/{name}")
+        staging = f"{name}-release-{commit}"
+        assert set(tags) == {"0.2.0", "0.2", "0", staging}, tags
+        (held,) = {tags["0.2.0"], tags["0.2"], tags["0"]}
+        # buildx 0.13's imagetools create wraps one image manifest in a one-entry index
+        entries = [m["digest"] for m in raw_manifest(f"{repository}@{held}").get("manifests", [])]
+        assert held == tags[staging] or entries == [tags[staging]]
+        promoted = ", ".join(f"{repository}:{t}" for t in ("0.2.0", "0.2", "0"))
+        assert f"{name}: {repository}@{tags[staging]} tagged {promoted}" in released.stdout
+        labels = labels_at(f"{repository}:0.2.0")
+        assert labels["org.opencontainers.image.version"] == "0.2.0"
+        assert labels["org.opencontainers.image.revision"] == commit
+    assert tags_of(address, "shop/migrate") == {}  # not a release target
+
+
+def compose_container(engine, project: str, service: str):
+    (container,) = engine.containers.list(
+        filters={"label": [f"com.docker.compose.project={project}",
+                           f"com.docker.compose.service={service}"]}
+    )  # fmt: skip
+    return container
+
+
+def in_api(engine, project: str, code: str) -> str:
+    result = compose_container(engine, project, "api").exec_run(["python3", "-c", code])
+    assert result.exit_code == 0, result.output.decode()
+    return result.output.decode().strip()
+
+
+SCHEMA = (
+    "import sqlite3; db = sqlite3.connect('/data/orders.db'); "
+    "print(db.execute('PRAGMA user_version').fetchone()[0], sorted(r[0] for r in "
+    "db.execute(\"SELECT name FROM sqlite_master WHERE type='table'\")), "
+    "db.execute('SELECT note FROM keep').fetchall())"
+)
+
+
+def test_db_migrate_in_a_service_backs_up_first_and_stops_at_the_failing_file(shop_clone, engine):
+    clone, _, env = shop_clone
+    pyproject = clone / "pyproject.toml"
+    text = pyproject.read_text().replace('sqlite = "var/shop.db"', 'sqlite = "api:/data/orders.db"')
+    text = text.replace('sqlite = ["var/shop.db"]', 'sqlite = ["api:/data/orders.db"]')
+    pyproject.write_text(text.replace('files = ["var/uploads"]', "files = []"))
+    project = env["SHOP_PROJECT"]
+    up = inv(clone, env, "up", "--build")
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        in_api(engine, project, "import sqlite3; db = sqlite3.connect('/data/orders.db'); "
+               "db.execute('CREATE TABLE keep (note TEXT)'); "
+               "db.execute(\"INSERT INTO keep VALUES ('before')\"); db.commit()")  # fmt: skip
+
+        failed = inv(clone, env, "db.migrate")
+        assert failed.returncode == 1, failed.stderr[-2000:]
+        assert "0003_broken.sql" in failed.stderr and "stays at version 2" in failed.stderr
+        taken = failed.stderr.split("backup set ")[1].split()[0]
+        assert failed.stderr.index(f"backup set {taken} taken") < failed.stderr.index("0003")
+        assert in_api(engine, project, SCHEMA) == "2 ['keep', 'orders'] [('before',)]"
+        status = json.loads(inv(clone, env, "db.status", "--json").stdout)
+        assert (status["after"], status["pending"]) == (2, ["0003_broken.sql"])
+
+        restored = inv(clone, env, "restore", "--yes", "--id", taken)  # the set taken first
+        assert restored.returncode == 0, restored.stderr[-2000:]
+        assert in_api(engine, project, SCHEMA) == "0 ['keep'] [('before',)]"
+    finally:
+        inv(clone, env, "down", "--volumes")

@@ -31,33 +31,6 @@ IDENTITY = {
 }
 
 
-@pytest.fixture
-def registry(engine, tmp_path):
-    """A registry of the test's own on 127.0.0.1, so it can be stopped mid-release."""
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    process = subprocess.Popen(
-        ["docker-registry", "serve", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    address = f"127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://{address}/v2/", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield address, process
-    process.kill()
-    process.wait()
-    remove_images(engine, address)
-
-
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-c", "user.name=Release Manager", "-c", "user.email=rm@localhost", *args],
