@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,7 +13,7 @@ from urllib.parse import urlparse
 
 from buildtasks import git
 from buildtasks.config import Settings
-from buildtasks.docker import builds
+from buildtasks.docker import builds, retry
 from buildtasks.docker.build import (
     OCI,
     BuildPlan,
@@ -58,6 +59,7 @@ def shell(settings: Settings, dry: bool) -> Shell:
         for entry in target.secrets
         if secret_variable(entry)
     }
+    secret_values.add(environment.get("COSIGN_PASSWORD", ""))
     redis_url = settings.backup.redis.get("url", "")
     secret_values.add(urlparse(redis_url).password or "" if redis_url else "")
     return Shell(dry=dry, secrets=frozenset(secret_values - {""}), env=environment)
@@ -100,7 +102,10 @@ def build(sh: Shell, settings: Settings, build_plan: BuildPlan, check: bool) -> 
     """One `docker buildx build`; the image checks run unless check is False."""
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
-        engine = _run_with_engine(sh, buildx_argv(build_plan, str(metadata_file)))
+        argv = buildx_argv(build_plan, str(metadata_file))
+        # A push is rerun on a transient registry error: the layers come from the cache.
+        policy = retry.Policy.of(settings) if build_plan.push else None
+        engine = _run_with_engine(sh, argv, policy)
         if sh.dry:
             return None
         metadata = json.loads(metadata_file.read_text())
@@ -113,21 +118,25 @@ def bake(sh: Shell, settings: Settings, build_plans: list[BuildPlan], check: boo
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
         argv = ["docker", "buildx", "bake", "--file", "-", "--metadata-file", str(metadata_file)]
-        engine = _run_with_engine(sh, argv, input=definition, cwd=str(settings.root))
+        engine = _run_with_engine(sh, argv, None, input=definition, cwd=str(settings.root))
         if sh.dry:
             return []
         metadata = json.loads(metadata_file.read_text())
     return [_finish(engine, settings, p, metadata.get(p.target, {}), check) for p in build_plans]
 
 
-def _run_with_engine(sh: Shell, argv: list[str], **kwargs) -> Engine:
-    """Run a build command while connecting to the engine in the background; when the
-    command fails because the engine is unreachable, say that instead."""
+def _run_with_engine(sh: Shell, argv: list[str], policy: retry.Policy | None, **kwargs) -> Engine:
+    """Run a build command (retried as policy allows, if given) while connecting to the
+    engine in the background; when the command fails because the engine is unreachable,
+    say that instead."""
     engine = Engine(sh)
     if not sh.dry:
         engine.warm_up()
     try:
-        sh.run(argv, **kwargs)
+        if policy:
+            retry.run(sh, policy, f"`{shlex.join(argv[:3])}`", argv, **kwargs)
+        else:
+            sh.run(argv, **kwargs)
     except CommandError:
         engine.require()
         raise

@@ -13,13 +13,14 @@ from pathlib import Path
 from buildtasks import config, git
 from buildtasks.atomic import write_text
 from buildtasks.config import Settings
-from buildtasks.docker import registry
+from buildtasks.docker import registry, retry
+from buildtasks.docker.engine import Engine
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import can_build
-from buildtasks.release import changelog, publish, version
+from buildtasks.release import attest, changelog, publish, version
 from buildtasks.shell import Shell
 
-STEPS = ("commit", "images", "promote", "git-push")
+STEPS = ("commit", "images", "sign", "promote", "git-push")
 
 
 class PreflightFailed(BuildtasksError):
@@ -195,11 +196,12 @@ def preflight(settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: 
         )
     for name in plan.image_tags:
         try:
-            registry.require_push_access(plan.image_tags[name][0])
+            registry.require_push_access(sh, retry.Policy.of(settings), plan.image_tags[name][0])
         except registry.RegistryError as exc:
             problems.append(str(exc))
         for wanted in platforms_of(settings, name):
             problems += _platform_problem(wanted)
+    problems += attest.signing_problems(settings, sh)
     if problems:
         listing = "".join(f"\n  - {p}" for p in dict.fromkeys(problems))
         raise PreflightFailed(f"release {plan.new} cannot start:{listing}\nnothing was changed")
@@ -227,7 +229,7 @@ def load_progress(settings: Settings) -> Progress:
 def push_target(settings: Settings, sh: Shell, name: str, commit: str) -> publish.Pushed | None:
     """Build and push one target under its staging tag, verified (None in a dry run)."""
     tags = (staging_tag(name, commit),)
-    pushed = publish.push(settings, sh, [name], platforms_of(settings, name), tags)
+    pushed = publish.push(settings, sh, [name], platforms_of(settings, name), tags, sign=False)
     return pushed[0] if pushed else None
 
 
@@ -324,19 +326,24 @@ def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
         # is read as of it, and the labels carry the new version and that commit.
         fresh = config.load(settings.root)
         for name in progress.image_tags:
+            if name in progress.digests:  # pushed and verified before an interruption
+                continue
             pushed = push_target(fresh, sh, name, progress.commit)
             progress.digests[name] = pushed.ref
             save(settings, progress)  # a rollback after a kill deletes only what it recorded
         progress.done.append("images")
         save(settings, progress)
-    if "promote" not in progress.done:  # imagetools create is idempotent: safe to redo
+    if "sign" not in progress.done:  # signing again adds nothing: safe to redo
+        fresh = config.load(settings.root)
+        for ref in progress.digests.values():
+            attest.sign_pushed(fresh, sh, Engine(sh), ref)
+        progress.done.append("sign")
+        save(settings, progress)
+    if "promote" not in progress.done:  # tagging a digest is idempotent: safe to redo
         for name, refs in progress.image_tags.items():
-            tags = [arg for ref in refs for arg in ("--tag", ref)]
-            sh.run(["docker", "buildx", "imagetools", "create", *tags, progress.digests[name]])
+            registry.tag_digest(sh, retry.Policy.of(settings), progress.digests[name], refs)
             verified = progress.digests[name].rpartition("@")[2]
             held = {registry.promoted_digest(sh, ref, verified) for ref in refs}
-            if len(held) != 1:
-                raise registry.RegistryError(f"the tags of {name} disagree: {', '.join(held)}")
             progress.promoted[name] = held.pop()
         progress.done.append("promote")
         save(settings, progress)

@@ -9,11 +9,13 @@ from pathlib import Path
 from buildtasks import git
 from buildtasks.atomic import write_text
 from buildtasks.config import Settings
-from buildtasks.docker import builder, registry
+from buildtasks.docker import builder, registry, retry
 from buildtasks.docker.build import BuildRequest
+from buildtasks.docker.engine import Engine
 from buildtasks.docker.registry import RegistryError
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import native
+from buildtasks.release import attest
 from buildtasks.shell import Shell
 
 
@@ -38,10 +40,12 @@ def push(
     platforms: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
     allow_dirty: bool = False,
+    sign: bool = True,
 ) -> list[Pushed]:
     """Build and push each target for its platforms (with tags instead of the configured
-    ones), then check the registry holds every platform. A dirty tree and access to every
-    registry are checked before any build."""
+    ones), check the registry holds every platform, then sign it (when configured and sign
+    is True; a release signs in a step of its own). A dirty tree, access to every registry
+    and the signing key are checked before any build."""
     request = BuildRequest(tags=tags, platforms=platforms, push=True)
     plans = builder.plans(settings, names, request, sh)
     dirty = git.state(sh, settings.root).dirty
@@ -52,7 +56,8 @@ def push(
             "from them; commit or stash them first (`inv push --allow-dirty` publishes them)"
         )
     for build_plan in plans:
-        registry.require_push_access(build_plan.tags[0])
+        registry.require_push_access(sh, retry.Policy.of(settings), build_plan.tags[0])
+    attest.require_signing(settings, sh)
     pushed = []
     for build_plan in plans:
         built = builder.build(sh, settings, build_plan, check=False)
@@ -67,6 +72,8 @@ def push(
                 f"{repository}@{built.digest} lacks {', '.join(missing)} in the registry "
                 f"(it holds {', '.join(found) or 'nothing'}); the push is incomplete"
             )
+        if sign:
+            attest.sign_pushed(settings, sh, Engine(sh), f"{repository}@{built.digest}")
         pushed.append(
             Pushed(
                 build_plan.target,

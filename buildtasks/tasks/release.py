@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from invoke import Context, task
@@ -94,9 +95,46 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
         return
     progress = flow.start(project, sh, plan)
     for name, ref in progress.digests.items():
-        held = progress.promoted[name]
-        wrapped = "" if ref.endswith(held) else f" (through the one-image index {held})"
-        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}{wrapped}")
+        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}")
     print(
         f"released {progress.version}: commit {progress.commit[:12]} and tag {progress.tag} pushed"
     )
+
+
+@task(
+    klass=ShortFlagTask,
+    help={
+        "ref": "the image to check: repository:tag or repository@digest",
+        "target": "whose configured platforms the image must hold (default: the release "
+        "target, when there is one)",
+        "platform": "comma-separated platforms the image must hold, over the target's",
+        "json": "print the checks as one JSON document",
+    },
+)
+@one_line_errors
+def verify(c: Context, ref, target="", platform="", json_=False):
+    """Check an image's signatures, provenance, SBOM and platforms against the public key."""
+    from buildtasks.release import attest, flow
+
+    project = settings(c)
+    platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
+    if not platforms:
+        names = [target] if target else flow.release_targets(project)
+        if len(names) != 1 or names[0] not in project.targets:
+            raise ConfigError("--target: name the target whose platforms to expect, or --platform")
+        platforms = flow.platforms_of(project, names[0])
+    pinned, checks = attest.verify(project, shell(c, project), ref, platforms)
+    failed = [check for check in checks if not check.ok]
+    if json_:
+        body = {"ref": ref, "pinned": pinned, "ok": not failed,
+                "checks": [dataclasses.asdict(check) for check in checks]}  # fmt: skip
+        print(json.dumps(body, indent=2))
+    else:
+        print(f"{ref}: {pinned}")
+        for check in checks:
+            print(f"  {'ok  ' if check.ok else 'FAIL'} {check.what}  {check.detail}".rstrip())
+    if failed:
+        raise attest.SigningError(
+            f"{ref} failed {len(failed)} of {len(checks)} checks: {failed[0].what} "
+            f"({failed[0].detail})"
+        )
