@@ -176,7 +176,7 @@ def verify(
 
 def _sbom_check(sh: Shell, public: list[str], reference: str, platform: str) -> Check:
     """The CycloneDX attestation of one platform image: signed with the key, about this
-    digest and platform, listing packages."""
+    digest and platform (an image without packages has an empty list)."""
     what = f"sbom {platform}"
     result = sh.run(["cosign", "verify-attestation", *public, "--type", "cyclonedx", reference],
                     query=True, check=False)  # fmt: skip
@@ -196,8 +196,7 @@ def _sbom_check(sh: Shell, public: list[str], reference: str, platform: str) -> 
             None,
         ):
             return Check(what, False, "the attested document is not this image's CycloneDX SBOM")
-        count = len(predicate.get("components") or [])
-        return Check(what, count > 0, f"{count} components")
+        return Check(what, True, f"{len(predicate.get('components') or [])} components")
     return Check(what, False, "no CycloneDX statement about this digest")
 
 
