@@ -13,6 +13,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+# What registries send with a fault: distribution's JSON errors for 429 and 401, the plain
+# page a load balancer sends for a 5xx.
+ANSWERS = {
+    429: ("application/json",
+          b'{"errors":[{"code":"TOOMANYREQUESTS","message":"too many requests"}]}'),
+    401: ("application/json",
+          b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}'),
+    0: ("text/plain", b"Service Unavailable\n"),
+}  # fmt: skip
+
+
 @dataclass
 class Fault:
     """Answer the first `times` requests matching method and path (regexes) with status
@@ -87,11 +98,11 @@ class FaultProxy:
                     return
                 if answer:
                     proxy._record(self.command, self.path, answer, True)
-                    message = b'{"errors":[{"code":"INJECTED","message":"injected fault"}]}'
+                    content_type, message = ANSWERS.get(int(answer), ANSWERS[0])
                     self.send_response(int(answer))
                     if answer == 429:
                         self.send_header("Retry-After", "1")
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(message)))
                     self.end_headers()
                     self.wfile.write(message)
@@ -109,7 +120,9 @@ class FaultProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("connection", "transfer-encoding", "content-length"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # A HEAD's answer has no body but the length of the one a GET would have.
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

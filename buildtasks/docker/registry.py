@@ -46,7 +46,7 @@ def probe(host: str, timeout: float = 5.0) -> tuple[bool, bool, str]:
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 return True, True, f"{scheme}://{api} answers (login required)"
-            reason = f"HTTP {exc.code} {exc.reason}"
+            return False, False, f"{scheme}://{api} answers HTTP {exc.code} {exc.reason}"
         except (OSError, ValueError) as exc:
             reason = str(getattr(exc, "reason", exc))
     return False, False, f"{api} unreachable ({reason})"

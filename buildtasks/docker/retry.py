@@ -17,14 +17,18 @@ from buildtasks.shell import Shell
 
 T = TypeVar("T")
 
+# What buildx, dockerd and cosign print for them: an HTTP status with its reason, a
+# distribution error code (UNAUTHORIZED, DENIED, TOOMANYREQUESTS, UNAVAILABLE), or the
+# network error.
 AUTH = re.compile(
-    r"\b40[13]\b|unauthori[sz]ed|authentication required|access denied|requested access "
-    r"to the resource is denied|forbidden",
+    r"\b40[13]\b|unauthori[sz]ed|authentication required|access denied|\bDENIED\b|"
+    r"requested access to the resource is denied|forbidden",
     re.IGNORECASE,
 )
 TRANSIENT = re.compile(
-    r"\b5\d\d [A-Z]|\b429\b|too many requests|connection reset|broken pipe|unexpected EOF|"
-    r"i/o timeout|TLS handshake timeout|service unavailable|bad gateway|gateway time-?out",
+    r"\b5\d\d [A-Z]|\b429\b|too ?many ?requests|connection reset|broken pipe|unexpected EOF|"
+    r"i/o timeout|TLS handshake timeout|service unavailable|\bUNAVAILABLE\b|bad gateway|"
+    r"gateway time-?out",
     re.IGNORECASE,
 )
 
