@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
 # What registries send with a fault: distribution's JSON errors for 429 and 401, the plain
 # page a load balancer sends for a 5xx.
 ANSWERS = {
@@ -85,7 +84,9 @@ class FaultProxy:
             def _handle(self):
                 body = self._body()
                 with proxy.lock:
-                    fault = next((f for f in proxy.faults if f.takes(self.command, self.path)), None)
+                    fault = next(
+                        (f for f in proxy.faults if f.takes(self.command, self.path)), None
+                    )
                     answer = fault.status if fault else 0
                 if answer == "reset":
                     proxy._record(self.command, self.path, "reset", True)

@@ -51,10 +51,12 @@ def dpkg_packages(files: Mapping[str, bytes]) -> list[dict]:
     return sorted(found, key=lambda p: p["name"])
 
 
-def _component(purl: str, name: str, version: str, properties: dict[str, str]) -> dict:
+def _component(
+    purl: str, name: str, version: str, properties: dict[str, str], ref: str = ""
+) -> dict:
     return {
         "type": "library",
-        "bom-ref": purl,
+        "bom-ref": ref or purl,
         "name": name,
         "version": version,
         "purl": purl,
@@ -71,11 +73,11 @@ def document(
     for package in python_packages(files):
         quoted = urllib.parse.quote(package["name"].lower().replace("_", "-"), safe="")
         purl = f"pkg:pypi/{quoted}@{urllib.parse.quote(package['version'], safe='')}"
-        if purl in seen:  # the same distribution in another environment of the image
-            purl += f"#{package['location']}"
+        # the same distribution in another environment of the image: its own bom-ref
+        ref = f"{purl}#{package['location']}" if purl in seen else purl
         seen.add(purl)
         location = {"buildtasks:location": package["location"]}
-        components.append(_component(purl, package["name"], package["version"], location))
+        components.append(_component(purl, package["name"], package["version"], location, ref))
     for package in dpkg_packages(files):
         quoted = urllib.parse.quote(package["version"], safe="")
         purl = f"pkg:deb/debian/{package['name']}@{quoted}?arch={package['arch']}"

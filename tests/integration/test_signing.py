@@ -36,8 +36,9 @@ PASSWORD = "correct horse battery staple"  # the test key's password
 
 def key_pair(directory: Path, password: str = PASSWORD) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "COSIGN_PASSWORD": password}
     subprocess.run(["cosign", "generate-key-pair"], cwd=directory, check=True,
-                   capture_output=True, env={**os.environ, "COSIGN_PASSWORD": password})  # fmt: skip
+                   capture_output=True, env=env)  # fmt: skip
     return directory / "cosign.key", directory / "cosign.pub"
 
 
@@ -335,9 +336,7 @@ def test_preflight_refuses_a_key_that_cannot_sign_before_building(engine, tmp_pa
     assert tags_of(LOCAL_REGISTRY, path) == {}
 
 
-def test_unsigned_single_platform_push_without_provenance_stays_an_image_manifest(
-    engine, proxied
-):
+def test_unsigned_single_platform_push_without_provenance_stays_an_image_manifest(engine, proxied):
     _, project, image, _ = proxied
     pyproject = project / "pyproject.toml"
     text = pyproject.read_text().replace('sign = "cosign"', 'sign = ""\nprovenance = "off"')
