@@ -1,0 +1,124 @@
+"""Signing benchmark (issue 14). Run: .venv/bin/python bench/signing.py
+
+A two-platform release of the example with provenance, signatures and SBOM attestations
+against the same release with all of them off, measured in this run (target: at most 1.2x).
+Both run on a warm build cache (one unmeasured release first), so the figure is what signing
+and attesting add to a release, not build time. Releases alternate and the median is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, report, run
+
+IDENTITY = {"GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "b@localhost",
+            "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "b@localhost"}  # fmt: skip
+PASSWORD = "bench password"
+REGISTRY = "127.0.0.1:5000"
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={**os.environ, **IDENTITY})  # fmt: skip
+
+
+def project(root: Path, publish: str) -> Path:
+    """A clone of the example with a bare remote, releasing prod for amd64 and arm64."""
+    work = root / "project"
+    shutil.copytree(REPO / "example", work / "example",
+                    ignore=shutil.ignore_patterns("gen", "data", "__pycache__"))  # fmt: skip
+    text = (REPO / "pyproject.toml").read_text()
+    (work / "pyproject.toml").write_text(text + publish)
+    shutil.copy(REPO / ".env", work / ".env")
+    (work / ".gitignore").write_text(".env\n")
+    git(root, "init", "-q", "--bare", "-b", "main", str(root / "remote.git"))
+    git(work, "init", "-q", "-b", "main")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "bench")
+    git(work, "remote", "add", "origin", str(root / "remote.git"))
+    git(work, "push", "-q", "origin", "main")
+    return work
+
+
+def release(work: Path, prefix: str) -> float:
+    """One patch release (a changelog entry first); its wall time."""
+    changelog = work / "example/CHANGELOG.md"
+    entry = f"## [Unreleased]\n\n### Changed\n- {uuid.uuid4().hex}\n"
+    changelog.write_text(changelog.read_text().replace("## [Unreleased]\n", entry, 1))
+    git(work, "commit", "-qam", "notes")
+    git(work, "push", "-q", "origin", "main")
+    env = {"REGISTRY": prefix, "COSIGN_PASSWORD": PASSWORD, **IDENTITY}
+    start = time.perf_counter()
+    run([sys.executable, "-m", "buildtasks", "release", "--bump", "patch"], work, env)
+    return time.perf_counter() - start
+
+
+def cleanup(prefix: str) -> None:
+    """Delete the manifests the benchmark pushed (the machine's registry allows deletes)."""
+    path = f"{prefix.split('/', 1)[1]}/buildtasks/jobsvc"
+    try:
+        urllib.request.urlopen(f"http://{REGISTRY}/v2/{path}/tags/list").close()
+    except OSError:
+        return  # nothing was pushed
+
+    listing = json.loads(urllib.request.urlopen(f"http://{REGISTRY}/v2/{path}/tags/list").read())
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+    digests = set()
+    for tag in listing.get("tags") or []:
+        request = urllib.request.Request(f"http://{REGISTRY}/v2/{path}/manifests/{tag}",
+                                         method="HEAD", headers={"Accept": accept})  # fmt: skip
+        digests.add(urllib.request.urlopen(request).headers["Docker-Content-Digest"])
+    for digest in digests:
+        request = urllib.request.Request(
+            f"http://{REGISTRY}/v2/{path}/manifests/{digest}", method="DELETE")  # fmt: skip
+        urllib.request.urlopen(request).close()
+
+
+def main(rounds: int = 2) -> None:
+    root = Path(tempfile.mkdtemp(prefix="buildtasks-bench-sign-"))
+    keys = root / "keys"
+    keys.mkdir()
+    subprocess.run(["cosign", "generate-key-pair"], cwd=keys, check=True, capture_output=True,
+                   env={**os.environ, "COSIGN_PASSWORD": PASSWORD})  # fmt: skip
+    signed_table = (f'\n[tool.buildtasks.publish]\nsign = "cosign"\nkey = "{keys}/cosign.key"\n'
+                    f'public_key = "{keys}/cosign.pub"\n')  # fmt: skip
+    plain_table = '\n[tool.buildtasks.publish]\nprovenance = "off"\n'
+    prefix = f"{REGISTRY}/bench-{uuid.uuid4().hex[:8]}"
+    signed = project(root / "signed", signed_table)
+    plain = project(root / "plain", plain_table)
+    prefixes = {"signed": f"{prefix}/signed", "plain": f"{prefix}/plain"}
+    try:
+        release(
+            plain, prefixes["plain"]
+        )  # warms the build cache for both (same Dockerfile and context)
+        times: dict[str, list[float]] = {"signed": [], "plain": []}
+        for _ in range(rounds):
+            times["plain"].append(release(plain, prefixes["plain"]))
+            times["signed"].append(release(signed, prefixes["signed"]))
+        print(f"releases (s): plain {times['plain']}  signed {times['signed']}")
+        report(
+            "two-platform release: signed+provenance+SBOM vs none",
+            statistics.median(times["signed"]),
+            statistics.median(times["plain"]),
+            1.2,
+        )
+    finally:
+        for used in prefixes.values():
+            cleanup(used)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
