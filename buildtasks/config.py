@@ -435,6 +435,9 @@ class ReleaseSettings:
     tag_prefix: Annotated[str, Rule(_optional_word)] = "v"
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _signing_key(value: str, ctx: _Context) -> str | None:
     """A key file in the project, an absolute path, or env://VAR (cosign reads the key PEM
     from that variable); never the key itself."""
@@ -445,7 +448,6 @@ def _signing_key(value: str, ctx: _Context) -> str | None:
     return _data_path(value, ctx)
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KeyPath = Annotated[str, Rule(_signing_key, shows_value=False)]
 
 

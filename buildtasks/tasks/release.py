@@ -81,6 +81,12 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
             print(
                 f"{name}: push {staging} (version {plan.new}), verify, then tag {', '.join(refs)}"
             )
+        if project.publish.sign:
+            print(
+                "then each pushed digest (platform images and index) is signed with "
+                f"{project.publish.sign}"
+                + (", an SBOM attested per image" if project.publish.sbom else "")
+            )
         print(
             f"{flow.PENDING_COMMIT} stands for the release commit, which a dry run does not "
             "make; the real build's revision label is that commit too"
