@@ -145,6 +145,13 @@ def verify(
     platforms, the signature of the index and of every platform image, the provenance and
     the SBOM attestation of every platform image."""
     publish = settings.publish
+    public_key = publish.public_key
+    if not shutil.which("cosign"):
+        raise SigningError("cosign not found; install it (bash scripts/install-cosign)")
+    if not public_key.startswith("env://") and not (settings.root / public_key).is_file():
+        raise SigningError(
+            f"publish.public_key: {public_key} does not exist; configure the signer's public key"
+        )
     repository = registry.repository_of(reference)
     digest = registry.digest_of(sh, reference)
     pinned = f"{repository}@{digest}"
@@ -156,8 +163,7 @@ def verify(
             f"holds {', '.join(sorted(images))}; expected {', '.join(sorted(platforms))}",
         )
     ]
-    public = ["--key", _key(settings, publish.public_key), "--insecure-ignore-tlog",
-              *_http(pinned)]  # fmt: skip
+    public = ["--key", _key(settings, public_key), "--insecure-ignore-tlog", *_http(pinned)]
     for signed in dict.fromkeys([digest, *images.values()]):
         result = sh.run(["cosign", "verify", *public, f"{repository}@{signed}"],
                         query=True, check=False)  # fmt: skip
