@@ -8,6 +8,7 @@ and attesting add to a release, not build time. Releases alternate and the media
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -68,22 +70,21 @@ def release(work: Path, prefix: str) -> float:
 def cleanup(prefix: str) -> None:
     """Delete the manifests the benchmark pushed (the machine's registry allows deletes)."""
     path = f"{prefix.split('/', 1)[1]}/buildtasks/jobsvc"
+    base = f"http://{REGISTRY}/v2/{path}"
     try:
-        urllib.request.urlopen(f"http://{REGISTRY}/v2/{path}/tags/list").close()
+        listing = json.loads(urllib.request.urlopen(f"{base}/tags/list").read())
     except OSError:
         return  # nothing was pushed
-
-    listing = json.loads(urllib.request.urlopen(f"http://{REGISTRY}/v2/{path}/tags/list").read())
     accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
     digests = set()
     for tag in listing.get("tags") or []:
-        request = urllib.request.Request(f"http://{REGISTRY}/v2/{path}/manifests/{tag}",
-                                         method="HEAD", headers={"Accept": accept})  # fmt: skip
+        request = urllib.request.Request(f"{base}/manifests/{tag}", method="HEAD",
+                                         headers={"Accept": accept})  # fmt: skip
         digests.add(urllib.request.urlopen(request).headers["Docker-Content-Digest"])
     for digest in digests:
-        request = urllib.request.Request(
-            f"http://{REGISTRY}/v2/{path}/manifests/{digest}", method="DELETE")  # fmt: skip
-        urllib.request.urlopen(request).close()
+        with contextlib.suppress(urllib.error.HTTPError):  # gone with another digest
+            request = urllib.request.Request(f"{base}/manifests/{digest}", method="DELETE")
+            urllib.request.urlopen(request).close()
 
 
 def main(rounds: int = 2) -> None:

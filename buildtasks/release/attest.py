@@ -12,6 +12,7 @@ import binascii
 import json
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,8 +103,9 @@ def images_of(sh: Shell, reference: str) -> dict[str, str]:
 
 
 def sign_pushed(settings: Settings, sh: Shell, engine: Engine, reference: str) -> None:
-    """Attach a signed SBOM to each platform image at reference (repository@digest), then
-    sign every platform image and the index, each by digest; nothing when signing is off."""
+    """Attach a signed SBOM to each platform image at reference (repository@digest), the
+    platforms side by side, then sign every platform image and the index, each by digest,
+    in one cosign call; nothing when signing is off."""
     publish = settings.publish
     if publish.sign != "cosign":
         return
@@ -111,24 +113,31 @@ def sign_pushed(settings: Settings, sh: Shell, engine: Engine, reference: str) -
     repository, _, digest = reference.rpartition("@")
     images = images_of(sh, reference)
     key = ["--key", _key(settings, publish.key), "--tlog-upload=false", "--yes", *_http(reference)]
-    with tempfile.TemporaryDirectory(prefix="buildtasks-sbom-") as tmp:
-        for platform, image in images.items():
-            if not publish.sbom:
-                continue
-            bom = sbom.document(
-                engine.image_files(f"{repository}@{image}", platform, sbom.wanted),
-                image=repository, version=settings.version, digest=image, platform=platform,
-                tool_version=__version__, timestamp=datetime.now(UTC).isoformat(),
-            )  # fmt: skip
-            predicate = Path(tmp, f"{image.replace(':', '-')}.cdx.json")
-            if not sh.dry:
-                predicate.write_text(json.dumps(bom))
-            argv = ["cosign", "attest", *key, "--replace", "--type", "cyclonedx",
-                    "--predicate", str(predicate), f"{repository}@{image}"]  # fmt: skip
-            retry.run(sh, policy, f"attesting the SBOM of {repository}@{image}", argv, input="")
-    for signed in [*images.values(), *([digest] if digest not in images.values() else [])]:
-        argv = ["cosign", "sign", *key, f"{repository}@{signed}"]
-        retry.run(sh, policy, f"signing {repository}@{signed}", argv, input="")
+
+    def attach(platform: str, image: str, tmp: str) -> None:
+        bom = sbom.document(
+            engine.image_files(f"{repository}@{image}", platform, sbom.wanted),
+            image=repository, version=settings.version, digest=image, platform=platform,
+            tool_version=__version__, timestamp=datetime.now(UTC).isoformat(),
+        )  # fmt: skip
+        predicate = Path(tmp, f"{image.replace(':', '-')}.cdx.json")
+        if not sh.dry:
+            predicate.write_text(json.dumps(bom))
+        argv = ["cosign", "attest", *key, "--replace", "--type", "cyclonedx",
+                "--predicate", str(predicate), f"{repository}@{image}"]  # fmt: skip
+        retry.run(sh, policy, f"attesting the SBOM of {repository}@{image}", argv, input="")
+
+    if publish.sbom:
+        with (
+            tempfile.TemporaryDirectory(prefix="buildtasks-sbom-") as tmp,
+            ThreadPoolExecutor(len(images)) as pool,
+        ):
+            running = [pool.submit(attach, p, image, tmp) for p, image in images.items()]
+            for attached in running:
+                attached.result()
+    signed = [f"{repository}@{d}" for d in dict.fromkeys([*images.values(), digest])]
+    retry.run(sh, policy, f"signing {len(signed)} digests of {repository}",
+              ["cosign", "sign", *key, *signed], input="")  # fmt: skip
 
 
 @dataclass(frozen=True)
