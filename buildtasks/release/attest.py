@@ -89,7 +89,9 @@ def require_signing(settings: Settings, sh: Shell) -> None:
 
 def _reason(sh: Shell, result) -> str:
     lines = [line for line in sh.redacted(result.stderr).splitlines() if line.strip()]
-    return lines[-1].removeprefix("Error: ") if lines else f"exit {result.returncode}"
+    if not lines:
+        return f"exit {result.returncode}"
+    return lines[-1].removeprefix("Error: ").removeprefix("error during command execution: ")
 
 
 def images_of(sh: Shell, reference: str) -> dict[str, str]:

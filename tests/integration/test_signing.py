@@ -336,6 +336,9 @@ def test_preflight_refuses_a_key_that_cannot_sign_before_building(engine, tmp_pa
     assert password not in result.stderr
     assert git(project, "tag", "--list") == ""
     assert tags_of(LOCAL_REGISTRY, path) == {}
+    doctor = run_cli(["buildtasks", "doctor"], cwd=project, env=env)
+    (line,) = [line for line in doctor.stdout.splitlines() if " signing " in line]
+    assert doctor.returncode == 1 and line.startswith("FAIL signing") and expected in line
 
 
 def test_unsigned_single_platform_push_without_provenance_stays_an_image_manifest(engine, proxied):
