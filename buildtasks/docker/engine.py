@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -134,6 +135,11 @@ class Engine:
         create = {"image": image, "command": ["/buildtasks-export"], "platform": platform,
                   "network_disabled": True}  # fmt: skip
         try:
+            self.client.api.inspect_image(image)
+            known = True
+        except docker.errors.ImageNotFound:
+            known = False  # the reference this makes is removed afterwards
+        try:
             container = self.client.containers.create(**create)
         except docker.errors.ImageNotFound:
             self.client.images.pull(image, platform=platform)
@@ -147,6 +153,9 @@ class Engine:
                         files[member.name.removeprefix("./")] = tar.extractfile(member).read()
         finally:
             container.remove(force=True, v=True)
+            if not known:  # only the reference goes; the content stays with its tags
+                with contextlib.suppress(docker.errors.APIError):
+                    self.client.api.remove_image(image, noprune=True)
         return files
 
     def run_helper(
