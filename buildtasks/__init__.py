@@ -9,7 +9,12 @@ from __future__ import annotations
 import os
 import sys
 
+from buildtasks import lazy
 from buildtasks.version import __version__
+
+# Private names: `from buildtasks import config` must find the module, not these.
+_config = lazy.module("buildtasks.config")
+_tasks = lazy.module("buildtasks.tasks")
 
 __all__ = ["__version__", "namespace"]
 
@@ -20,12 +25,8 @@ def namespace(root: str | os.PathLike[str] = "."):
     A broken configuration ends the program with its one-line error (exit 2), since no
     task list can be shown without it.
     """
-    from buildtasks import config
-    from buildtasks.errors import ConfigError
-    from buildtasks.tasks import collection
-
     try:
-        return collection(config.load(root))
-    except ConfigError as exc:
+        return _tasks.collection(_config.load(root))
+    except _config.ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None

@@ -31,7 +31,10 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from buildtasks import lazy
 from buildtasks.errors import ConfigError
+
+dotenv = lazy.module("dotenv")
 
 CHECKS = ("non-root", "healthcheck", "size", "dockerignore")
 DEFAULT_TAGS = ("{target}", "{target}-{short_sha}")
@@ -539,13 +542,11 @@ def interpolate(value: str, env: Mapping[str, str], where: str) -> str:
 
 def read_env_files(root: Path, names: tuple[str, ...], where: str) -> dict[str, str]:
     """Merge the .env files that exist (a missing one is not an error), later over earlier."""
-    from dotenv import dotenv_values
-
     merged: dict[str, str] = {}
     for name in names:
         path = root / name
         if _is_file(path, where):
-            values = dotenv_values(stream=io.StringIO(_read_text(path, where)))
+            values = dotenv.dotenv_values(stream=io.StringIO(_read_text(path, where)))
             merged.update({k: v for k, v in values.items() if v is not None})
     return merged
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from buildtasks.config import Settings
-from buildtasks.docker.engine import ENGINE_FIX, Engine
+from buildtasks.docker.engine import ENGINE_FIX
 from buildtasks.docker.registry import logged_in, probe, registry_host
 from buildtasks.errors import EngineError
 from buildtasks.platforms import can_build, native
 from buildtasks.release.attest import signing_problems
-from buildtasks.shell import Shell
+from buildtasks.runtime import Runtime
 
 # Fixes for someone who installed buildtasks from PyPI: the engine's own install docs.
 BUILDX_FIX = "install the buildx plugin (https://docs.docker.com/build/install-buildx/)"
@@ -48,10 +47,11 @@ SIGNING_FIX = (
 )
 
 
-def diagnose(settings: Settings, sh: Shell) -> list[Finding]:
+def diagnose(rt: Runtime) -> list[Finding]:
+    settings, sh = rt.settings, rt
     findings = []
     try:
-        version = Engine(sh).client.version().get("Version", "?")
+        version = rt.engine.client.version().get("Version", "?")
         findings.append(Finding("engine", True, f"Docker Engine {version}"))
     except EngineError as exc:
         findings.append(Finding("engine", False, str(exc).split(";")[0], ENGINE_FIX))

@@ -46,14 +46,18 @@ def _read_state(sh: Shell, root: Path) -> GitState:
         result = sh.run(["git", "-C", str(root), *args], query=True, check=False)
         return result.stdout.strip() if result.returncode == 0 else ""
 
-    sha = git("rev-parse", "--verify", "-q", "HEAD")
-    if not sha:
+    # One status call says HEAD, the branch and whether the tree is dirty.
+    status = git("status", "--porcelain=v2", "--branch", "--untracked-files=normal")
+    headers = dict(line[2:].split(" ", 1) for line in status.splitlines() if line.startswith("# "))
+    sha = headers.get("branch.oid", "")
+    if not sha or sha == "(initial)":
         return GitState()
+    branch = headers.get("branch.head", "")
     epoch = git("show", "-s", "--format=%ct", "HEAD")
     return GitState(
         sha=sha,
-        branch=git("rev-parse", "--abbrev-ref", "HEAD"),
-        dirty=bool(git("status", "--porcelain", "--untracked-files=normal")),
+        branch="HEAD" if branch == "(detached)" else branch,  # as `rev-parse --abbrev-ref`
+        dirty=any(not line.startswith("# ") for line in status.splitlines()),
         commit_time=datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         remote_url=without_credentials(git("remote", "get-url", "origin")),
     )

@@ -11,7 +11,6 @@ image build (it needs only grpcio-tools, not invoke).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -22,8 +21,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildtasks import lazy
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
 from buildtasks.shell import Shell
+
+metadata = lazy.module("importlib.metadata")
 
 STAMP = ".buildtasks-proto.json"
 REWRITER_VERSION = "1"  # bump when rewrite_imports changes its output
@@ -97,11 +99,9 @@ def rewrite_imports(text: str, module: str, local: set[str]) -> str:
 
 
 def tools_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("grpcio-tools")
-    except PackageNotFoundError:
+        return metadata.version("grpcio-tools")
+    except metadata.PackageNotFoundError:
         raise BuildtasksError(
             "protobuf generation needs grpcio-tools in this environment; "
             "install it with: pip install 'buildtasks[proto]'"
@@ -135,7 +135,7 @@ def protoc_argv(options: ProtoOptions, out_dir: Path, spec_paths: list[Path]) ->
 def run_protoc(sh: Shell, argv: list[str]) -> int:
     """Run grpcio-tools' protoc in this process: the printed command is what it does, but
     a second interpreter and its grpc_tools import would double a small generation's time."""
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # the optional `proto` extra: checked by tools_version
 
     if not sh.change(argv):
         return 0
@@ -250,7 +250,7 @@ def check(sh: Shell, options: ProtoOptions) -> list[str]:
     dry-run too."""
     tools_version()
     with tempfile.TemporaryDirectory(prefix="buildtasks-proto-check-") as tmp:
-        fresh = _generate_into(dataclasses.replace(sh, dry=False), options, Path(tmp))
+        fresh = _generate_into(sh.variant(dry=False), options, Path(tmp))
     current = _tree_digests(options.out)
     return sorted(
         name for name in set(fresh) | set(current) if fresh.get(name) != current.get(name)

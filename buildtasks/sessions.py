@@ -10,6 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import nox
+
+from buildtasks import config, stack
+from buildtasks.docker.engine import quiet_sdk_loggers, remove_project
+from buildtasks.errors import BuildtasksError
+from buildtasks.runtime import Runtime
+
 
 def integration_session(
     name: str = "integration",
@@ -34,13 +41,8 @@ def integration_session(
 
     A running session renews a lease in the engine every lease_ttl/4 seconds; `NAME-clean`,
     from any host sharing the engine, removes only stacks whose lease is older than that."""
-    import nox
 
     def run(session: nox.Session) -> None:
-        from buildtasks import config, stack
-        from buildtasks.docker.engine import Engine, quiet_sdk_loggers
-        from buildtasks.errors import BuildtasksError
-
         quiet_sdk_loggers()
 
         in_container = "--in-container" in session.posargs
@@ -48,8 +50,8 @@ def integration_session(
         if install and venv_backend != "none" and python is not False and not in_container:
             session.install(*install)
         try:
-            settings = config.load(root)
-            sh = stack.stack_shell(settings, dry=False)
+            rt = stack.use_stack_images(Runtime(config.load(root)))
+            settings = rt.settings
             build = list(settings.stack.targets if targets is None else targets)
             runner_image = ""
             if in_container:
@@ -59,7 +61,7 @@ def integration_session(
                         f"target with pytest; targets: {', '.join(settings.targets)}"
                     )
                 build.append(runner_target)
-                runner_image = sh.env[stack.image_variable(runner_target)]
+                runner_image = rt.env[stack.image_variable(runner_target)]
             options = stack.IntegrationOptions(
                 session=name,
                 files=tuple(compose),
@@ -75,21 +77,16 @@ def integration_session(
                 junit = f"--junitxml={artifact_dir / 'junit.xml'}"
                 session.run("pytest", *pytest_args, junit, *posargs, env=env)
 
-            stack.integration(sh, Engine(sh), settings, options, run_tests, session.log)
+            stack.integration(rt, options, run_tests, session.log)
         except BuildtasksError as exc:
             session.error(str(exc))
 
     def clean(session: nox.Session) -> None:
-        from buildtasks import config, stack
-        from buildtasks.docker import builder
-        from buildtasks.docker.engine import Engine, quiet_sdk_loggers, remove_project
-        from buildtasks.errors import BuildtasksError
-
         quiet_sdk_loggers()
         try:
             settings = config.load(root)
             prefix = f"{stack.stack_compose(settings).project}-{name}"
-            engine = Engine(builder.shell(settings, dry=False))
+            engine = Runtime(settings).engine
             orphans = stack.orphaned_projects(engine, prefix, name)
             for project in orphans:
                 for item in remove_project(engine, project):

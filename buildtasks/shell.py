@@ -39,6 +39,11 @@ class Shell:
     secrets: frozenset[str] = frozenset()
     env: Mapping[str, str] = field(default_factory=dict)  # added to the process environment
 
+    def variant(self, **changes) -> Shell:
+        """A command runner like this one with some fields changed (a runtime's too)."""
+        fields = {"dry": self.dry, "echo": self.echo, "secrets": self.secrets, "env": self.env}
+        return Shell(**{**fields, **changes})
+
     def show(self, argv: Sequence[str]) -> str:
         return redact(shlex.join(argv), self.secrets)
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildtasks import git
 from buildtasks.config import Settings
 from buildtasks.docker import builder, compose
 from buildtasks.docker.build import BuildRequest, render_tags, template_values
@@ -31,6 +30,7 @@ from buildtasks.docker.engine import (
     write_lease,
 )
 from buildtasks.errors import BuildtasksError, CommandError
+from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 
 ENDPOINT_PREFIX = "BUILDTASKS"
@@ -49,9 +49,9 @@ def image_variable(target: str) -> str:
     return f"BUILDTASKS_IMAGE_{target.upper().replace('-', '_')}"
 
 
-def image_variables(settings: Settings, sh: Shell) -> dict[str, str]:
+def image_variables(rt: Runtime) -> dict[str, str]:
     """BUILDTASKS_IMAGE_<TARGET> = the target's first tag, for the compose files to use."""
-    state = git.state(sh, settings.root)
+    settings, state = rt.settings, rt.git()
     variables = {}
     for target in settings.targets.values():
         values = template_values(target.name, settings.version, state)
@@ -61,20 +61,20 @@ def image_variables(settings: Settings, sh: Shell) -> dict[str, str]:
     return variables
 
 
-def stack_shell(settings: Settings, dry: bool) -> Shell:
-    sh = builder.shell(settings, dry)
-    sh.env = {**sh.env, **image_variables(settings, sh)}
-    return sh
+def use_stack_images(rt: Runtime) -> Runtime:
+    """Give compose, through the runtime's commands, the images the targets build."""
+    rt.env = {**rt.env, **image_variables(rt)}
+    return rt
 
 
-def build_targets(sh: Shell, settings: Settings, targets: tuple[str, ...]) -> list[str]:
+def build_targets(rt: Runtime, targets: tuple[str, ...]) -> list[str]:
     """Build the targets; the summary of each image built, for the caller to show."""
     if not targets:
         return []
     summaries = []
     try:
-        for build_plan in builder.plans(settings, list(targets), BuildRequest(), sh):
-            built = builder.build(sh, settings, build_plan, check=False)
+        for build_plan in builder.plans(rt, list(targets), BuildRequest()):
+            built = builder.build(rt, build_plan, check=False)
             if built:
                 summaries.append(built.summary())
     except CommandError as exc:
@@ -280,7 +280,8 @@ class Lease:
     def __init__(self, sh: Shell, project: str, ttl: float = LEASE_TTL):
         self.project = project
         self.ttl = ttl
-        self.engine = Engine(sh)  # its own connection: the thread never shares the caller's
+        # Its own connection, not the runtime's: the renewing thread shares no client.
+        self.engine = Engine(sh)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, daemon=True, name="lease")
 
@@ -358,9 +359,7 @@ class IntegrationOptions:
 
 
 def integration(
-    sh: Shell,
-    engine: Engine,
-    settings: Settings,
+    rt: Runtime,
     options: IntegrationOptions,
     run_tests: Callable[[dict[str, str], Path], None],
     log: Callable[[str], None],
@@ -368,11 +367,12 @@ def integration(
     """Build, start a uniquely named stack, wait for health, run the tests with the
     endpoints in the environment; then always save artifacts and tear the stack down.
     Returns the project name."""
+    sh, engine, settings = use_stack_images(rt), rt.engine, rt.settings
     targets = settings.stack.targets if options.targets is None else options.targets
-    for summary in build_targets(sh, settings, targets):
+    for summary in build_targets(rt, targets):
         log(summary)
     prefix = f"{stack_compose(settings).project}-{options.session}"
-    name = run_project_name(prefix, git.state(sh, settings.root).short_sha)
+    name = run_project_name(prefix, rt.git().short_sha)
     base = stack_compose(settings, options.files, name)
     artifacts = settings.root / options.artifacts / name
     with tempfile.TemporaryDirectory(prefix="buildtasks-stack-") as tmp, interrupts_on_sigterm():

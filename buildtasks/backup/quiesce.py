@@ -168,11 +168,18 @@ class SnapshotHelper:
     SCRATCH = "/tmp/buildtasks-snapshot.db"
 
     def __init__(self, engine, container, path: str, timeout: int = 600):
-        self.container, self.path, self.timeout = container, path, timeout
+        self.engine, self.container, self.path, self.timeout = engine, container, path, timeout
         source = ["python3", "-c", sqlite.SNAPSHOT_SOURCE(), path, self.SCRATCH, self.GO]
+        user = container.attrs["Config"].get("User") or ""
+        announced = [
+            "docker", "run", "--detach", "--entrypoint", "", "--user", user,
+            "--volumes-from", container.name, "--network", "none", container.image.id,
+            "python3", "-c", "<sqlite snapshot script>", path, self.SCRATCH, self.GO,
+        ]  # fmt: skip
+        if not engine.change(announced):  # backups show their plan under --dry instead
+            raise EngineError(f"SQLite snapshot of {path}: no helper runs under --dry")
         self.helper = engine.client.containers.create(
-            container.image.id, source, entrypoint=[],
-            user=container.attrs["Config"].get("User") or "",
+            container.image.id, source, entrypoint=[], user=user,
             volumes_from=[container.id], network_mode="none",
         )  # fmt: skip
         try:
@@ -215,4 +222,5 @@ class SnapshotHelper:
         return output.splitlines()[-1]
 
     def remove(self) -> None:
-        self.helper.remove(force=True, v=True)
+        if self.engine.change(["docker", "rm", "-f", "-v", self.helper.name]):
+            self.helper.remove(force=True, v=True)

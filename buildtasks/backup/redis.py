@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import secrets
@@ -17,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from buildtasks import shell
+from buildtasks import lazy, shell
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import free_port
 from buildtasks.shell import Shell
+
+redis_client = lazy.module("redis")
 
 
 class RedisBackupError(BuildtasksError):
@@ -49,7 +50,8 @@ def snapshot_service(
     copies the RDB out."""
 
     def cli(*args: str) -> str:
-        return engine.exec(container, ["redis-cli", *args])
+        """A read (INFO, CONFIG GET); the one write, BGSAVE, is announced below."""
+        return engine.exec(container, ["redis-cli", *args], query=True)
 
     deadline = time.monotonic() + timeout
     info = parse_info(cli("INFO", "persistence"))
@@ -59,7 +61,7 @@ def snapshot_service(
     if "rdb_saves" not in info:
         raise RedisBackupError("this Redis has no rdb_saves counter (needs Redis 7 or newer)")
     before = int(info["rdb_saves"])
-    reply = cli("BGSAVE")
+    reply = engine.exec(container, ["redis-cli", "BGSAVE"])
     if "started" not in reply and "scheduled" not in reply:
         raise RedisBackupError(f"BGSAVE refused: {reply}")
     # "started" is replied after the fork; a save "scheduled" behind an AOF rewrite forks
@@ -149,7 +151,7 @@ def cli_shell(sh: Shell, password: str) -> Shell:
     if not password:
         return sh
     env = {**sh.env, "REDISCLI_AUTH": password}
-    return dataclasses.replace(sh, env=env, secrets=sh.secrets | {password})
+    return sh.variant(env=env, secrets=sh.secrets | {password})
 
 
 def snapshot_url(sh: Shell, url: str, dest: Path) -> dict:
@@ -337,8 +339,6 @@ def _copy_db(source, target) -> tuple[int, int]:
 
 
 def _client(endpoint: Endpoint, db: int | None = None):
-    import redis as redis_client
-
     return redis_client.Redis(
         host=endpoint.host, port=endpoint.port, db=endpoint.db if db is None else db,
         username=endpoint.username or None, password=endpoint.password or None,
@@ -355,8 +355,6 @@ def _keyspace(client) -> dict[int, int]:
 def _errors(where: str) -> Iterator[None]:
     """The redis client's errors (a refused password, an error reply, a lost connection)
     as one line naming the server."""
-    import redis as redis_client
-
     try:
         yield
     except redis_client.exceptions.RedisError as exc:

@@ -29,6 +29,7 @@ from buildtasks.config import Settings
 from buildtasks.docker import compose
 from buildtasks.docker.compose import stack_compose
 from buildtasks.errors import BuildtasksError
+from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 from buildtasks.stack import interrupts_on_sigterm, signals_deferred, up
 
@@ -180,7 +181,7 @@ def plan_lines(settings: Settings, found: Manifest, only: tuple[str, ...] = ()) 
     return lines
 
 
-def run(settings: Settings, sh: Shell, found: Manifest, only: tuple[str, ...] = ()) -> Manifest:
+def run(settings: Settings, sh: Runtime, found: Manifest, only: tuple[str, ...] = ()) -> Manifest:
     """Restore found (or its kinds in only); returns the safety backup taken first."""
     root = sets.backup_dir(settings)
     with sets.locked(root):

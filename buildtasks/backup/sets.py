@@ -28,8 +28,10 @@ from buildtasks.backup import archive, manifest, quiesce, redis, retention, sqli
 from buildtasks.backup.manifest import ID_FORMAT, ID_PATTERN, Artifact, InvalidManifest, Manifest
 from buildtasks.config import Settings
 from buildtasks.docker.compose import stack_compose
+from buildtasks.docker.engine import Engine
 from buildtasks.errors import BuildtasksError, ConfigError
 from buildtasks.platforms import pid_alive
+from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 from buildtasks.version import __version__
 
@@ -194,19 +196,14 @@ def locked(root: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
 
 
 class ServiceAccess:
-    """Settings, shell and a set directory, with the engine opened on first use."""
+    """Settings, the runtime (its engine for the stack's containers) and a set directory."""
 
-    def __init__(self, settings: Settings, sh: Shell, directory: Path):
+    def __init__(self, settings: Settings, sh: Runtime, directory: Path):
         self.settings, self.sh, self.directory = settings, sh, directory
-        self._engine = None
 
     @property
-    def engine(self):
-        if self._engine is None:
-            from buildtasks.docker.engine import Engine
-
-            self._engine = Engine(self.sh)
-        return self._engine
+    def engine(self) -> Engine:
+        return self.sh.engine
 
     def container(self, service: str):
         """The container of a service of the project's compose stack."""
@@ -265,7 +262,7 @@ Step = Generator[None, None, tuple[str, str, dict]]
 class Collector(ServiceAccess):
     """Copies each source into a set directory being built (see Capture)."""
 
-    def __init__(self, settings: Settings, sh: Shell, directory: Path):
+    def __init__(self, settings: Settings, sh: Runtime, directory: Path):
         super().__init__(settings, sh, directory)
         self.helpers: dict[str, quiesce.SnapshotHelper] = {}  # by sqlite source
 
@@ -405,7 +402,7 @@ def sweep(root: Path) -> list[str]:
 
 def create(
     settings: Settings,
-    sh: Shell,
+    sh: Runtime,
     only: tuple[str, ...] = (),
     safety: bool = False,
     quiesce_services: tuple[str, ...] = (),
@@ -431,7 +428,7 @@ def create(
 
 def _create(
     settings: Settings,
-    sh: Shell,
+    sh: Runtime,
     root: Path,
     pairs: list[tuple[str, str]],
     partial: bool,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -9,10 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlparse
 
-from buildtasks import git
-from buildtasks.config import Settings
 from buildtasks.docker import builds, retry
 from buildtasks.docker.build import (
     OCI,
@@ -21,12 +19,10 @@ from buildtasks.docker.build import (
     bake_definition,
     buildx_argv,
     plan,
-    secret_variable,
 )
 from buildtasks.docker.checks import has_dockerignore, human_size, violations
-from buildtasks.docker.engine import Engine
 from buildtasks.errors import CheckError, CommandError, ConfigError
-from buildtasks.shell import Shell
+from buildtasks.runtime import Runtime
 
 CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
 DEBIAN_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -50,25 +46,9 @@ def host_ca_bundle(env: dict[str, str]) -> str:
     return next((path for path in candidates if path and os.path.isfile(path)), "")
 
 
-def shell(settings: Settings, dry: bool) -> Shell:
-    """A shell whose commands see .env values and never echo a configured secret's value."""
-    environment = settings.environment
-    secret_values = {
-        environment.get(secret_variable(entry), "")
-        for target in settings.targets.values()
-        for entry in target.secrets
-        if secret_variable(entry)
-    }
-    secret_values.add(environment.get("COSIGN_PASSWORD", ""))
-    redis_url = settings.backup.redis.get("url", "")
-    secret_values.add(urlparse(redis_url).password or "" if redis_url else "")
-    return Shell(dry=dry, secrets=frozenset(secret_values - {""}), env=environment)
-
-
-def plans(
-    settings: Settings, names: list[str], request: BuildRequest, sh: Shell
-) -> list[BuildPlan]:
-    state = git.state(sh, settings.root)
+def plans(rt: Runtime, names: list[str], request: BuildRequest) -> list[BuildPlan]:
+    settings = rt.settings
+    state = rt.git()
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     ca_bundle = host_ca_bundle(settings.environment)
     result = []
@@ -98,63 +78,67 @@ def _require_env_secrets(build: BuildPlan, environment: dict[str, str]) -> None:
             )
 
 
-def build(sh: Shell, settings: Settings, build_plan: BuildPlan, check: bool) -> Built | None:
+def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
     """One `docker buildx build`; the image checks run unless check is False."""
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
         argv = buildx_argv(build_plan, str(metadata_file))
         # A push is rerun on a transient registry error: the layers come from the cache.
-        policy = retry.Policy.of(settings) if build_plan.push else None
-        engine = _run_with_engine(sh, argv, policy)
-        if sh.dry:
+        policy = retry.Policy.of(rt.settings) if build_plan.push else None
+        _run_with_engine(rt, argv, {build_plan.target}, policy)
+        if rt.dry:
             return None
         metadata = json.loads(metadata_file.read_text())
-    return _finish(engine, settings, build_plan, metadata, check)
+    return _finish(rt, build_plan, metadata, check)
 
 
-def bake(sh: Shell, settings: Settings, build_plans: list[BuildPlan], check: bool) -> list[Built]:
+def bake(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
     """Every plan at once through `docker buildx bake`, fed the generated JSON on stdin."""
     definition = json.dumps(bake_definition(build_plans), indent=2)
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
         argv = ["docker", "buildx", "bake", "--file", "-", "--metadata-file", str(metadata_file)]
-        engine = _run_with_engine(sh, argv, None, input=definition, cwd=str(settings.root))
-        if sh.dry:
+        targets = {p.target for p in build_plans}
+        _run_with_engine(rt, argv, targets, None, input=definition, cwd=str(rt.settings.root))
+        if rt.dry:
             return []
         metadata = json.loads(metadata_file.read_text())
-    return [_finish(engine, settings, p, metadata.get(p.target, {}), check) for p in build_plans]
+    return [_finish(rt, p, metadata.get(p.target, {}), check) for p in build_plans]
 
 
-def _run_with_engine(sh: Shell, argv: list[str], policy: retry.Policy | None, **kwargs) -> Engine:
-    """Run a build command (retried as policy allows, if given) while connecting to the
-    engine in the background; when the command fails because the engine is unreachable,
-    say that instead."""
-    engine = Engine(sh)
-    if not sh.dry:
-        engine.warm_up()
+def _run_with_engine(
+    rt: Runtime, argv: list[str], targets: set[str], policy: retry.Policy | None, **kwargs
+) -> None:
+    """Run a build command (retried as policy allows, if given); when it fails because the
+    engine is unreachable, say that instead. A target never built here connects to the
+    engine in the background meanwhile (its image will be inspected); a rebuild usually
+    yields an image already inspected."""
+    if not rt.dry and not targets <= {r.target for r in builds.load(rt.settings.root)}:
+        rt.engine.warm_up()
     try:
         if policy:
-            retry.run(sh, policy, f"`{shlex.join(argv[:3])}`", argv, **kwargs)
+            retry.run(rt, policy, f"`{shlex.join(argv[:3])}`", argv, **kwargs)
         else:
-            sh.run(argv, **kwargs)
+            rt.run(argv, **kwargs)
     except CommandError:
-        engine.require()
+        rt.engine.require()
         raise
-    return engine
 
 
-def _finish(
-    engine: Engine, settings: Settings, build_plan: BuildPlan, metadata: dict, check: bool
-) -> Built:
+def _finish(rt: Runtime, build_plan: BuildPlan, metadata: dict, check: bool) -> Built:
+    settings = rt.settings
     ref = build_plan.tags[0]
     digest = metadata.get("containerimage.digest", "")
     revision = build_plan.labels.get(f"{OCI}.revision", "")
+    facts = None
+    if not build_plan.push:
+        facts = builds.known_facts(settings.root, metadata) or rt.engine.image(ref)
+        facts = dataclasses.replace(facts, ref=ref)
     # What prune may remove; pushes too, as the containerd store keeps the pushed image
     # (an id the engine does not list is never a candidate).
-    builds.record(settings.root, build_plan.target, revision, metadata)
-    if build_plan.push:
+    builds.record(settings.root, build_plan.target, revision, metadata, facts)
+    if facts is None:
         return Built(build_plan.target, ref, digest, None)
-    facts = engine.image(ref)
     target = settings.targets[build_plan.target]
     if check:
         found = violations(

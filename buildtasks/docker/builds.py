@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from buildtasks.docker.checks import ImageFacts
+
 
 @dataclass(frozen=True)
 class BuildRecord:
@@ -28,6 +30,9 @@ class BuildRecord:
     target: str
     revision: str  # the git commit it was built from ('' outside git)
     built_ns: int  # when the build finished: the order prune keeps images in
+    # What the image checks read from the engine (user, healthcheck, sizes). An id is the
+    # digest of the image's content, so a rebuild that yields the same id needs no inspect.
+    facts: dict | None = None
 
 
 def state_file(root: Path) -> Path:
@@ -41,7 +46,9 @@ def load(root: Path) -> list[BuildRecord]:
     try:
         entries = json.loads(state_file(root).read_text())
         return [
-            BuildRecord(tuple(e["ids"]), e["target"], e["revision"], int(e["built_ns"]))
+            BuildRecord(
+                tuple(e["ids"]), e["target"], e["revision"], int(e["built_ns"]), e.get("facts")
+            )
             for e in entries
         ]
     except (OSError, ValueError, TypeError, KeyError):
@@ -54,13 +61,30 @@ def ids_from_metadata(metadata: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(metadata[k] for k in keys if isinstance(metadata.get(k), str)))
 
 
-def record(root: Path, target: str, revision: str, metadata: dict) -> bool:
+def known_facts(root: Path, metadata: dict) -> ImageFacts | None:
+    """The facts recorded for the image a build's metadata names, when it was built before."""
+    ids = set(ids_from_metadata(metadata))
+    for entry in reversed(load(root)):
+        if ids & set(entry.ids) and isinstance(entry.facts, dict):
+            try:
+                facts = ImageFacts(**entry.facts)
+            except TypeError:
+                return None  # written by another version: inspect again
+            return ImageFacts(**{**asdict(facts), "healthcheck": tuple(facts.healthcheck)})
+    return None
+
+
+def record(
+    root: Path, target: str, revision: str, metadata: dict, facts: ImageFacts | None = None
+) -> bool:
     """Add one finished local build (a rebuild of the same image moves it to now). An
     unwritable state directory does not fail the build: prune then keeps the image."""
     ids = ids_from_metadata(metadata)
     if not ids:
         return False
-    entry = BuildRecord(ids, target, revision, time.time_ns())
+    entry = BuildRecord(
+        ids, target, revision, time.time_ns(), asdict(facts) if facts is not None else None
+    )
     try:
         with _locked(root):
             _write(root, [r for r in load(root) if not set(r.ids) & set(ids)] + [entry])

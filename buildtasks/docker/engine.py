@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from buildtasks import lazy
 from buildtasks.docker.checks import ImageFacts
 from buildtasks.errors import EngineError
 from buildtasks.shell import Shell
+
+docker = lazy.module("docker")  # the SDK: loaded when the engine is first asked
 
 ENGINE_FIX = (
     "install Docker Engine (https://docs.docker.com/engine/install/) and start it, "
@@ -36,12 +39,12 @@ class Engine:
         self._thread: threading.Thread | None = None
 
     def warm_up(self) -> None:
+        if self._client is not None or self._error is not None or self._thread is not None:
+            return  # connected, failed, or connecting already
         self._thread = threading.Thread(target=self._connect, daemon=True)
         self._thread.start()
 
     def _connect(self) -> None:
-        import docker
-
         quiet_sdk_loggers()
         try:
             client = docker.from_env()
@@ -68,8 +71,6 @@ class Engine:
         _ = self.client
 
     def image(self, ref: str) -> ImageFacts:
-        import docker
-
         try:
             attrs = self.client.images.get(ref).attrs
         except docker.errors.ImageNotFound:
@@ -100,8 +101,11 @@ class Engine:
         """Announce an SDK change as its docker command; False under --dry (skip it)."""
         return self.sh.change(argv)
 
-    def exec(self, container, argv: list[str], user: str = "") -> str:
-        """Run argv in a running container; its output, or EngineError on a non-zero exit."""
+    def exec(self, container, argv: list[str], user: str = "", query: bool = False) -> str:
+        """Run argv in a running container; its output, or EngineError on a non-zero exit.
+        Like a command: announced and skipped under --dry ("" then) unless it is a query."""
+        if not query and not self.change(["docker", "exec", container.name, *argv]):
+            return ""
         code, output = container.exec_run(argv, user=user, demux=False)
         text = (output or b"").decode(errors="replace").strip()
         if code != 0:
@@ -113,8 +117,6 @@ class Engine:
 
     def copy_out(self, container, path: str, dest: Path) -> None:
         """Write the engine's tar stream of a container path to dest."""
-        import docker
-
         try:
             stream, _ = container.get_archive(path)
         except docker.errors.NotFound:
@@ -127,8 +129,6 @@ class Engine:
         """The regular files of image (its platform's filesystem) whose path keep accepts,
         read from an export of a container that is created, never started, then removed;
         {} under --dry. The image is pulled when the engine does not hold it."""
-        import docker
-
         announced = ["docker", "create", "--platform", platform, image, "&&", "docker", "export"]
         if not self.change(announced):
             return {}
@@ -309,8 +309,6 @@ def write_lease(engine: Engine, project: str, body: bytes) -> bool:
     """Write body into the project's lease: a container that is never started, created from
     the image of one of the project's containers (an image the engine surely holds), so any
     host that shares the engine can read it. False while the project has no container yet."""
-    import docker
-
     client = engine.client
     lease = _lease_container(client, project)
     if lease is None:
@@ -352,8 +350,6 @@ def write_lease(engine: Engine, project: str, body: bytes) -> bool:
 
 def read_leases(engine: Engine) -> dict[str, bytes]:
     """{project: lease body} for every lease on the engine (bodies are untrusted input)."""
-    import docker
-
     leases = {}
     for container in _containers(engine.client, {"label": LEASE_LABEL}):
         try:
@@ -370,8 +366,6 @@ def read_leases(engine: Engine) -> dict[str, bytes]:
 
 def remove_project(engine: Engine, project: str) -> list[str]:
     """Remove a compose project's containers, networks and volumes, and its lease."""
-    import docker
-
     client = engine.client
     removed = []
     selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}"}

@@ -32,12 +32,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from stat import S_ISREG
 
-from buildtasks import git
+from buildtasks import git, lazy
 from buildtasks.docker import builds
 from buildtasks.docker.build import render_tags, template_values
 from buildtasks.docker.compose import PROJECT_LABEL, stack_compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
+
+docker = lazy.module("docker")
 
 _JSON_TYPES = ("manifest", "index", "json")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -285,8 +287,6 @@ class Engine:
 
     def images(self) -> list[ImageInfo]:
         """Every image, by id; one removed while we look is left out."""
-        import docker
-
         found = []
         for summary in self.client.api.images(all=True):
             try:
@@ -334,8 +334,6 @@ class Engine:
     def remove(self, item: Item) -> bool:
         """Remove one planned item; False when it changed since the plan (a tag moved to
         another image, a container started using the image): then it stays."""
-        import docker
-
         try:
             if item.kind == "image-tag":
                 if self.client.api.inspect_image(item.name)["Id"] != item.ident:

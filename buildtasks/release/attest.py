@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from buildtasks import __version__
 from buildtasks.config import Settings
 from buildtasks.docker import registry, retry
-from buildtasks.docker.engine import Engine
 from buildtasks.errors import BuildtasksError
 from buildtasks.release import sbom
+from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
+from buildtasks.version import __version__
 
 PASSWORD = "COSIGN_PASSWORD"
 CYCLONEDX = "https://cyclonedx.org/bom"
@@ -81,8 +81,8 @@ def signing_problems(settings: Settings, sh: Shell) -> list[str]:
     return []
 
 
-def require_signing(settings: Settings, sh: Shell) -> None:
-    problems = signing_problems(settings, sh)
+def require_signing(rt: Runtime) -> None:
+    problems = signing_problems(rt.settings, rt)
     if problems:
         raise SigningError(f"cannot sign: {'; '.join(problems)}; nothing was built")
 
@@ -104,10 +104,11 @@ def images_of(sh: Shell, reference: str) -> dict[str, str]:
     return {platform: reference.rpartition("@")[2]}
 
 
-def sign_pushed(settings: Settings, sh: Shell, engine: Engine, reference: str) -> None:
+def sign_pushed(rt: Runtime, reference: str) -> None:
     """Attach a signed SBOM to each platform image at reference (repository@digest), the
     platforms side by side, then sign every platform image and the index, each by digest,
     in one cosign call; nothing when signing is off."""
+    settings, sh = rt.settings, rt
     publish = settings.publish
     if publish.sign != "cosign":
         return
@@ -118,7 +119,7 @@ def sign_pushed(settings: Settings, sh: Shell, engine: Engine, reference: str) -
 
     def attach(platform: str, image: str, tmp: str) -> None:
         bom = sbom.document(
-            engine.image_files(f"{repository}@{image}", platform, sbom.wanted),
+            rt.engine.image_files(f"{repository}@{image}", platform, sbom.wanted),
             image=repository, version=settings.version, digest=image, platform=platform,
             tool_version=__version__, timestamp=datetime.now(UTC).isoformat(),
         )  # fmt: skip
@@ -149,12 +150,11 @@ class Check:
     detail: str = ""
 
 
-def verify(
-    settings: Settings, sh: Shell, reference: str, platforms: tuple[str, ...]
-) -> tuple[str, list[Check]]:
+def verify(rt: Runtime, reference: str, platforms: tuple[str, ...]) -> tuple[str, list[Check]]:
     """(repository@digest, checks) for the image at reference (a tag or a digest): the
     platforms, the signature of the index and of every platform image, the provenance and
     the SBOM attestation of every platform image."""
+    settings, sh = rt.settings, rt
     publish = settings.publish
     public_key = publish.public_key
     if not shutil.which("cosign"):

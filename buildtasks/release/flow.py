@@ -11,13 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from buildtasks import config, git
-from buildtasks.atomic import write_text
 from buildtasks.config import Settings
 from buildtasks.docker import registry, retry
-from buildtasks.docker.engine import Engine
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import can_build
 from buildtasks.release import attest, changelog, publish, version
+from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 
 STEPS = ("commit", "images", "sign", "promote", "git-push")
@@ -213,8 +212,8 @@ def _platform_problem(wanted: str) -> list[str]:
     return [f"this engine cannot build {wanted}: no QEMU binfmt handler; `inv doctor` says how"]
 
 
-def save(settings: Settings, progress: Progress) -> None:
-    write_text(progress_path(settings), json.dumps(progress.__dict__, indent=2))
+def save(settings: Settings, rt: Runtime, progress: Progress) -> None:
+    rt.write_text(progress_path(settings), json.dumps(progress.__dict__, indent=2))
 
 
 def load_progress(settings: Settings) -> Progress:
@@ -226,10 +225,10 @@ def load_progress(settings: Settings) -> Progress:
         ) from None
 
 
-def push_target(settings: Settings, sh: Shell, name: str, commit: str) -> publish.Pushed | None:
+def push_target(rt: Runtime, name: str, commit: str) -> publish.Pushed | None:
     """Build and push one target under its staging tag, verified (None in a dry run)."""
     tags = (staging_tag(name, commit),)
-    pushed = publish.push(settings, sh, [name], platforms_of(settings, name), tags, sign=False)
+    pushed = publish.push(rt, [name], platforms_of(rt.settings, name), tags, sign=False)
     return pushed[0] if pushed else None
 
 
@@ -262,7 +261,7 @@ def require_release_commit(settings: Settings, sh: Shell, progress: Progress) ->
         )
 
 
-def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
+def start(settings: Settings, sh: Runtime, plan: Plan) -> Progress:
     """Record what the release will do, then do it."""
     progress = Progress(
         version=plan.new,
@@ -277,7 +276,7 @@ def start(settings: Settings, sh: Shell, plan: Plan) -> Progress:
     return run(settings, sh, progress)
 
 
-def run(settings: Settings, sh: Shell, progress: Progress) -> Progress:
+def run(settings: Settings, sh: Runtime, progress: Progress) -> Progress:
     """Carry out the release from wherever progress says it stopped."""
     if "commit" in progress.done and "images" not in progress.done:  # resumed: nothing undone
         require_release_commit(settings, sh, progress)
@@ -304,41 +303,41 @@ def run(settings: Settings, sh: Shell, progress: Progress) -> Progress:
             "`inv release --resume` (nothing is rebuilt)"
         )
     progress.done.append("git-push")
-    progress_path(settings).unlink(missing_ok=True)
+    sh.remove_file(progress_path(settings))
     return progress
 
 
-def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
+def publish_images(settings: Settings, sh: Runtime, progress: Progress) -> None:
     """Commit and tag, push every target by its release-commit tag and verify it, then
     promote the digests to the release tags; each step recorded as it finishes."""
     if "commit" not in progress.done:
         for path, text in progress.files.items():
-            write_text(Path(path), text)
+            sh.write_text(Path(path), text)
         _git(sh, settings, "add", *progress.files)
         _git(sh, settings, "commit", "--quiet", "-m", f"Release {progress.version}")
         _git(sh, settings, "tag", "-a", progress.tag, "-m", f"Release {progress.version}")
         progress.commit = _out(sh, settings, "rev-parse", "HEAD")
         git.forget()  # the images are labelled with the release commit
         progress.done.append("commit")
-        save(settings, progress)
+        save(settings, sh, progress)
     if "images" not in progress.done:
         # The tree is the release commit (checked above or just made), so the configuration
         # is read as of it, and the labels carry the new version and that commit.
-        fresh = config.load(settings.root)
+        released = sh.derive(config.load(settings.root))
         for name in progress.image_tags:
             if name in progress.digests:  # pushed and verified before an interruption
                 continue
-            pushed = push_target(fresh, sh, name, progress.commit)
+            pushed = push_target(released, name, progress.commit)
             progress.digests[name] = pushed.ref
-            save(settings, progress)  # a rollback after a kill deletes only what it recorded
+            save(settings, sh, progress)  # a rollback after a kill deletes only what it recorded
         progress.done.append("images")
-        save(settings, progress)
+        save(settings, sh, progress)
     if "sign" not in progress.done:  # signing again adds nothing: safe to redo
-        fresh = config.load(settings.root)
+        released = sh.derive(config.load(settings.root))
         for ref in progress.digests.values():
-            attest.sign_pushed(fresh, sh, Engine(sh), ref)
+            attest.sign_pushed(released, ref)
         progress.done.append("sign")
-        save(settings, progress)
+        save(settings, sh, progress)
     if "promote" not in progress.done:  # tagging a digest is idempotent: safe to redo
         for name, refs in progress.image_tags.items():
             registry.tag_digest(sh, retry.Policy.of(settings), progress.digests[name], refs)
@@ -346,10 +345,10 @@ def publish_images(settings: Settings, sh: Shell, progress: Progress) -> None:
             held = {registry.promoted_digest(sh, ref, verified) for ref in refs}
             progress.promoted[name] = held.pop()
         progress.done.append("promote")
-        save(settings, progress)
+        save(settings, sh, progress)
 
 
-def rollback(settings: Settings, sh: Shell, progress: Progress) -> None:
+def rollback(settings: Settings, sh: Runtime, progress: Progress) -> None:
     """Undo the local commit and tag, and delete the staging tags from the registry. Only
     the files the release edited are restored, so changes made since (on a resumed release)
     survive."""
@@ -360,7 +359,7 @@ def rollback(settings: Settings, sh: Shell, progress: Progress) -> None:
     _git(sh, settings, "checkout", progress.previous, "--", *progress.files, check=False)
     git.forget()
     registry_lines = remove_staging_tags(settings, sh, progress)
-    progress_path(settings).unlink(missing_ok=True)
+    sh.remove_file(progress_path(settings))
     sh.note(f"release {progress.version} rolled back: no local commit or tag remains")
     for line in registry_lines:
         sh.note(f"  {line}")

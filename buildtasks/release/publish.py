@@ -6,17 +6,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from buildtasks import git
-from buildtasks.atomic import write_text
-from buildtasks.config import Settings
 from buildtasks.docker import builder, registry, retry
 from buildtasks.docker.build import BuildRequest
-from buildtasks.docker.engine import Engine
 from buildtasks.docker.registry import RegistryError
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import native
 from buildtasks.release import attest
-from buildtasks.shell import Shell
+from buildtasks.runtime import Runtime
 
 
 @dataclass(frozen=True)
@@ -34,8 +30,7 @@ class Pushed:
 
 
 def push(
-    settings: Settings,
-    sh: Shell,
+    rt: Runtime,
     names: list[str],
     platforms: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
@@ -47,8 +42,8 @@ def push(
     is True; a release signs in a step of its own). A dirty tree, access to every registry
     and the signing key are checked before any build."""
     request = BuildRequest(tags=tags, platforms=platforms, push=True)
-    plans = builder.plans(settings, names, request, sh)
-    dirty = git.state(sh, settings.root).dirty
+    plans = builder.plans(rt, names, request)
+    dirty = rt.git().dirty
     if dirty and not allow_dirty:
         published = ", ".join(tag for plan in plans for tag in plan.tags)
         raise BuildtasksError(
@@ -56,16 +51,16 @@ def push(
             "from them; commit or stash them first (`inv push --allow-dirty` publishes them)"
         )
     for build_plan in plans:
-        registry.require_push_access(sh, retry.Policy.of(settings), build_plan.tags[0])
-    attest.require_signing(settings, sh)
+        registry.require_push_access(rt, retry.Policy.of(rt.settings), build_plan.tags[0])
+    attest.require_signing(rt)
     pushed = []
     for build_plan in plans:
-        built = builder.build(sh, settings, build_plan, check=False)
+        built = builder.build(rt, build_plan, check=False)
         if built is None:  # dry run
             continue
         repository = build_plan.tags[0].rsplit(":", 1)[0]
         wanted = set(build_plan.platforms or (native(),))
-        found = registry.platforms(sh, f"{repository}@{built.digest}")
+        found = registry.platforms(rt, f"{repository}@{built.digest}")
         missing = sorted(wanted - set(found))
         if missing:
             raise RegistryError(
@@ -73,7 +68,7 @@ def push(
                 f"(it holds {', '.join(found) or 'nothing'}); the push is incomplete"
             )
         if sign:
-            attest.sign_pushed(settings, sh, Engine(sh), f"{repository}@{built.digest}")
+            attest.sign_pushed(rt, f"{repository}@{built.digest}")
         pushed.append(
             Pushed(
                 build_plan.target,
@@ -87,7 +82,7 @@ def push(
     return pushed
 
 
-def write_digests(path: Path, pushed: list[Pushed]) -> None:
+def write_digests(rt: Runtime, path: Path, pushed: list[Pushed]) -> bool:
     """{target: {repository, digest, ref, platforms}} for signing or promotion."""
     body = {p.target: {**asdict(p), "ref": p.ref} for p in pushed}
-    write_text(path, json.dumps(body, indent=2) + "\n")
+    return rt.write_text(path, json.dumps(body, indent=2) + "\n")

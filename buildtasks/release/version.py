@@ -7,7 +7,10 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from buildtasks import lazy
 from buildtasks.errors import ConfigError
+
+tomlkit = lazy.module("tomlkit")  # keeps comments, ordering and quoting of a rewritten file
 
 PARTS = ("major", "minor", "patch", "pre")
 _DUNDER = re.compile(r"""^(__version__\s*=\s*)(["'])([^"']*)\2""", re.MULTILINE)
@@ -63,8 +66,6 @@ def image_tags(version: str, latest: bool) -> list[str]:
 def read(path: Path) -> str:
     text = path.read_text()
     if path.name == "pyproject.toml":
-        import tomlkit
-
         try:
             return str(tomlkit.parse(text)["project"]["version"])
         except (KeyError, tomlkit.exceptions.TOMLKitError):
@@ -81,8 +82,6 @@ def read(path: Path) -> str:
 def rewrite(path: Path, text: str, new: str) -> str:
     """The file's text with the version replaced, formatting and comments kept."""
     if path.name == "pyproject.toml":
-        import tomlkit  # keeps comments, ordering and quoting of the rest of the file
-
         document = tomlkit.parse(text)
         document["project"]["version"] = new
         return tomlkit.dumps(document)

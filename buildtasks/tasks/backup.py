@@ -2,11 +2,23 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks import lazy
+from buildtasks.tasks.common import one_line_errors, runtime
+
+if TYPE_CHECKING:
+    from buildtasks.runtime import Runtime
+
+checks = lazy.module("buildtasks.docker.checks")
+manifest = lazy.module("buildtasks.backup.manifest")
+redis = lazy.module("buildtasks.backup.redis")
+restoring = lazy.module("buildtasks.backup.restore")
+sets = lazy.module("buildtasks.backup.sets")
+stack = lazy.module("buildtasks.stack")
 
 
 def _short(digest: str) -> str:
@@ -23,10 +35,9 @@ def _report_retention(deleted: list[str], dry: bool) -> None:
         print(f"retention: {'would delete' if dry else 'deleted'} {set_id}", file=sys.stderr)
 
 
-def _show_plan(project, kinds: tuple[str, ...], services: tuple[str, ...], as_json: bool):
+def _show_plan(rt: Runtime, kinds: tuple[str, ...], services: tuple[str, ...], as_json: bool):
     """What `inv --dry backup` would do: pause, capture, retention."""
-    from buildtasks.backup import redis, sets
-
+    project = rt.settings
     plan = {
         "dry_run": True,
         "pause": list(services),
@@ -38,7 +49,7 @@ def _show_plan(project, kinds: tuple[str, ...], services: tuple[str, ...], as_js
         "retention_would_delete": sets.apply_retention(project, dry=True),
     }
     if as_json:
-        sys.stdout.write(json.dumps(plan, indent=2) + "\n")
+        rt.document(plan)
         return
     if services:
         print(f"would pause {', '.join(services)} while capturing")
@@ -59,15 +70,12 @@ def _show_plan(project, kinds: tuple[str, ...], services: tuple[str, ...], as_js
 @one_line_errors
 def create(c: Context, only="", json_=False, quiesce=True):
     """Back up SQLite, job files and Redis into a new verified set; then apply retention."""
-    from buildtasks.backup import manifest, sets
-    from buildtasks.docker.checks import human_size
-
-    project = settings(c)
-    sh = shell(c, project)
+    sh = runtime(c)
+    project = sh.settings
     kinds = _kinds(only)
     services = project.backup.quiesce if quiesce else ()
     if sh.dry:
-        _show_plan(project, kinds, services, json_)
+        _show_plan(sh, kinds, services, json_)
         return
     with sets.locked(sets.backup_dir(project)):  # no other run's retention in between
         made = sets.create(project, sh, kinds, quiesce_services=services)
@@ -78,7 +86,7 @@ def create(c: Context, only="", json_=False, quiesce=True):
         deleted = sets.apply_retention(project, dry=False)
     if not json_:
         for a in made.artifacts:
-            size = human_size(a.size)
+            size = checks.human_size(a.size)
             print(f"  {a.kind:<7} {a.source:<28} {size:>9}  {_short(a.sha256)}  {a.integrity}")
             if a.details.get("left_out"):
                 names = ", ".join(a.details["left_out"])
@@ -89,31 +97,26 @@ def create(c: Context, only="", json_=False, quiesce=True):
         total = sum(a.size for a in made.artifacts)
         partial = " (partial: not counted by retention, restored only with --id)"
         print(
-            f"backup {made.id}: {len(made.artifacts)} artifacts, {human_size(total)}, "
+            f"backup {made.id}: {len(made.artifacts)} artifacts, {checks.human_size(total)}, "
             f"verified{partial if made.partial else ''}"
         )
     _report_retention(deleted, dry=False)
     if json_:
-        document = {**json.loads(manifest.dumps(made)), "retention_deleted": deleted}
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sh.document({**json.loads(manifest.dumps(made)), "retention_deleted": deleted})
 
 
 @task(name="list", help={"json": "print the sets as JSON"})
 @one_line_errors
 def list_(c: Context, json_=False):
     """List the valid backup sets, newest first."""
-    from buildtasks.backup import sets
-    from buildtasks.docker.checks import human_size
-
-    project = settings(c)
-    valid, invalid = sets.listing(project)
+    rt = runtime(c)
+    valid, invalid = sets.listing(rt.settings)
     if json_:
-        rows = [m.body() for m in valid]
-        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        rt.document([m.body() for m in valid])
         return
     for m in valid:
         kinds = ",".join(a.kind for a in m.artifacts) + (" (partial)" if m.partial else "")
-        print(f"{m.id}  {human_size(sum(a.size for a in m.artifacts)):>9}  {kinds}")
+        print(f"{m.id}  {checks.human_size(sum(a.size for a in m.artifacts)):>9}  {kinds}")
     if invalid:
         print(
             f"({len(invalid)} directories without a valid manifest ignored: {', '.join(invalid)})"
@@ -125,12 +128,11 @@ def list_(c: Context, json_=False):
 @one_line_errors
 def verify(c: Context, id=""):
     """Verify a set: manifest, checksums, SQLite integrity, redis-check-rdb."""
-    from buildtasks.backup import sets
-
-    project = settings(c)
+    rt = runtime(c)
+    project = rt.settings
     named = id and (sets.backup_dir(project) / id).is_dir()  # a set, or a copy (keep-ID)
     set_id = id if named else sets.find(project, id).id
-    problems = sets.verify(project, shell(c, project), set_id)
+    problems = sets.verify(project, rt, set_id)
     if problems:
         listing = "".join(f"\n  - {p}" for p in problems)
         raise Exit(f"error: backup {set_id} failed verification:{listing}", code=1)
@@ -148,22 +150,18 @@ def verify(c: Context, id=""):
 def restore(c: Context, id="", only="", yes=False):
     """Restore a backup set (verify, safety backup, stop, stage, swap, start, health).
     Works with the stack down or never started: its volumes are created first."""
-    from buildtasks.backup import restore as restoring
-    from buildtasks.backup import sets
-
-    project = settings(c)
+    rt = runtime(c)
+    project = rt.settings
     kinds = _kinds(only)
     sets.sources(project, kinds)  # an unknown kind is refused before anything else
     found = sets.find(project, id)
     for line in restoring.plan_lines(project, found, kinds):
         print(line)
-    if c.config.run.dry:
+    if rt.dry:
         return
     if not yes:
         raise Exit("error: nothing restored; rerun with --yes to restore this set", code=1)
-    from buildtasks.stack import stack_shell
-
-    safety = restoring.run(project, stack_shell(project, dry=False), found, kinds)
+    safety = restoring.run(project, stack.use_stack_images(rt), found, kinds)
     print(f"restored {found.id}; the state before is in backup {safety.id}")
 
 

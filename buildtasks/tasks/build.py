@@ -1,13 +1,14 @@
 from __future__ import annotations
 
-import json
-import sys
-
 from invoke import Context, Task, task
 
+from buildtasks import lazy
 from buildtasks.config import Target
 from buildtasks.errors import ConfigError
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks.tasks.common import one_line_errors, runtime
+
+builder = lazy.module("buildtasks.docker.builder")
+docker_build = lazy.module("buildtasks.docker.build")
 
 FLAG_HELP = {
     "tag": "image tag or full reference, replaces the configured tags (repeatable)",
@@ -37,8 +38,6 @@ class ShortFlagTask(Task):
 
 
 def _request(tag, platform, push, no_cache, build_arg):
-    from buildtasks.docker.build import BuildRequest
-
     build_args = {}
     for item in build_arg or ():
         key, sep, value = item.partition("=")
@@ -46,7 +45,7 @@ def _request(tag, platform, push, no_cache, build_arg):
             raise ConfigError(f"--build-arg {item!r}: write KEY=VALUE")
         build_args[key] = value
     platforms = tuple(p.strip() for p in (platform or "").split(",") if p.strip())
-    return BuildRequest(tuple(tag or ()), platforms, build_args, push, no_cache)
+    return docker_build.BuildRequest(tuple(tag or ()), platforms, build_args, push, no_cache)
 
 
 def target_task(target: Target) -> Task:
@@ -62,15 +61,12 @@ def target_task(target: Target) -> Task:
         build_arg=None,
         no_check=False,
     ):
-        from buildtasks.docker import builder
-
-        project = settings(c)
-        sh = shell(c, project)
+        rt = runtime(c)
         request = _request(tag, platform, push, no_cache, build_arg)
-        (build_plan,) = builder.plans(project, [target.name], request, sh)
-        built = builder.build(sh, project, build_plan, check=not no_check)
+        (build_plan,) = builder.plans(rt, [target.name], request)
+        built = builder.build(rt, build_plan, check=not no_check)
         if built:
-            print(built.summary())
+            rt.result(built.summary())
 
     build_target.__doc__ = f"Build the {target.name} image from {target.dockerfile}."
     return ShortFlagTask(build_target, help=FLAG_HELP, iterable=["tag", "build_arg"])
@@ -91,20 +87,17 @@ def build_all(
     c: Context, print=False, only="", push=False, no_cache=False, build_arg=None, no_check=False
 ):
     """Build every target at once with `docker buildx bake` (generated bake JSON)."""
-    from buildtasks.docker import builder
-    from buildtasks.docker.build import bake_definition
-
-    project = settings(c)
+    rt = runtime(c)
+    project = rt.settings
     names = [n.strip() for n in only.split(",") if n.strip()] or list(project.targets)
     unknown = [n for n in names if n not in project.targets]
     if unknown:
         raise ConfigError(
             f"--only: no target {unknown[0]!r}; targets: {', '.join(project.targets)}"
         )
-    sh = shell(c, project)
-    build_plans = builder.plans(project, names, _request(None, "", push, no_cache, build_arg), sh)
+    build_plans = builder.plans(rt, names, _request(None, "", push, no_cache, build_arg))
     if print:
-        sys.stdout.write(json.dumps(bake_definition(build_plans), indent=2) + "\n")
+        rt.document(docker_build.bake_definition(build_plans))
         return
-    for built in builder.bake(sh, project, build_plans, check=not no_check):
-        sys.stdout.write(built.summary() + "\n")
+    for built in builder.bake(rt, build_plans, check=not no_check):
+        rt.result(built.summary())

@@ -1,49 +1,49 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
+from typing import TYPE_CHECKING
 
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from buildtasks import config
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks import config, lazy
+from buildtasks.tasks.common import one_line_errors, runtime
+
+if TYPE_CHECKING:
+    from buildtasks.runtime import Runtime
+
+checks = lazy.module("buildtasks.docker.checks")
+pruning = lazy.module("buildtasks.docker.prune")
 
 
-def _engine(sh):
-    from buildtasks.docker.engine import Engine
-    from buildtasks.docker.prune import Engine as PruneEngine
-
-    return PruneEngine(Engine(sh).client)
+def _engine(rt: Runtime) -> pruning.Engine:
+    return pruning.Engine(rt.engine.client)
 
 
 @task(help={"json": "print the report as JSON"})
 @one_line_errors
 def usage(c: Context, json_=False):
     """The engine-wide build cache, and what prune keeps and would remove of this project."""
-    from buildtasks.docker import prune
-    from buildtasks.docker.checks import human_size
-
-    project = settings(c)
-    sh = shell(c, project)
-    report = prune.usage_report(sh, project, _engine(sh))
+    rt = runtime(c)
+    project = rt.settings
+    report = pruning.usage_report(rt, project, _engine(rt))
     if json_:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        rt.document(report)
         return
     cache, mine = report["engine_build_cache"], report["project"]
-    total, reclaimable = human_size(cache["total"]), human_size(cache["reclaimable"])
-    old = human_size(cache["older_than_until"])
+    total, reclaimable = checks.human_size(cache["total"]), checks.human_size(cache["reclaimable"])
+    old = checks.human_size(cache["older_than_until"])
     until = project.cache.until
     print(f"build cache (engine-wide, every project's)  {total} total, {reclaimable} reclaimable, "
           f"{old} unused for {until}+")  # fmt: skip
     for kept in mine["kept"]:
         print(f"keep    {kept['image']}  ({kept['reason']})")
     for item in mine["prune_would_remove"]:
-        print(f"stale   {item['kind']:<10} {item['name']}  {human_size(item['size'])}")
-    print(f"inv prune would reclaim about {human_size(mine['prune_would_reclaim'])}")
+        print(f"stale   {item['kind']:<10} {item['name']}  {checks.human_size(item['size'])}")
+    print(f"inv prune would reclaim about {checks.human_size(mine['prune_would_reclaim'])}")
     for directory, size in report["cache_dirs"].items():
-        print(f"cache dir  {directory}  {human_size(size)}")
+        print(f"cache dir  {directory}  {checks.human_size(size)}")
 
 
 @task(
@@ -60,14 +60,11 @@ def usage(c: Context, json_=False):
 def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, yes=False):
     """Remove this project's stale images, stopped stack containers and orphaned local
     cache blobs (exactly what --dry lists); report the bytes reclaimed."""
-    from buildtasks.docker import prune as pruning
-    from buildtasks.docker.checks import human_size
-
-    project = settings(c)
+    sh = runtime(c)
+    project = sh.settings
     overrides = {k: v for k, v in (("until", until), ("keep_storage", keep_storage)) if v}
     cache = config.replaced(project.cache, project.root, **overrides)
     project = dataclasses.replace(project, cache=cache)
-    sh = shell(c, project)
     if all_:
         if not sh.dry and not (yes or _confirmed()):
             raise Exit(
@@ -84,18 +81,20 @@ def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, 
         print(f"keep {kept.image}  ({kept.reason})")
     if sh.dry:
         for item in found.items:
-            print(f"would remove {item.kind:<10} {item.name}  {human_size(item.size)}")
+            print(f"would remove {item.kind:<10} {item.name}  {checks.human_size(item.size)}")
         estimate, count = found.estimate, len(found.items)
-        print(f"would reclaim about {human_size(estimate)} ({estimate} bytes, {count} items)")
+        size = checks.human_size(estimate)
+        print(f"would reclaim about {size} ({estimate} bytes, {count} items)")
     else:
         result = pruning.run(sh, engine, project, found)
         for item in result.removed:
-            print(f"removed {item.kind:<10} {item.name}  {human_size(item.size)}")
+            print(f"removed {item.kind:<10} {item.name}  {checks.human_size(item.size)}")
         for item in result.skipped:
             print(f"skipped {item.kind:<10} {item.name}  (changed since the plan: left alone)")
-        reclaimed = result.reclaimed
-        print(f"reclaimed {human_size(reclaimed)} ({reclaimed} bytes, {len(result.removed)} items; "
-              f"estimated {found.estimate} bytes)")  # fmt: skip
+        reclaimed, count = result.reclaimed, len(result.removed)
+        size = checks.human_size(reclaimed)
+        estimate = found.estimate
+        print(f"reclaimed {size} ({reclaimed} bytes, {count} items; estimated {estimate} bytes)")
     if build_cache:
         sh.run(pruning.build_cache_argv(project))
         if not sh.dry:

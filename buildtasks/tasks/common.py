@@ -1,4 +1,4 @@
-"""What every task shares: settings from the project root, the shell, one-line errors."""
+"""What every task shares: the invocation's runtime, one-line errors."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 from invoke import Context
 from invoke.exceptions import Exit
 
-from buildtasks import config, git
-from buildtasks.config import Settings
+from buildtasks import config, git, lazy
 from buildtasks.errors import BuildtasksError, CommandError
 
 if TYPE_CHECKING:
-    from buildtasks.shell import Shell
+    from buildtasks.runtime import Runtime
+
+runtimes = lazy.module("buildtasks.runtime")
 
 
 def one_line_errors(body: Callable) -> Callable:
@@ -37,13 +38,16 @@ def one_line_errors(body: Callable) -> Callable:
     return wrapper
 
 
-def settings(c: Context) -> Settings:
-    # Invoke's config holds only the root; config.load returns the settings namespace()
-    # already loaded, unless an input changed since.
-    return config.load(c.config.buildtasks.root)
+_runtimes: dict[tuple[str, bool], Runtime] = {}
 
 
-def shell(c: Context, project: Settings) -> Shell:
-    from buildtasks.docker import builder
-
-    return builder.shell(project, dry=bool(c.config.run.dry))
+def runtime(c: Context) -> Runtime:
+    """The invocation's runtime: one per project root and dry flag, so the tasks of one
+    `inv a b` share settings, engine connection and secrets. config.load says whether the
+    settings still hold (an earlier task may have changed the version file)."""
+    root, dry = c.config.buildtasks.root, bool(c.config.run.dry)
+    settings = config.load(root)
+    current = _runtimes.get((root, dry))
+    if current is None or current.settings is not settings:
+        current = _runtimes[(root, dry)] = runtimes.Runtime(settings, dry=dry)
+    return current

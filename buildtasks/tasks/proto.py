@@ -1,22 +1,28 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
+from buildtasks import lazy
 from buildtasks.config import Settings
 from buildtasks.errors import ConfigError
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks.tasks.common import one_line_errors, runtime
 
-
-def _options(project: Settings):
+if TYPE_CHECKING:
     from buildtasks.proto import ProtoOptions
 
+proto = lazy.module("buildtasks.proto")
+
+
+def _options(project: Settings) -> ProtoOptions:
     if project.proto is None:
         raise ConfigError(
             "no [tool.buildtasks.proto] table; add one with `src` (specs) and `out` (package dir)"
         )
     config = project.proto
-    return ProtoOptions(
+    return proto.ProtoOptions(
         src=project.root / config.src,
         out=project.root / config.out,
         include=tuple(project.root / path for path in config.include),
@@ -35,11 +41,9 @@ def _options(project: Settings):
 @one_line_errors
 def generate(c: Context, check=False, force=False):
     """Generate protobuf + gRPC Python code from the specs (incremental; --check for CI)."""
-    from buildtasks import proto
-
-    project = settings(c)
+    sh = runtime(c)
+    project = sh.settings
     options = _options(project)
-    sh = shell(c, project)
     if check:
         differing = proto.check(sh, options)
         if differing:
@@ -64,12 +68,10 @@ def generate(c: Context, check=False, force=False):
 @one_line_errors
 def clean(c: Context):
     """Remove the generated code (only files the generator wrote)."""
-    from buildtasks import proto
-
-    project = settings(c)
-    options = _options(project)
-    removed = proto.clean(shell(c, project), options)
-    verb = "would remove" if c.config.run.dry else "removed"
+    sh = runtime(c)
+    options = _options(sh.settings)
+    removed = proto.clean(sh, options)
+    verb = "would remove" if sh.dry else "removed"
     print(f"proto: {verb} {len(removed)} files from {options.out}")
 
 

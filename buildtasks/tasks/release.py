@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from invoke import Context, task
 
+from buildtasks import lazy
 from buildtasks.errors import ConfigError
 from buildtasks.tasks.build import ShortFlagTask
-from buildtasks.tasks.common import one_line_errors, settings, shell
+from buildtasks.tasks.common import one_line_errors, runtime
+
+flow = lazy.module("buildtasks.release.flow")
+publish = lazy.module("buildtasks.release.publish")
+attest = lazy.module("buildtasks.release.attest")
 
 
 @task(
@@ -25,9 +29,8 @@ from buildtasks.tasks.common import one_line_errors, settings, shell
 @one_line_errors
 def push(c: Context, target=None, platform="", digests_file="", allow_dirty=False):
     """Build and push targets for every platform; verify what the registry holds."""
-    from buildtasks.release import publish
-
-    project = settings(c)
+    rt = runtime(c)
+    project = rt.settings
     names = list(target or [n for n, t in project.targets.items() if t.platforms])
     unknown = [n for n in names if n not in project.targets]
     if unknown or not names:
@@ -35,8 +38,7 @@ def push(c: Context, target=None, platform="", digests_file="", allow_dirty=Fals
             f"--target: no target {unknown[0]!r}" if unknown else "no target to push; pass --target"
         )
     platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
-    sh = shell(c, project)
-    pushed = publish.push(project, sh, names, platforms, allow_dirty=allow_dirty)
+    pushed = publish.push(rt, names, platforms, allow_dirty=allow_dirty)
     for item in pushed:
         print(f"{item.target}: pushed {item.ref}  [{', '.join(item.platforms)}]")
         print(f"  tags: {', '.join(item.tags)}")
@@ -47,8 +49,7 @@ def push(c: Context, target=None, platform="", digests_file="", allow_dirty=Fals
             print(f"  built from uncommitted changes (--allow-dirty){listing}")
             if moved:
                 print(f"  floating tags moved to this uncommitted build: {', '.join(moved)}")
-    if digests_file and not sh.dry:
-        publish.write_digests(Path(digests_file), pushed)
+    if digests_file and publish.write_digests(rt, Path(digests_file), pushed):
         print(f"digests written to {digests_file}")
 
 
@@ -64,10 +65,8 @@ def push(c: Context, target=None, platform="", digests_file="", allow_dirty=Fals
 @one_line_errors
 def release(c: Context, bump="", version="", allow_empty_changelog=False, resume=False):
     """Bump, changelog, commit + tag, push images by digest, verify, promote tags, push git."""
-    from buildtasks.release import flow
-
-    project = settings(c)
-    sh = shell(c, project)
+    sh = runtime(c)
+    project = sh.settings
     if resume:
         progress = flow.run(project, sh, flow.load_progress(project))
         print(f"released {progress.version} ({progress.tag})")
@@ -94,9 +93,9 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
     flow.preflight(project, sh, plan, allow_empty_changelog)
     if sh.dry:
         # The push the release makes: the new version in the labels, the staging tag.
-        released = dataclasses.replace(project, version=plan.new)
+        released = sh.derive(dataclasses.replace(project, version=plan.new))
         for name in plan.image_tags:
-            flow.push_target(released, sh, name, flow.PENDING_COMMIT)
+            flow.push_target(released, name, flow.PENDING_COMMIT)
         print(f"nothing changed (dry run); `inv release --bump ...` makes release {plan.new}")
         return
     progress = flow.start(project, sh, plan)
@@ -120,21 +119,20 @@ def release(c: Context, bump="", version="", allow_empty_changelog=False, resume
 @one_line_errors
 def verify(c: Context, ref, target="", platform="", json_=False):
     """Check an image's signatures, provenance, SBOM and platforms against the public key."""
-    from buildtasks.release import attest, flow
-
-    project = settings(c)
+    rt = runtime(c)
+    project = rt.settings
     platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
     if not platforms:
         names = [target] if target else flow.release_targets(project)
         if len(names) != 1 or names[0] not in project.targets:
             raise ConfigError("--target: name the target whose platforms to expect, or --platform")
         platforms = flow.platforms_of(project, names[0])
-    pinned, checks = attest.verify(project, shell(c, project), ref, platforms)
+    pinned, checks = attest.verify(rt, ref, platforms)
     failed = [check for check in checks if not check.ok]
     if json_:
         body = {"ref": ref, "pinned": pinned, "ok": not failed,
                 "checks": [dataclasses.asdict(check) for check in checks]}  # fmt: skip
-        print(json.dumps(body, indent=2))
+        rt.document(body)
     else:
         print(f"{ref}: {pinned}")
         for check in checks:

@@ -6,7 +6,10 @@ import sys
 from invoke import Context, task
 from invoke.exceptions import Exit
 
-from buildtasks.tasks.common import one_line_errors, settings
+from buildtasks import lazy
+from buildtasks.tasks.common import one_line_errors, runtime
+
+stack = lazy.module("buildtasks.stack")
 
 STACK_HELP = {
     "file": "compose file (repeatable; default: [tool.buildtasks.stack] compose)",
@@ -15,23 +18,19 @@ STACK_HELP = {
 
 
 def _stack(c: Context, file, project):
-    from buildtasks import stack
-
-    config = settings(c)
-    sh = stack.stack_shell(config, dry=bool(c.config.run.dry))
-    return config, sh, stack.stack_compose(config, tuple(file or ()), project)
+    """The runtime, with the targets' images for compose, and the stack to act on."""
+    rt = stack.use_stack_images(runtime(c))
+    return rt, stack.stack_compose(rt.settings, tuple(file or ()), project)
 
 
 @task(help={**STACK_HELP, "build": "build the stack's targets first"}, iterable=["file"])
 @one_line_errors
 def up(c: Context, build=False, file=None, project=""):
     """Start the compose stack and wait until every service is healthy."""
-    from buildtasks import stack
-
-    config, sh, compose = _stack(c, file, project)
+    rt, compose = _stack(c, file, project)
     if build:
-        _show_builds(stack.build_targets(sh, config, config.stack.targets))
-    stack.up(sh, compose, config.stack.wait_timeout)
+        _show_builds(stack.build_targets(rt, rt.settings.stack.targets))
+    stack.up(rt, compose, rt.settings.stack.wait_timeout)
 
 
 def _show_builds(summaries: list[str]) -> None:
@@ -46,11 +45,8 @@ def _show_builds(summaries: list[str]) -> None:
 def down(c: Context, volumes=False, file=None, project=""):
     """Stop and remove the compose stack (volumes kept unless --volumes); Ctrl-C waits until
     it is done. Fails naming what is left when the engine still holds part of it."""
-    from buildtasks import stack
-    from buildtasks.docker.engine import Engine
-
-    _, sh, compose = _stack(c, file, project)
-    stack.teardown(sh, Engine(sh), compose, volumes=volumes)
+    rt, compose = _stack(c, file, project)
+    stack.teardown(rt, rt.engine, compose, volumes=volumes)
 
 
 @task(
@@ -60,21 +56,19 @@ def down(c: Context, volumes=False, file=None, project=""):
 @one_line_errors
 def logs(c: Context, service="", follow=False, file=None, project=""):
     """Show the stack's logs with timestamps."""
-    _, sh, compose = _stack(c, file, project)
-    sh.run(compose.logs(service, follow))
+    rt, compose = _stack(c, file, project)
+    rt.run(compose.logs(service, follow))
 
 
-def _report(report, as_json: bool) -> None:
+def _report(rt, report, as_json: bool) -> None:
     if as_json:
-        body = {
-            "services": report.services,
-            "app": {"status": report.app_status, **report.app_body},
-        }
-        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        rt.document(
+            {"services": report.services, "app": {"status": report.app_status, **report.app_body}}
+        )
     else:
         for service, state in sorted(report.services.items()):
-            print(f"{service:<16} {state}")
-        print(f"app health       HTTP {report.app_status} {json.dumps(report.app_body)}")
+            rt.result(f"{service:<16} {state}")
+        rt.result(f"app health       HTTP {report.app_status} {json.dumps(report.app_body)}")
     if not report.healthy:
         raise Exit("error: the stack is degraded; see above (inv logs for details)", code=1)
 
@@ -83,22 +77,18 @@ def _report(report, as_json: bool) -> None:
 @one_line_errors
 def health(c: Context, json_=False, file=None, project=""):
     """Each service's health and the app's /health JSON; non-zero when degraded."""
-    from buildtasks import stack
-
-    config, sh, compose = _stack(c, file, project)
-    _report(stack.health(sh, config, compose), json_)
+    rt, compose = _stack(c, file, project)
+    _report(rt, stack.health(rt, rt.settings, compose), json_)
 
 
 @task(help={**STACK_HELP, "json": "print the health report as JSON"}, iterable=["file"])
 @one_line_errors
 def deploy(c: Context, json_=False, file=None, project=""):
     """Build the stack's targets, prepare data directories, start the stack, check health."""
-    from buildtasks import stack
-
-    config, sh, compose = _stack(c, file, project)
-    _show_builds(stack.build_targets(sh, config, config.stack.targets))
-    report = stack.deploy(sh, config, compose)
-    if not sh.dry:
-        _report(report, json_)
+    rt, compose = _stack(c, file, project)
+    _show_builds(stack.build_targets(rt, rt.settings.stack.targets))
+    report = stack.deploy(rt, rt.settings, compose)
+    if not rt.dry:
+        _report(rt, report, json_)
     elif json_:  # the plan is the commands echoed on stderr; stdout stays one document
-        sys.stdout.write(json.dumps({"dry_run": True, "stack": compose.project}) + "\n")
+        rt.document({"dry_run": True, "stack": compose.project})

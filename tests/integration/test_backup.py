@@ -21,6 +21,7 @@ import pytest
 from buildtasks import config
 from buildtasks.backup import redis, sets
 from buildtasks.platforms import free_port
+from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 from tests.conftest import REPO, run_cli
 
@@ -86,7 +87,7 @@ def test_backups_under_a_busy_writer_are_consistent(tmp_path, mode):
         taken = []
         for _ in range(20):
             before = committed(db_path)
-            made = sets.create(settings, Shell(echo=False), ("sqlite",))
+            made = sets.create(settings, Runtime(settings), ("sqlite",))
             taken.append((made, before))
         assert committed(db_path) > taken[-1][1], "the writer kept committing"
     finally:

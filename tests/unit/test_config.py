@@ -14,7 +14,7 @@ from buildtasks import config
 from buildtasks.config import CHECKS, DEFAULT_TAGS, Target
 from buildtasks.errors import ConfigError
 from buildtasks.tasks import collection
-from buildtasks.tasks.common import settings as task_settings
+from buildtasks.tasks.common import runtime
 
 REPO = Path(__file__).resolve().parents[2]
 _SCHEMA = (
@@ -567,7 +567,10 @@ def test_tasks_reuse_the_settings_the_namespace_loaded(tmp_path):
     loaded = config.load(root)
     namespace = collection(loaded)
     context = Context(Config(overrides=namespace.configuration()))
-    assert task_settings(context) is loaded  # one parse per process, not one per task
+    rt = runtime(context)
+    assert rt.settings is loaded  # one parse per process, not one per task
+    assert runtime(context) is rt  # and one runtime per invocation, shared by its tasks
+    assert rt.engine is rt.engine  # with one engine connection
 
 
 def test_a_typo_is_reported_before_what_it_causes(tmp_path):

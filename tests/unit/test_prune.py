@@ -7,6 +7,7 @@ import pytest
 from buildtasks.docker import builder, builds
 from buildtasks.docker.build import OCI, BuildPlan
 from buildtasks.docker.builds import BuildRecord
+from buildtasks.docker.checks import ImageFacts
 from buildtasks.docker.prune import (
     CacheLayoutError,
     Guards,
@@ -258,8 +259,28 @@ def test_a_pushed_build_is_recorded_for_prune(tmp_path, monkeypatch):
         secrets=(), contexts={}, platforms=("linux/amd64",), cache_from=(), cache_to=(),
         push=True, no_cache=False,
     )  # fmt: skip
-    settings = SimpleNamespace(root=tmp_path)
-    builder._finish(None, settings, plan, {"containerimage.digest": "sha256:idx"}, check=True)
+    rt = SimpleNamespace(settings=SimpleNamespace(root=tmp_path))  # a push asks no engine
+    builder._finish(rt, plan, {"containerimage.digest": "sha256:idx"}, check=True)
     assert [(r.ids, r.target, r.revision) for r in builds.load(tmp_path)] == [
         (("sha256:idx",), "prod", "abc")
     ]
+
+
+def test_a_rebuilt_image_reuses_the_facts_recorded_for_its_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    facts = ImageFacts("reg/app:prod", "1000", ("CMD", "true"), 10, 30)
+    metadata = {"containerimage.digest": "sha256:m", "containerimage.config.digest": "sha256:c"}
+    assert builds.known_facts(tmp_path, metadata) is None  # never built: inspect
+    assert builds.record(tmp_path, "prod", "abc", metadata, facts)
+    assert builds.known_facts(tmp_path, metadata) == facts
+    assert builds.known_facts(tmp_path, {"containerimage.digest": "sha256:other"}) is None
+
+
+def test_facts_of_another_shape_are_inspected_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    builds.record(tmp_path, "prod", "abc", {"containerimage.digest": "sha256:m"})
+    path = builds.state_file(tmp_path)
+    entries = json.loads(path.read_text())
+    entries[0]["facts"] = {"ref": "x", "owner": "root"}  # not what this version writes
+    path.write_text(json.dumps(entries))
+    assert builds.known_facts(tmp_path, {"containerimage.digest": "sha256:m"}) is None
