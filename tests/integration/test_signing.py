@@ -300,9 +300,13 @@ def test_release_stopped_at_signing_resumes_without_rebuilding(proxied):
     assert "the images are published" in failed.stderr
     progress = json.loads((project / ".git/buildtasks-release.json").read_text())
     assert progress["done"] == ["commit", "images"]
-    proxy.faults = []
+    # The promotion's own tag writes meet a 503 and a 429 (with Retry-After): retried.
+    proxy.faults = [Fault(503, 1, "PUT", r"/manifests/0\.2\.0$"),
+                    Fault(429, 1, "PUT", r"/manifests/0\.2$")]  # fmt: skip
     resumed = run_cli(["buildtasks", "release", "--resume"], cwd=project, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [f.hits for f in proxy.faults] == [1, 1]
+    assert re.search(r"tagging \S+:0\.2: HTTP 429; retry 1 of 4 in 1s", resumed.stderr)
     assert "docker buildx build" not in resumed.stderr  # nothing rebuilt
     staged_digest = progress["digests"]["web"].rpartition("@")[2]
     for tag in ("0.2.0", "0.2", "0"):
