@@ -120,6 +120,7 @@ class Rule:
     the value is wrong, or None."""
 
     check: Callable[[str, _Context], str | None]
+    shows_value: bool = True  # False where a wrong value may be a secret pasted in
 
 
 def _inside(base: Path, value: str, name: str) -> str | None:
@@ -589,6 +590,36 @@ class ReleaseSettings:
     tag_prefix: Annotated[str, Rule(_optional_word)] = "v"
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _signing_key(value: str, ctx: _Context) -> str | None:
+    """A key file in the project, an absolute path, or env://VAR (cosign reads the key PEM
+    from that variable); never the key itself."""
+    if value.startswith("env://"):
+        return None if _ENV_NAME.fullmatch(value[6:]) else "names no variable after env://"
+    if "PRIVATE KEY" in value:
+        return "holds a key, not where to find one; write its path or env://VAR"
+    return _data_path(value, ctx)
+
+
+KeyPath = Annotated[str, Rule(_signing_key, shows_value=False)]
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """``[tool.buildtasks.publish]``: what every push (`inv push`, `inv release`) attaches,
+    signs and retries."""
+
+    provenance: typing.Literal["min", "max", "off"] = "min"  # buildx provenance on pushes
+    sign: typing.Literal["", "cosign"] = ""  # "cosign": sign every pushed digest, attest SBOMs
+    key: KeyPath = "cosign.key"  # private key; its password comes from COSIGN_PASSWORD
+    public_key: KeyPath = "cosign.pub"  # what `inv verify` checks signatures against
+    sbom: bool = True  # with sign: a signed CycloneDX SBOM attestation per platform image
+    retries: Annotated[int, Meta(ge=0, le=20)] = 4  # transient registry errors, per step
+    retry_delay: Annotated[float, Meta(ge=0, le=300)] = 2.0  # seconds, doubled each retry
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     """``[tool.buildtasks.cache]``: what `inv prune` keeps."""
@@ -631,6 +662,7 @@ class Settings:
     db: DbSettings | None = None
     backup: BackupSettings = BackupSettings()
     release: ReleaseSettings = ReleaseSettings()
+    publish: PublishSettings = PublishSettings()
     cache: CacheSettings = CacheSettings()
     ci: CiSettings = CiSettings()
     dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
@@ -815,6 +847,7 @@ def parse(
             "release",
             "cache",
             "ci",
+            "publish",
         )
     }
     root = root.resolve()
@@ -906,6 +939,7 @@ def parse(
         db=_section(DbSettings, sections["db"], f"{where}.db", env, ctx, None),
         backup=backup,
         release=release,
+        publish=_section(PublishSettings, sections["publish"], f"{where}.publish", env, ctx),
         cache=_section(CacheSettings, sections["cache"], f"{where}.cache", env, ctx),
         ci=_section(CiSettings, sections["ci"], f"{where}.ci", env, ctx),
         dotenv=types.MappingProxyType(dotenv),
@@ -1044,7 +1078,8 @@ def _check(cls: type, key: str, value, where: str, ctx: _Context):
     for item, rule in _ruled(_hints(cls)[key], value):
         reason = rule.check(item, ctx)
         if reason:
-            raise ConfigError(f"{where}.{key}: {item!r} {reason}")
+            shown = f"{item!r} " if rule.shows_value else "the value "
+            raise ConfigError(f"{where}.{key}: {shown}{reason}")
     return value
 
 

@@ -8,6 +8,7 @@ from buildtasks.docker.engine import ENGINE_FIX
 from buildtasks.docker.registry import logged_in, probe, registry_host
 from buildtasks.errors import EngineError
 from buildtasks.platforms import can_build, native
+from buildtasks.release.attest import signing_problems
 from buildtasks.runtime import Runtime
 
 # Fixes for someone who installed buildtasks from PyPI: the engine's own install docs.
@@ -38,6 +39,12 @@ class Finding:
         status = "ok  " if self.ok else ("FAIL" if self.blocking else "warn")
         fix = f"  -> {self.fix}" if not self.ok and self.fix else ""
         return f"{status} {self.name:<15} {self.detail}{fix}"
+
+
+SIGNING_FIX = (
+    "bash scripts/install-cosign; `cosign generate-key-pair`; set COSIGN_PASSWORD "
+    "(environment or .env)"
+)
 
 
 def diagnose(rt: Runtime) -> list[Finding]:
@@ -106,4 +113,8 @@ def diagnose(rt: Runtime) -> list[Finding]:
             login = logged_in(host)
             state = "logged in" if login else "not logged in"
             findings.append(Finding("registry login", login, state, f"docker login {host}"))
+    if settings.publish.sign:  # pushes sign: the key must sign, checked as pre-flight does
+        problems = signing_problems(settings, sh)
+        detail = problems[0] if problems else f"{settings.publish.key} signs and verifies"
+        findings.append(Finding("signing", not problems, detail, SIGNING_FIX))
     return findings

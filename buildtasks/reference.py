@@ -23,11 +23,12 @@ TABLES = (
     ("tool.buildtasks.backup", config.BackupSettings),
     ("tool.buildtasks.backup.offsite", config.OffsiteSettings),
     ("tool.buildtasks.release", config.ReleaseSettings),
+    ("tool.buildtasks.publish", config.PublishSettings),
     ("tool.buildtasks.cache", config.CacheSettings),
     ("tool.buildtasks.ci", config.CiSettings),
 )
 NOT_KEYS = {"root", "dotenv", "name", "targets", "proto", "stack", "integration", "db"}
-NOT_KEYS |= {"backup", "release", "cache", "ci", "offsite"}
+NOT_KEYS |= {"backup", "release", "cache", "ci", "offsite", "publish"}
 
 EXAMPLE = """\
 ## A multi-service layout

@@ -22,7 +22,8 @@ from buildtasks.shell import Shell
 
 
 def secret_values(settings: Settings) -> frozenset[str]:
-    """The values no output may show: the targets' env secrets and the Redis URL's password."""
+    """The values no output may show: the targets' env secrets, the signing key's password
+    and the Redis URL's password."""
     environment = settings.environment
     values = {
         environment.get(secret_variable(entry), "")
@@ -30,6 +31,7 @@ def secret_values(settings: Settings) -> frozenset[str]:
         for entry in target.secrets
         if secret_variable(entry)
     }
+    values.add(environment.get("COSIGN_PASSWORD", ""))  # the signing key's password
     redis_url = settings.backup.redis.get("url", "")
     values.add(urlparse(redis_url).password or "" if redis_url else "")
     return frozenset(values - {""})

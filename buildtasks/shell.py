@@ -58,6 +58,9 @@ class Shell:
     def show(self, argv: Sequence[str]) -> str:
         return redact(shlex.join(argv), self.secrets)
 
+    def redacted(self, text: str) -> str:
+        return redact(text, self.secrets)
+
     def note(self, message: str) -> None:
         """Progress from domain code: to stderr, redacted, so stdout stays for results."""
         print(redact(message, self.secrets), file=sys.stderr, flush=True)
@@ -80,24 +83,25 @@ class Shell:
         cwd: str | None = None,
         input: str | None = None,
         shielded: bool = False,
+        tee: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         """Run argv. ``query=True`` marks a read-only command that also runs under dry-run
         (and is not echoed); ``capture=True`` returns stdout instead of streaming it;
         ``shielded=True`` runs it in its own session, out of reach of the terminal's Ctrl-C
-        and of signals sent to our process group."""
+        and of signals sent to our process group; ``tee=True`` streams stderr as it comes
+        and also returns it (so a failure can be told apart)."""
         if not query and not self.change(argv):
             return subprocess.CompletedProcess(list(argv), 0, "", "")
+        options = {"cwd": cwd, "env": {**os.environ, **self.env}, "text": True,
+                   "start_new_session": shielded}  # fmt: skip
         try:
-            result = subprocess.run(
-                list(argv),
-                check=False,
-                cwd=cwd,
-                env={**os.environ, **self.env},
-                text=True,
-                input=input,
-                capture_output=capture or query,
-                start_new_session=shielded,
-            )
+            if tee:
+                result = _tee(argv, input, capture, options)
+            else:
+                result = subprocess.run(
+                    list(argv), check=False, input=input, capture_output=capture or query,
+                    **options,
+                )  # fmt: skip
         except FileNotFoundError:
             if not check:  # the caller inspects the result: report "not found" as exit 127
                 return subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
@@ -116,3 +120,21 @@ class Shell:
     def output(self, argv: Sequence[str], *, check: bool = True) -> str:
         """stdout of a read-only query, stripped."""
         return self.run(argv, query=True, check=check).stdout.strip()
+
+
+def _tee(argv, input, capture, options) -> subprocess.CompletedProcess[str]:
+    """Run argv with its stderr copied to ours line by line and kept."""
+    with subprocess.Popen(
+        list(argv), stdin=subprocess.PIPE if input is not None else None,
+        stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE, **options,
+    ) as process:  # fmt: skip
+        if input is not None:
+            process.stdin.write(input)
+            process.stdin.close()
+        kept = []
+        for line in process.stderr:
+            sys.stderr.write(line)
+            kept.append(line)
+        stdout = process.stdout.read() if capture else ""
+        process.wait()
+    return subprocess.CompletedProcess(list(argv), process.returncode, stdout, "".join(kept))

@@ -49,6 +49,7 @@ class BuildPlan:
     push: bool
     no_cache: bool
     attest: tuple[str, ...] = ()
+    provenance: str = "off"  # the provenance mode: min, max or off
 
     @property
     def needs_bake(self) -> bool:
@@ -207,7 +208,16 @@ def plan(
         push=request.push,
         no_cache=request.no_cache,
         attest=target.attest,
+        provenance=provenance_mode(settings, target, request.push),
     )
+
+
+def provenance_mode(settings: Settings, target: Target, push: bool) -> str:
+    """A target's `attest = ["provenance"]` asks for max everywhere; otherwise pushes carry
+    `[tool.buildtasks.publish] provenance` and local builds none."""
+    if "provenance" in target.attest:
+        return "max"
+    return settings.publish.provenance if push else "off"
 
 
 def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
@@ -233,16 +243,17 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
         argv += ["--cache-to", cache]
     if build.no_cache:
         argv.append("--no-cache")
-    argv += attest_flags(build.attest)
+    argv += attest_flags(build)
     argv += ["--metadata-file", metadata_file, "--push" if build.push else "--load"]
     argv.append(str(build.context))
     return argv
 
 
-def attest_flags(attest: tuple[str, ...]) -> list[str]:
-    """Attestations are explicit: off unless configured (some runtimes reject indexes)."""
-    flags = ["--provenance=mode=max" if "provenance" in attest else "--provenance=false"]
-    if "sbom" in attest:
+def attest_flags(build: BuildPlan) -> list[str]:
+    """Provenance as planned; buildx's own SBOM only when configured (it pulls a scanner)."""
+    mode = build.provenance
+    flags = ["--provenance=false" if mode == "off" else f"--provenance=mode={mode}"]
+    if "sbom" in build.attest:
         flags.append("--sbom=true")
     return flags
 
@@ -270,9 +281,9 @@ def bake_definition(builds: list[BuildPlan]) -> dict:
         if build.no_cache:
             definition["no-cache"] = True
         definition["attest"] = [
-            "type=provenance,mode=max"
-            if "provenance" in build.attest
-            else "type=provenance,disabled=true",
+            "type=provenance,disabled=true"
+            if build.provenance == "off"
+            else f"type=provenance,mode={build.provenance}",
             *(["type=sbom"] if "sbom" in build.attest else []),
         ]
         definition["output"] = ["type=registry" if build.push else "type=docker"]

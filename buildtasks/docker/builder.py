@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from buildtasks import lfs
 from buildtasks.config import build_order
-from buildtasks.docker import builds
+from buildtasks.docker import builds, retry
 from buildtasks.docker.build import (
     OCI,
     BuildPlan,
@@ -96,7 +97,10 @@ def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
     lfs.require_content(rt, rt.settings.root, [build_plan.context])
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
-        _run_with_engine(rt, buildx_argv(build_plan, str(metadata_file)), {build_plan.target})
+        argv = buildx_argv(build_plan, str(metadata_file))
+        # A push is rerun on a transient registry error: the layers come from the cache.
+        policy = retry.Policy.of(rt.settings) if build_plan.push else None
+        _run_with_engine(rt, argv, {build_plan.target}, policy)
         if rt.dry:
             return None
         metadata = json.loads(metadata_file.read_text())
@@ -111,21 +115,27 @@ def bake(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
         metadata_file = Path(tmp, "metadata.json")
         argv = ["docker", "buildx", "bake", "--file", "-", "--metadata-file", str(metadata_file)]
         targets = {p.target for p in build_plans}
-        _run_with_engine(rt, argv, targets, input=definition, cwd=str(rt.settings.root))
+        _run_with_engine(rt, argv, targets, None, input=definition, cwd=str(rt.settings.root))
         if rt.dry:
             return []
         metadata = json.loads(metadata_file.read_text())
     return [_finish(rt, p, metadata.get(p.target, {}), check) for p in build_plans]
 
 
-def _run_with_engine(rt: Runtime, argv: list[str], targets: set[str], **kwargs) -> None:
-    """Run a build command; when it fails because the engine is unreachable, say that
-    instead. A target never built here connects to the engine in the background meanwhile
-    (its image will be inspected); a rebuild usually yields an image already inspected."""
+def _run_with_engine(
+    rt: Runtime, argv: list[str], targets: set[str], policy: retry.Policy | None, **kwargs
+) -> None:
+    """Run a build command (retried as policy allows, if given); when it fails because the
+    engine is unreachable, say that instead. A target never built here connects to the
+    engine in the background meanwhile (its image will be inspected); a rebuild usually
+    yields an image already inspected."""
     if not rt.dry and not targets <= {r.target for r in builds.load(rt.settings.root)}:
         rt.engine.warm_up()
     try:
-        rt.run(argv, **kwargs)
+        if policy:
+            retry.run(rt, policy, f"`{shlex.join(argv[:3])}`", argv, **kwargs)
+        else:
+            rt.run(argv, **kwargs)
     except CommandError:
         rt.engine.require()
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
@@ -124,6 +125,39 @@ class Engine:
             for chunk in stream:
                 handle.write(chunk)
 
+    def image_files(self, image: str, platform: str, keep) -> dict[str, bytes]:
+        """The regular files of image (its platform's filesystem) whose path keep accepts,
+        read from an export of a container that is created, never started, then removed;
+        {} under --dry. The image is pulled when the engine does not hold it."""
+        announced = ["docker", "create", "--platform", platform, image, "&&", "docker", "export"]
+        if not self.change(announced):
+            return {}
+        create = {"image": image, "command": ["/buildtasks-export"], "platform": platform,
+                  "network_disabled": True}  # fmt: skip
+        try:
+            self.client.api.inspect_image(image)
+            known = True
+        except docker.errors.ImageNotFound:
+            known = False  # the reference this makes is removed afterwards
+        try:
+            container = self.client.containers.create(**create)
+        except docker.errors.ImageNotFound:
+            self.client.images.pull(image, platform=platform)
+            container = self.client.containers.create(**create)
+        files = {}
+        try:
+            stream = io.BufferedReader(_Chunks(container.export()), 1 << 20)
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    if member.isfile() and member.size <= _MAX_READ and keep(member.name):
+                        files[member.name.removeprefix("./")] = tar.extractfile(member).read()
+        finally:
+            container.remove(force=True, v=True)
+            if not known:  # only the reference goes; the content stays with its tags
+                with contextlib.suppress(docker.errors.APIError):
+                    self.client.api.remove_image(image, noprune=True)
+        return files
+
     def run_helper(
         self, image: str, volumes_from: str, script: str, inputs: Path, timeout: int = 600
     ) -> str:
@@ -156,6 +190,30 @@ class Engine:
         if code != 0:
             raise EngineError(f"restore helper failed (exit {code}): {output[-500:]}")
         return output
+
+
+_MAX_READ = 64 << 20  # bytes: a bigger "metadata" file is not one
+
+
+class _Chunks(io.RawIOBase):
+    """A readable stream over an iterator of byte chunks (the SDK's export)."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._rest:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._rest = chunk
+        size = min(len(buffer), len(self._rest))
+        buffer[:size], self._rest = self._rest[:size], self._rest[size:]
+        return size
 
 
 def quiet_sdk_loggers() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
 import os
 import re
@@ -11,6 +13,7 @@ import urllib.request
 import urllib.response
 from pathlib import Path
 
+from buildtasks.docker import retry
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
 
@@ -43,7 +46,7 @@ def probe(host: str, timeout: float = 5.0) -> tuple[bool, bool, str]:
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
                 return True, True, f"{scheme}://{api} answers (login required)"
-            reason = f"HTTP {exc.code}"
+            return False, False, f"{scheme}://{api} answers HTTP {exc.code} {exc.reason}"
         except (OSError, ValueError) as exc:
             reason = str(getattr(exc, "reason", exc))
     return False, False, f"{api} unreachable ({reason})"
@@ -72,10 +75,18 @@ def logged_in(host: str) -> bool:
     return bool(_config_names(host) & known)
 
 
-def require_push_access(reference: str) -> None:
-    """One clear error before any build when the push cannot succeed."""
+def require_push_access(sh: Shell, policy: retry.Policy, reference: str) -> None:
+    """One clear error before any build when the push cannot succeed (a registry that
+    answers with a transient error is asked again, as policy allows)."""
     host = registry_host(reference)
-    reachable, needs_login, detail = probe(host)
+
+    def answer():
+        found = probe(host)
+        if not found[0] and retry.kind(found[2]) == "transient":
+            raise retry.Transient(f"registry {found[2]}")
+        return found
+
+    reachable, needs_login, detail = retry.attempt(sh, policy, f"reaching {host}", answer)
     if not reachable:
         raise RegistryError(f"cannot push {reference}: registry {detail}; start it or fix `image`")
     if needs_login and not logged_in(host):
@@ -128,14 +139,63 @@ def platforms(sh: Shell, reference: str) -> list[str]:
 
 
 def promoted_digest(sh: Shell, reference: str, verified: str) -> str:
-    """The digest reference holds, checked to be the verified one or an index of exactly it
-    (`imagetools create` wraps a single image manifest in a one-entry index)."""
+    """The digest reference holds, checked to be the verified one."""
     manifest = _inspect(sh, reference, "--format", "{{json .Manifest}}")
     digest = manifest.get("digest")
-    entries = [m.get("digest") for m in manifest.get("manifests") or [] if isinstance(m, dict)]
-    if not isinstance(digest, str) or (digest != verified and entries != [verified]):
+    if digest != verified:
         raise RegistryError(f"{reference} holds {digest}, not the verified {verified}")
     return digest
+
+
+def platform_digests(sh: Shell, reference: str) -> dict[str, str]:
+    """platform -> digest of each image manifest an index holds (attestations left out);
+    {} for an image manifest."""
+    manifest = _inspect(sh, reference, "--raw")
+    found = {}
+    for entry in manifest.get("manifests") or []:
+        platform = index_platforms({"manifests": [entry]})
+        digest = entry.get("digest")
+        if platform and isinstance(digest, str) and _DIGEST.fullmatch(digest):
+            found[platform[0]] = digest
+    return found
+
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def repository_of(reference: str) -> str:
+    """The repository of repository[:tag][@digest]."""
+    name = reference.partition("@")[0]
+    head, sep, tag = name.rpartition(":")
+    return head if sep and "/" not in tag else name
+
+
+def digest_of(sh: Shell, reference: str) -> str:
+    """The digest the registry holds at reference (a tag or a digest)."""
+    digest = _inspect(sh, reference, "--format", "{{json .Manifest}}").get("digest")
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise RegistryError(f"the registry named no valid digest for {reference}")
+    return digest
+
+
+def provenance_of(sh: Shell, reference: str) -> set[str]:
+    """Digests of the images in the index at reference (repository@digest) that an
+    attestation manifest in that index gives an SLSA provenance statement."""
+    repository = repository_of(reference)
+    found = set()
+    for entry in _inspect(sh, reference, "--raw").get("manifests") or []:
+        annotations = entry.get("annotations") or {}
+        subject, digest = annotations.get("vnd.docker.reference.digest"), entry.get("digest")
+        if annotations.get("vnd.docker.reference.type") != "attestation-manifest":
+            continue
+        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+            continue
+        layers = _inspect(sh, f"{repository}@{digest}", "--raw").get("layers") or []
+        types = {(layer.get("annotations") or {}).get("in-toto.io/predicate-type", "")
+                 for layer in layers}  # fmt: skip
+        if any(t.startswith("https://slsa.dev/provenance/") for t in types):
+            found.add(subject)
+    return found
 
 
 def platform_name(fields: dict, where: str) -> str:
@@ -210,13 +270,17 @@ def _challenge_auth(challenge: str, host: str) -> str:
     return f"Bearer {token}" if isinstance(token, str) and token else ""
 
 
-def _call(host: str, method: str, path: str) -> urllib.response.addinfourl:
+def _call(
+    host: str, method: str, path: str, data: bytes | None = None, content_type: str = ""
+) -> urllib.response.addinfourl:
     """One registry API request, answering an authentication challenge once."""
     url = f"{_api_base(host)}{path}"
     headers = {"Accept": ", ".join(INDEX_TYPES + IMAGE_TYPES)}
+    if content_type:
+        headers["Content-Type"] = content_type
     try:
         return urllib.request.urlopen(
-            urllib.request.Request(url, method=method, headers=headers), timeout=30
+            urllib.request.Request(url, data, method=method, headers=headers), timeout=30
         )
     except urllib.error.HTTPError as exc:
         authorization = (
@@ -228,7 +292,7 @@ def _call(host: str, method: str, path: str) -> urllib.response.addinfourl:
             raise
     headers["Authorization"] = authorization
     return urllib.request.urlopen(
-        urllib.request.Request(url, method=method, headers=headers), timeout=30
+        urllib.request.Request(url, data, method=method, headers=headers), timeout=30
     )
 
 
@@ -253,7 +317,7 @@ def _digest_of(host: str, path: str, tag: str) -> str:
         if exc.code == 404:
             return ""
         raise
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+    if not _DIGEST.fullmatch(digest):
         raise RegistryError(f"{host}/{path}:{tag}: the registry named no valid digest")
     return digest
 
@@ -316,3 +380,52 @@ def remove_tag(sh: Shell, reference: str, expected: str) -> str:
             f"cannot check or delete {reference}: registry {host} unreachable ({reason})"
         ) from None
     return f"deleted {reference} ({digest}) from the registry"
+
+
+def tag_digest(sh: Shell, policy: retry.Policy, source: str, tags: list[str]) -> None:
+    """Point each tag (repository:tag) at the manifest source (repository@digest) holds,
+    byte for byte, so the tags carry that digest and the signatures made for it. Transient
+    registry errors are retried as policy allows; an auth error fails at once."""
+    repository, _, digest = source.rpartition("@")
+    host, path, _ = split_reference(f"{repository}:x")
+
+    def fetch() -> tuple[bytes, str]:
+        with _call(host, "GET", f"/{path}/manifests/{digest}") as answer:
+            return answer.read(), answer.headers.get("Content-Type", "")
+
+    body, media_type = _retried(sh, policy, f"reading {source}", fetch)
+    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+        raise RegistryError(f"the registry's manifest for {source} does not match its digest")
+    for reference in tags:
+        tag_host, tag_path, tag = split_reference(reference)
+        if (tag_host, tag_path) != (host, path):
+            raise RegistryError(f"{reference} is not in {repository}; tags stay in one repository")
+        if not sh.change(["PUT", f"{_api_base(host)}/{path}/manifests/{tag}", f"<{digest}>"]):
+            continue
+        _retried(
+            sh,
+            policy,
+            f"tagging {reference}",
+            lambda t=tag: _call(
+                host, "PUT", f"/{path}/manifests/{urllib.parse.quote(t)}", body, media_type
+            ).close(),
+        )
+
+
+def _retried(sh: Shell, policy: retry.Policy, what: str, request):
+    """request() with transient failures retried; other failures one RegistryError."""
+
+    def once():
+        try:
+            return request()
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            transient = retry.http_transient(exc)
+            if transient:
+                raise transient from None
+            if isinstance(exc, urllib.error.HTTPError) and exc.code in (401, 403):
+                raise RegistryError(
+                    f"{what}: the registry refused us (HTTP {exc.code}); `docker login` to it"
+                ) from None
+            raise RegistryError(f"{what}: {getattr(exc, 'reason', exc)}") from None
+
+    return retry.attempt(sh, policy, what, once)

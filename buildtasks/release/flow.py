@@ -12,14 +12,14 @@ from pathlib import Path
 
 from buildtasks import buf, config, git
 from buildtasks.config import Settings
-from buildtasks.docker import registry
+from buildtasks.docker import registry, retry
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import can_build
-from buildtasks.release import changelog, publish, version
+from buildtasks.release import attest, changelog, publish, version
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 
-STEPS = ("commit", "images", "promote", "git-push")
+STEPS = ("commit", "images", "sign", "promote", "git-push")
 
 
 class PreflightFailed(BuildtasksError):
@@ -212,11 +212,12 @@ def preflight(
     problems += buf.release_problems(sh, settings, plan.current, plan.new, allow_breaking)
     for name in plan.image_tags:
         try:
-            registry.require_push_access(plan.image_tags[name][0])
+            registry.require_push_access(sh, retry.Policy.of(settings), plan.image_tags[name][0])
         except registry.RegistryError as exc:
             problems.append(str(exc))
         for wanted in platforms_of(settings, name):
             problems += _platform_problem(wanted)
+    problems += attest.signing_problems(settings, sh)
     if problems:
         listing = "".join(f"\n  - {p}" for p in dict.fromkeys(problems))
         raise PreflightFailed(f"release {plan.new} cannot start:{listing}\nnothing was changed")
@@ -246,7 +247,7 @@ def push_target(rt: Runtime, name: str, commit: str) -> publish.Pushed | None:
     shared base it builds FROM is pushed first, under its own tags: the target's is the
     last push."""
     tags = (staging_tag(name, commit),)
-    pushed = publish.push(rt, [name], platforms_of(rt.settings, name), tags)
+    pushed = publish.push(rt, [name], platforms_of(rt.settings, name), tags, sign=False)
     return next((p for p in pushed if p.target == name), None)
 
 
@@ -344,19 +345,24 @@ def publish_images(settings: Settings, sh: Runtime, progress: Progress) -> None:
         # is read as of it, and the labels carry the new version and that commit.
         released = sh.derive(config.load(settings.root))
         for name in progress.image_tags:
+            if name in progress.digests:  # pushed and verified before an interruption
+                continue
             pushed = push_target(released, name, progress.commit)
             progress.digests[name] = pushed.ref
             save(settings, sh, progress)  # a rollback after a kill deletes only what it recorded
         progress.done.append("images")
         save(settings, sh, progress)
-    if "promote" not in progress.done:  # imagetools create is idempotent: safe to redo
+    if "sign" not in progress.done:  # signing again adds nothing: safe to redo
+        released = sh.derive(config.load(settings.root))
+        for ref in progress.digests.values():
+            attest.sign_pushed(released, ref)
+        progress.done.append("sign")
+        save(settings, sh, progress)
+    if "promote" not in progress.done:  # tagging a digest is idempotent: safe to redo
         for name, refs in progress.image_tags.items():
-            tags = [arg for ref in refs for arg in ("--tag", ref)]
-            sh.run(["docker", "buildx", "imagetools", "create", *tags, progress.digests[name]])
+            registry.tag_digest(sh, retry.Policy.of(settings), progress.digests[name], refs)
             verified = progress.digests[name].rpartition("@")[2]
             held = {registry.promoted_digest(sh, ref, verified) for ref in refs}
-            if len(held) != 1:
-                raise registry.RegistryError(f"the tags of {name} disagree: {', '.join(held)}")
             progress.promoted[name] = held.pop()
         progress.done.append("promote")
         save(settings, sh, progress)

@@ -6,11 +6,12 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from buildtasks.docker import builder, registry
+from buildtasks.docker import builder, registry, retry
 from buildtasks.docker.build import BuildPlan, BuildRequest
 from buildtasks.docker.registry import RegistryError
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import native
+from buildtasks.release import attest
 from buildtasks.runtime import Runtime
 
 
@@ -34,10 +35,12 @@ def push(
     platforms: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
     allow_dirty: bool = False,
+    sign: bool = True,
 ) -> list[Pushed]:
     """Build and push each target for its platforms (with tags instead of the configured
-    ones), then check the registry holds every platform. A dirty tree and access to every
-    registry are checked before any build."""
+    ones), check the registry holds every platform, then sign it (when configured and sign
+    is True; a release signs in a step of its own). A dirty tree, access to every registry
+    and the signing key are checked before any build."""
     request = BuildRequest(tags=tags, platforms=platforms, push=True)
     plans = _with_base_platforms(builder.plans(rt, names, request))
     dirty = rt.git().dirty
@@ -48,7 +51,8 @@ def push(
             "from them; commit or stash them first (`inv push --allow-dirty` publishes them)"
         )
     for build_plan in plans:
-        registry.require_push_access(build_plan.tags[0])
+        registry.require_push_access(rt, retry.Policy.of(rt.settings), build_plan.tags[0])
+    attest.require_signing(rt)
     pushed: list[Pushed] = []
     for build_plan in plans:
         build_plan = _from_pushed(build_plan, pushed)
@@ -64,6 +68,8 @@ def push(
                 f"{repository}@{built.digest} lacks {', '.join(missing)} in the registry "
                 f"(it holds {', '.join(found) or 'nothing'}); the push is incomplete"
             )
+        if sign:
+            attest.sign_pushed(rt, f"{repository}@{built.digest}")
         pushed.append(
             Pushed(
                 build_plan.target,

@@ -33,6 +33,7 @@ def collection(settings: Settings) -> Collection:
     ns.add_task(init.init)
     ns.add_task(release.push)
     ns.add_task(release.release)
+    ns.add_task(release.verify)
     for stack_task in (stack.up, stack.down, stack.logs, stack.health, stack.deploy):
         ns.add_task(stack_task)
     ns.add_collection(backup.collection)

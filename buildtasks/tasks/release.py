@@ -12,6 +12,7 @@ from buildtasks.tasks.common import one_line_errors, runtime
 
 flow = lazy.module("buildtasks.release.flow")
 publish = lazy.module("buildtasks.release.publish")
+attest = lazy.module("buildtasks.release.attest")
 
 
 @task(
@@ -84,6 +85,12 @@ def release(
             print(
                 f"{name}: push {staging} (version {plan.new}), verify, then tag {', '.join(refs)}"
             )
+        if project.publish.sign:
+            print(
+                "then each pushed digest (platform images and index) is signed with "
+                f"{project.publish.sign}"
+                + (", an SBOM attested per image" if project.publish.sbom else "")
+            )
         print(
             f"{flow.PENDING_COMMIT} stands for the release commit, which a dry run does not "
             "make; the real build's revision label is that commit too"
@@ -98,9 +105,45 @@ def release(
         return
     progress = flow.start(project, sh, plan)
     for name, ref in progress.digests.items():
-        held = progress.promoted[name]
-        wrapped = "" if ref.endswith(held) else f" (through the one-image index {held})"
-        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}{wrapped}")
+        print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}")
     print(
         f"released {progress.version}: commit {progress.commit[:12]} and tag {progress.tag} pushed"
     )
+
+
+@task(
+    klass=ShortFlagTask,
+    help={
+        "ref": "the image to check: repository:tag or repository@digest",
+        "target": "whose configured platforms the image must hold (default: the release "
+        "target, when there is one)",
+        "platform": "comma-separated platforms the image must hold, over the target's",
+        "json": "print the checks as one JSON document",
+    },
+)
+@one_line_errors
+def verify(c: Context, ref, target="", platform="", json_=False):
+    """Check an image's signatures, provenance, SBOM and platforms against the public key."""
+    rt = runtime(c)
+    project = rt.settings
+    platforms = tuple(p.strip() for p in platform.split(",") if p.strip())
+    if not platforms:
+        names = [target] if target else flow.release_targets(project)
+        if len(names) != 1 or names[0] not in project.targets:
+            raise ConfigError("--target: name the target whose platforms to expect, or --platform")
+        platforms = flow.platforms_of(project, names[0])
+    pinned, checks = attest.verify(rt, ref, platforms)
+    failed = [check for check in checks if not check.ok]
+    if json_:
+        body = {"ref": ref, "pinned": pinned, "ok": not failed,
+                "checks": [dataclasses.asdict(check) for check in checks]}  # fmt: skip
+        rt.document(body)
+    else:
+        print(f"{ref}: {pinned}")
+        for check in checks:
+            print(f"  {'ok  ' if check.ok else 'FAIL'} {check.what}  {check.detail}".rstrip())
+    if failed:
+        raise attest.SigningError(
+            f"{ref} failed {len(failed)} of {len(checks)} checks: {failed[0].what} "
+            f"({failed[0].detail})"
+        )

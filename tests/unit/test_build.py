@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def test_request_overrides_and_push_uses_configured_platforms(monkeypatch):
     assert argv[argv.index("--platform") + 1] == "linux/amd64,linux/arm64"
     assert argv[-6:] == [
         "--no-cache",
-        "--provenance=false",
+        "--provenance=mode=min",  # pushes carry provenance by default
         "--metadata-file",
         "m.json",
         "--push",
@@ -192,3 +193,19 @@ def test_registry_cache_preset_and_attestations(monkeypatch):
         "--push",
         "/proj/app",
     ]
+
+
+@pytest.mark.parametrize(("mode", "push_flag", "bake"), [
+    ("max", "--provenance=mode=max", "type=provenance,mode=max"),
+    ("off", "--provenance=false", "type=provenance,disabled=true"),
+])  # fmt: skip
+def test_publish_provenance_mode_applies_to_pushes_only(monkeypatch, mode, push_flag, bake):
+    project = dataclasses.replace(
+        settings(monkeypatch), publish=config.PublishSettings(provenance=mode)
+    )
+    target = project.targets["dev"]
+    pushed = plan(project, target, GIT, DOCKERFILE, BuildRequest(push=True))
+    local = plan(project, target, GIT, DOCKERFILE)
+    assert push_flag in buildx_argv(pushed, "m.json")
+    assert "--provenance=false" in buildx_argv(local, "m.json")
+    assert bake_definition([pushed])["target"]["dev"]["attest"] == [bake]

@@ -1,0 +1,227 @@
+"""cosign: every pushed digest signed by digest (each platform image and the index), a
+CycloneDX SBOM per platform image attached as a signed attestation, and all of it verified
+against the public key. Key-based and offline: nothing is uploaded to a transparency log
+(`--tlog-upload=false`; verification passes `--insecure-ignore-tlog`), Fulcio is never
+asked, and registries on loopback are spoken to over plain http (`--allow-http-registry`).
+The key's password reaches cosign as COSIGN_PASSWORD in its environment, never in argv."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from buildtasks.config import Settings
+from buildtasks.docker import registry, retry
+from buildtasks.errors import BuildtasksError
+from buildtasks.release import sbom
+from buildtasks.runtime import Runtime
+from buildtasks.shell import Shell
+from buildtasks.version import __version__
+
+PASSWORD = "COSIGN_PASSWORD"
+CYCLONEDX = "https://cyclonedx.org/bom"
+
+
+class SigningError(BuildtasksError):
+    """The signing key cannot be used, or cosign refused."""
+
+
+def _key(settings: Settings, key: str) -> str:
+    """A key as cosign takes it: env://VAR as is, a path resolved against the project."""
+    return key if key.startswith("env://") else str(settings.root / key)
+
+
+def _http(reference: str) -> list[str]:
+    host = registry.registry_host(reference)
+    return ["--allow-http-registry"] if host.startswith(("127.", "localhost")) else []
+
+
+def signing_problems(settings: Settings, sh: Shell) -> list[str]:
+    """Why the configured key cannot sign, found by signing and verifying a blob (nothing
+    is uploaded); [] when it can or signing is off."""
+    publish = settings.publish
+    if publish.sign != "cosign":
+        return []
+    if not shutil.which("cosign"):
+        return ["cosign not found; install it (bash scripts/install-cosign) or set publish.sign"]
+    problems = []
+    for name, key in (("key", publish.key), ("public_key", publish.public_key)):
+        if not key.startswith("env://") and not (settings.root / key).is_file():
+            problems.append(
+                f"publish.{name}: {key} does not exist; `cosign generate-key-pair` makes a pair"
+            )
+        elif key.startswith("env://") and not settings.environment.get(key[6:]):
+            problems.append(f"publish.{name}: ${key[6:]} is not set")
+    if PASSWORD not in settings.environment:
+        problems.append(f"{PASSWORD} is not set; cosign needs the signing key's password from it")
+    if problems:
+        return problems
+    with tempfile.TemporaryDirectory(prefix="buildtasks-sign-") as tmp:
+        blob, signature = Path(tmp, "blob"), Path(tmp, "blob.sig")
+        blob.write_text("buildtasks signing check\n")
+        signed = sh.run(["cosign", "sign-blob", "--key", _key(settings, publish.key),
+                         "--tlog-upload=false", "--yes", "--output-signature", str(signature),
+                         str(blob)], query=True, check=False, input="")  # fmt: skip
+        if signed.returncode != 0:
+            return [f"the signing key {publish.key} cannot sign ({_reason(sh, signed)}); "
+                    f"check {PASSWORD}"]  # fmt: skip
+        verified = sh.run(["cosign", "verify-blob", "--key", _key(settings, publish.public_key),
+                           "--insecure-ignore-tlog", "--signature", str(signature), str(blob)],
+                          query=True, check=False)  # fmt: skip
+        if verified.returncode != 0:
+            return [f"publish.public_key {publish.public_key} does not verify what "
+                    f"{publish.key} signs; configure the matching pair"]  # fmt: skip
+    return []
+
+
+def require_signing(rt: Runtime) -> None:
+    problems = signing_problems(rt.settings, rt)
+    if problems:
+        raise SigningError(f"cannot sign: {'; '.join(problems)}; nothing was built")
+
+
+def _reason(sh: Shell, result) -> str:
+    lines = [line for line in sh.redacted(result.stderr).splitlines() if line.strip()]
+    if not lines:
+        return f"exit {result.returncode}"
+    return lines[-1].removeprefix("Error: ").removeprefix("error during command execution: ")
+
+
+def images_of(sh: Shell, reference: str) -> dict[str, str]:
+    """platform -> digest of the platform images at reference (repository@digest): the
+    entries of an index, or the image manifest itself."""
+    found = registry.platform_digests(sh, reference)
+    if found:
+        return found
+    (platform,) = registry.platforms(sh, reference)
+    return {platform: reference.rpartition("@")[2]}
+
+
+def sign_pushed(rt: Runtime, reference: str) -> None:
+    """Attach a signed SBOM to each platform image at reference (repository@digest), the
+    platforms side by side, then sign every platform image and the index, each by digest,
+    in one cosign call; nothing when signing is off."""
+    settings, sh = rt.settings, rt
+    publish = settings.publish
+    if publish.sign != "cosign":
+        return
+    policy = retry.Policy.of(settings)
+    repository, _, digest = reference.rpartition("@")
+    images = images_of(sh, reference)
+    key = ["--key", _key(settings, publish.key), "--tlog-upload=false", "--yes", *_http(reference)]
+
+    def attach(platform: str, image: str, tmp: str) -> None:
+        bom = sbom.document(
+            rt.engine.image_files(f"{repository}@{image}", platform, sbom.wanted),
+            image=repository, version=settings.version, digest=image, platform=platform,
+            tool_version=__version__, timestamp=datetime.now(UTC).isoformat(),
+        )  # fmt: skip
+        predicate = Path(tmp, f"{image.replace(':', '-')}.cdx.json")
+        if not sh.dry:
+            predicate.write_text(json.dumps(bom))
+        argv = ["cosign", "attest", *key, "--replace", "--type", "cyclonedx",
+                "--predicate", str(predicate), f"{repository}@{image}"]  # fmt: skip
+        retry.run(sh, policy, f"attesting the SBOM of {repository}@{image}", argv, input="")
+
+    if publish.sbom:
+        with (
+            tempfile.TemporaryDirectory(prefix="buildtasks-sbom-") as tmp,
+            ThreadPoolExecutor(len(images)) as pool,
+        ):
+            running = [pool.submit(attach, p, image, tmp) for p, image in images.items()]
+            for attached in running:
+                attached.result()
+    signed = [f"{repository}@{d}" for d in dict.fromkeys([*images.values(), digest])]
+    retry.run(sh, policy, f"signing {len(signed)} digests of {repository}",
+              ["cosign", "sign", *key, *signed], input="")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Check:
+    what: str
+    ok: bool
+    detail: str = ""
+
+
+def verify(rt: Runtime, reference: str, platforms: tuple[str, ...]) -> tuple[str, list[Check]]:
+    """(repository@digest, checks) for the image at reference (a tag or a digest): the
+    platforms, the signature of the index and of every platform image, the provenance and
+    the SBOM attestation of every platform image."""
+    settings, sh = rt.settings, rt
+    publish = settings.publish
+    public_key = publish.public_key
+    if not shutil.which("cosign"):
+        raise SigningError("cosign not found; install it (bash scripts/install-cosign)")
+    if not public_key.startswith("env://") and not (settings.root / public_key).is_file():
+        raise SigningError(
+            f"publish.public_key: {public_key} does not exist; configure the signer's public key"
+        )
+    repository = registry.repository_of(reference)
+    digest = registry.digest_of(sh, reference)
+    pinned = f"{repository}@{digest}"
+    images = images_of(sh, pinned)
+    checks = [
+        Check(
+            "platforms",
+            sorted(images) == sorted(platforms),
+            f"holds {', '.join(sorted(images))}; expected {', '.join(sorted(platforms))}",
+        )
+    ]
+    public = ["--key", _key(settings, public_key), "--insecure-ignore-tlog", *_http(pinned)]
+    for signed in dict.fromkeys([digest, *images.values()]):
+        result = sh.run(["cosign", "verify", *public, f"{repository}@{signed}"],
+                        query=True, check=False)  # fmt: skip
+        ok = result.returncode == 0
+        checks.append(Check(f"signature {signed}", ok, "" if ok else _reason(sh, result)))
+    if publish.provenance != "off":
+        found = registry.provenance_of(sh, pinned)
+        for platform, image in images.items():
+            ok = image in found
+            checks.append(Check(f"provenance {platform}", ok, "" if ok else "none attached"))
+    if publish.sbom:
+        for platform, image in images.items():
+            checks.append(_sbom_check(sh, public, f"{repository}@{image}", platform))
+    return pinned, checks
+
+
+def _sbom_check(sh: Shell, public: list[str], reference: str, platform: str) -> Check:
+    """The CycloneDX attestation of one platform image: signed with the key, about this
+    digest and platform (an image without packages has an empty list)."""
+    what = f"sbom {platform}"
+    result = sh.run(["cosign", "verify-attestation", *public, "--type", "cyclonedx", reference],
+                    query=True, check=False)  # fmt: skip
+    if result.returncode != 0:
+        return Check(what, False, _reason(sh, result))
+    digest = reference.rpartition("@")[2]
+    for line in result.stdout.splitlines():
+        statement = _statement(line)
+        subjects = [s.get("digest", {}).get("sha256") for s in statement.get("subject") or []]
+        predicate = statement.get("predicate") or {}
+        if statement.get("predicateType") != CYCLONEDX or f"sha256:{subjects[0]}" != digest:
+            continue
+        component = (predicate.get("metadata") or {}).get("component") or {}
+        named = {p.get("name"): p.get("value") for p in component.get("properties") or []}
+        if predicate.get("bomFormat") != "CycloneDX" or named.get("buildtasks:platform") not in (
+            platform,
+            None,
+        ):
+            return Check(what, False, "the attested document is not this image's CycloneDX SBOM")
+        return Check(what, True, f"{len(predicate.get('components') or [])} components")
+    return Check(what, False, "no CycloneDX statement about this digest")
+
+
+def _statement(line: str) -> dict:
+    """The in-toto statement a DSSE envelope line of verify-attestation carries ({} if none)."""
+    try:
+        envelope = json.loads(line)
+        statement = json.loads(base64.b64decode(envelope.get("payload", "")))
+    except (ValueError, AttributeError, binascii.Error):
+        return {}
+    return statement if isinstance(statement, dict) else {}

@@ -1,0 +1,151 @@
+"""SBOM documents from image files, retry classification and policy, publish settings."""
+
+from __future__ import annotations
+
+import urllib.error
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+from buildtasks import config
+from buildtasks.docker import registry, retry
+from buildtasks.errors import BuildtasksError, ConfigError
+from buildtasks.release import sbom
+from buildtasks.shell import Shell
+
+STATUS = b"""Package: bash
+Status: install ok installed
+Architecture: arm64
+Version: 5.2.15-2+b2
+
+Package: gone
+Status: deinstall ok config-files
+Architecture: arm64
+Version: 1.0
+
+Package: tzdata
+Status: install ok installed
+Architecture: all
+Version: 2024a-0+deb12u1
+"""
+
+FILES = {
+    "opt/venv/lib/python3.11/site-packages/grpcio-1.85.1.dist-info/METADATA":
+        b"Metadata-Version: 2.1\nName: grpcio\nVersion: 1.85.1\n\nlong description\nName: no\n",
+    "opt/venv/lib/python3.11/site-packages/Typing_Extensions-4.0.dist-info/METADATA":
+        b"Name: Typing_Extensions\nVersion: 4.0\n",
+    "usr/lib/python3/dist-packages/grpcio-1.85.1.dist-info/METADATA":
+        b"Name: grpcio\nVersion: 1.85.1\n",
+    # vendored inside a package: not an installed distribution
+    "opt/venv/lib/python3.11/site-packages/setuptools/_vendor/packaging-24.0.dist-info/METADATA":
+        b"Name: packaging\nVersion: 24.0\n",
+    "var/lib/dpkg/status": STATUS,
+}  # fmt: skip
+
+
+def test_wanted_files():
+    assert sbom.wanted("./var/lib/dpkg/status") and sbom.wanted("var/lib/dpkg/status.d/base")
+    assert sbom.wanted("usr/lib/python3/dist-packages/x-1.dist-info/METADATA")
+    assert not sbom.wanted("site-packages/setuptools/_vendor/p-1.dist-info/METADATA")
+    assert not sbom.wanted("var/lib/dpkg/status-old")
+    assert not sbom.wanted("app/site-packages/x-1.dist-info/RECORD")
+
+
+def test_document_lists_installed_python_and_debian_packages():
+    bom = sbom.document(FILES, image="reg/app", version="1.2.0", digest="sha256:ab",
+                        platform="linux/arm64", tool_version="9", timestamp="T")  # fmt: skip
+    assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5"
+    assert bom["metadata"]["component"]["bom-ref"] == "reg/app@sha256:ab"
+    purls = [c["purl"] for c in bom["components"]]
+    assert purls == [
+        "pkg:pypi/grpcio@1.85.1",
+        "pkg:pypi/typing-extensions@4.0",
+        "pkg:pypi/grpcio@1.85.1",
+        "pkg:deb/debian/bash@5.2.15-2%2Bb2?arch=arm64",
+        "pkg:deb/debian/tzdata@2024a-0%2Bdeb12u1?arch=all",
+    ]
+    refs = [c["bom-ref"] for c in bom["components"]]
+    assert len(set(refs)) == len(refs)  # the second grpcio is told apart by its location
+    assert refs[2] == "pkg:pypi/grpcio@1.85.1#/usr/lib/python3/dist-packages"
+    assert bom["components"][0]["properties"] == [
+        {"name": "buildtasks:location", "value": "/opt/venv/lib/python3.11/site-packages"}
+    ]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("unexpected status from PUT request to http://r/v2/x: 503 Service Unavailable",
+     "transient"),
+    ("failed to do request: Put \"https://r\": read: connection reset by peer", "transient"),
+    ("unexpected status: 429 Too Many Requests", "transient"),
+    ("PUT http://r/v2/x/manifests/sha256-1.sig: TOOMANYREQUESTS: too many requests",
+     "transient"),
+    ("unexpected status from PUT request to http://r/v2/x: 401 Unauthorized", "auth"),
+    ("denied: requested access to the resource is denied", "auth"),
+    ("PUT http://r/v2/x: UNAUTHORIZED: authentication required", "auth"),
+    ("failed to solve: process \"/bin/sh -c false\" did not complete successfully", ""),
+])  # fmt: skip
+def test_kind_of_registry_errors(text, expected):
+    assert retry.kind(text) == expected
+
+
+def test_attempt_retries_transient_failures_within_the_bound(capsys):
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise retry.Transient("HTTP 503")
+        return "done"
+
+    assert retry.attempt(Shell(), retry.Policy(4, 0), "pushing x", flaky) == "done"
+    assert len(calls) == 3
+    assert "pushing x: HTTP 503; retry 2 of 4 in 0s" in capsys.readouterr().err
+
+    def down():
+        calls.append(1)
+        raise retry.Transient("HTTP 503")
+
+    calls.clear()
+    with pytest.raises(BuildtasksError, match=r"pushing x failed after 3 attempts: HTTP 503"):
+        retry.attempt(Shell(), retry.Policy(2, 0), "pushing x", down)
+    assert len(calls) == 3
+
+
+def test_http_errors_transient_only_for_5xx_429_and_resets():
+    headers = Message()
+    headers["Retry-After"] = "7"
+    limited = retry.http_transient(urllib.error.HTTPError("u", 429, "Too Many", headers, None))
+    assert limited and limited.retry_after == 7
+    assert retry.http_transient(urllib.error.HTTPError("u", 502, "Bad", Message(), None))
+    assert retry.http_transient(urllib.error.HTTPError("u", 401, "No", Message(), None)) is None
+    assert retry.http_transient(urllib.error.URLError(ConnectionResetError(104, "reset")))
+    assert retry.http_transient(urllib.error.URLError(ConnectionRefusedError())) is None
+
+
+def test_repository_of():
+    assert registry.repository_of("127.0.0.1:5000/a/b:1.0") == "127.0.0.1:5000/a/b"
+    assert registry.repository_of("127.0.0.1:5000/a/b") == "127.0.0.1:5000/a/b"
+    assert registry.repository_of("r:5000/a@sha256:00") == "r:5000/a"
+    assert registry.repository_of("r:5000/a:t@sha256:00") == "r:5000/a"
+
+
+@pytest.mark.parametrize(("table", "error"), [
+    ({"sign": "gpg"}, "publish.sign must be '' or 'cosign'"),
+    ({"provenance": "full"}, "publish.provenance must be"),
+    ({"retries": 50}, "publish.retries must be an integer from 0 to 20"),
+    ({"key": "env://1X"}, "publish.key: the value names no variable after env://"),
+    ({"key": "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nabc"},
+     "publish.key: the value holds a key, not where to find one"),
+])  # fmt: skip
+def test_publish_settings_errors_name_the_key_and_never_echo_a_key(table, error):
+    with pytest.raises(ConfigError) as caught:
+        config.parse({"image": "r/x", "env_files": [], "publish": table}, root=Path("/tmp"))
+    assert error in str(caught.value)
+    assert "abc" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_publish_defaults_sign_nothing_and_attach_provenance():
+    settings = config.parse({"image": "r/x", "env_files": []}, root=Path("/tmp"))
+    assert settings.publish.sign == "" and settings.publish.provenance == "min"
+    assert retry.Policy.of(settings) == retry.Policy(4, 2.0)
