@@ -16,11 +16,9 @@ import pytest
 import yaml
 
 from tests.conftest import run_cli
-from tests.integration import test_release
 from tests.integration.test_release import git, release_project
 
 pytestmark = pytest.mark.integration
-registry = test_release.registry  # a registry of the test's own, for the release tests
 BIN = Path(sys.executable).parent
 
 # The second project: specs under protos/ (not beside the code), generated code five
