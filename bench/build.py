@@ -1,7 +1,9 @@
-"""Build benchmarks (issue: foundation). Run: .venv/bin/python bench/build.py
+"""Build benchmarks. Run: .venv/bin/python bench/build.py [--startup]
 
 Every figure is measured in this run against its anchor: bare invoke, the raw buildx command
 buildtasks prints, three sequential builds as a Makefile runs them, and a cold build.
+`--startup` measures only the first two (start-up and the warm no-op build), which run
+interleaved with their anchors.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import INV, REPO, example_copy, planned_command, report, run, timed
+from common import INV, REPO, example_copy, interleaved, planned_command, report, run, timed
 
 TARGETS = ("dev", "prod", "apify")
 
@@ -20,20 +22,15 @@ def main() -> None:
     empty = Path(tempfile.mkdtemp(prefix="buildtasks-bench-empty-"))
     # invoke refuses to list a collection without tasks: the anchor holds one no-op task.
     (empty / "tasks.py").write_text("from invoke import task\n\n\n@task\ndef noop(c):\n    pass\n")
-    report(
-        "inv --list vs bare invoke on a one-task tasks.py",
-        timed([*INV, "--list"], REPO, runs=15),
-        timed([*INV, "--list"], empty, runs=15),
-        1.2,
-    )
-    noop = timed([*INV, "noop"], empty, runs=15)
+    listing, bare = interleaved([([*INV, "--list"], REPO), ([*INV, "--list"], empty)], runs=21)
+    report("inv --list vs bare invoke on a one-task tasks.py", listing, bare, 1.2)
 
     root = example_copy()
     env = {"REGISTRY": "127.0.0.1:5000/bench"}
     run([*INV, "build-prod"], root, env)
     raw = planned_command(root, "build-prod", env)
-    warm = timed([*INV, "build-prod"], root, runs=9, env=env)
-    buildx = timed(raw, root, runs=9, env=env)
+    commands = [([*INV, "build-prod"], root), (raw, root), ([*INV, "noop"], empty)]
+    warm, buildx, noop = interleaved(commands, runs=15, env=env)
     report("warm no-op inv build-prod vs the raw buildx command", warm, buildx, 1.15)
     overhead = warm - buildx - noop
     print(
@@ -42,6 +39,8 @@ def main() -> None:
         f"{'meets' if overhead <= 0.05 else 'MISSES'}",
         flush=True,
     )
+    if "--startup" in sys.argv:
+        return
 
     sequential = [[*planned_command(root, f"build-{t}", env), "--no-cache"] for t in TARGETS]
     makefile = Path(tempfile.mkdtemp(prefix="buildtasks-bench-make-")) / "Makefile"

@@ -25,6 +25,20 @@ def timed(argv: list[str], cwd: Path, runs: int = 1, env: dict | None = None) ->
     return statistics.median(times)
 
 
+def interleaved(
+    commands: list[tuple[list[str], Path]], runs: int, env: dict | None = None
+) -> list[float]:
+    """Median wall time of each command, run in turn (a, b, c, a, b, c, ...): a load that
+    comes and goes on a shared machine falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in commands]
+    for _ in range(runs):
+        for index, (argv, cwd) in enumerate(commands):
+            start = time.perf_counter()
+            run(argv, cwd, env)
+            times[index].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def run(argv: list[str], cwd: Path, env: dict | None = None) -> None:
     """Run argv quietly; on failure show its output's tail and stop the benchmark."""
     result = subprocess.run(
