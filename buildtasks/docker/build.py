@@ -10,7 +10,7 @@ from pathlib import Path
 
 from buildtasks.config import TEMPLATE_FIELDS, Settings, Target
 from buildtasks.docker.dockerfile import base_images, mirror_contexts
-from buildtasks.errors import ConfigError
+from buildtasks.errors import ConfigError, EngineError
 from buildtasks.git import GitState
 
 OCI = "org.opencontainers.image"
@@ -210,13 +210,12 @@ def plan(
     )
 
 
-def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
-    """The `docker buildx build` command line of one plan."""
-    argv = ["docker", "buildx", "build", "--file", str(build.dockerfile)]
+def _common_flags(build: BuildPlan) -> list[str]:
+    """The flags `docker buildx build` and `podman build` share: Dockerfile, stage, labels,
+    build arguments, BuildKit secrets, named contexts (the mirror's too), platforms."""
+    argv = ["--file", str(build.dockerfile)]
     if build.stage:
         argv += ["--target", build.stage]
-    for tag in build.tags:
-        argv += ["--tag", tag]
     for key, value in build.labels.items():
         argv += ["--label", f"{key}={value}"]
     for key, value in build.build_args.items():
@@ -227,16 +226,61 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
         argv += ["--build-context", f"{name}={source}"]
     if build.platforms:
         argv += ["--platform", ",".join(build.platforms)]
+    if build.no_cache:
+        argv.append("--no-cache")
+    return argv
+
+
+def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
+    """The `docker buildx build` command line of one plan."""
+    argv = ["docker", "buildx", "build", *_common_flags(build)]
+    for tag in build.tags:
+        argv += ["--tag", tag]
     for cache in build.cache_from:
         argv += ["--cache-from", cache]
     for cache in build.cache_to:
         argv += ["--cache-to", cache]
-    if build.no_cache:
-        argv.append("--no-cache")
     argv += attest_flags(build.attest)
     argv += ["--metadata-file", metadata_file, "--push" if build.push else "--load"]
     argv.append(str(build.context))
     return argv
+
+
+def podman_argv(build: BuildPlan, iidfile: str) -> list[str]:
+    """The `podman build` command line of one plan. A push builds every platform into a
+    manifest list named after the first tag (`podman manifest push --all` sends it)."""
+    if build.needs_bake:
+        raise EngineError(
+            f"podman cannot build {build.target} FROM another target in one command (a "
+            "target:NAME context needs bake); build that target first with docker, or push it"
+        )
+    if build.attest:
+        raise EngineError(f"podman build cannot attest ({', '.join(build.attest)}); drop `attest`")
+    # docker format: the OCI image config has no HEALTHCHECK, podman would drop it
+    argv = ["podman", "build", *_common_flags(build), "--format", "docker", "--layers"]
+    argv += ["--iidfile", iidfile]
+    if build.push:
+        argv += ["--manifest", build.tags[0]]
+    else:
+        for tag in build.tags:
+            argv += ["--tag", tag]
+    for flag, specs in (("--cache-from", build.cache_from), ("--cache-to", build.cache_to)):
+        for spec in specs:
+            argv += [flag, podman_cache(spec)]
+    argv.append(str(build.context))
+    return argv
+
+
+def podman_cache(spec: str) -> str:
+    """The repository podman caches layers in, from a buildx registry cache spec."""
+    fields = dict(part.partition("=")[::2] for part in spec.split(","))
+    if "=" not in spec:
+        return spec  # an image reference
+    if fields.get("type") == "registry" and fields.get("ref"):
+        # podman keeps one image per cached step there, tagged by its cache key
+        name, sep, tag = fields["ref"].rpartition(":")
+        return f"{name}-{tag}" if sep and "/" not in tag else fields["ref"]
+    raise EngineError(f"podman caches layers only in a registry; cache spec {spec!r} is not one")
 
 
 def attest_flags(attest: tuple[str, ...]) -> list[str]:

@@ -19,6 +19,7 @@ from buildtasks.docker.build import (
     bake_definition,
     buildx_argv,
     plan,
+    podman_argv,
 )
 from buildtasks.docker.checks import has_dockerignore, human_size, violations
 from buildtasks.errors import CheckError, CommandError, ConfigError
@@ -92,24 +93,48 @@ def run(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
 
 
 def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
-    """One `docker buildx build`; the image checks run unless check is False."""
+    """One `docker buildx build` (or `podman build`); the image checks run unless check is
+    False."""
     lfs.require_content(rt, rt.settings.root, [build_plan.context])
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
-        metadata_file = Path(tmp, "metadata.json")
-        _run_with_engine(rt, buildx_argv(build_plan, str(metadata_file)), {build_plan.target})
-        if rt.dry:
-            return None
-        metadata = json.loads(metadata_file.read_text())
-    return _finish(rt, build_plan, metadata, check)
+        output = Path(tmp, "metadata.json")
+        if rt.profile.name == "podman":
+            argv = podman_argv(build_plan, str(output))
+            exists = ["podman", "manifest", "exists", build_plan.tags[0]]
+            if build_plan.push and rt.run(exists, query=True, check=False).returncode == 0:
+                rt.run(["podman", "manifest", "rm", build_plan.tags[0]])  # a stale list
+            _run_with_engine(rt, argv, {build_plan.target})
+            metadata = {} if rt.dry else _podman_metadata(rt, build_plan, output)
+        else:
+            _run_with_engine(rt, buildx_argv(build_plan, str(output)), {build_plan.target})
+            metadata = {} if rt.dry else json.loads(output.read_text())
+    return None if rt.dry else _finish(rt, build_plan, metadata, check)
+
+
+def _podman_metadata(rt: Runtime, build_plan: BuildPlan, iidfile: Path) -> dict:
+    """What buildx's metadata file says, from podman: the image id of a local build (the
+    digest of its config), the pushed digest of a push. A push sends the manifest list to
+    every tag and removes it from local storage (a next build would add to it)."""
+    image_id = iidfile.read_text().strip()
+    if not build_plan.push:
+        return {"containerimage.config.digest": image_id}
+    manifest = build_plan.tags[0]
+    digest_file = iidfile.with_name("digest")
+    for tag in build_plan.tags:
+        rt.run(["podman", "manifest", "push", "--all", "--digestfile", str(digest_file),
+                manifest, f"docker://{tag}"])  # fmt: skip
+    rt.run(["podman", "manifest", "rm", manifest])
+    return {"containerimage.digest": digest_file.read_text().strip()}
 
 
 def bake(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
     """Every plan at once through `docker buildx bake`, fed the generated JSON on stdin."""
+    command = rt.profile.bake_command()
     lfs.require_content(rt, rt.settings.root, [p.context for p in build_plans])
     definition = json.dumps(bake_definition(build_plans), indent=2)
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
-        argv = ["docker", "buildx", "bake", "--file", "-", "--metadata-file", str(metadata_file)]
+        argv = [*command, "--file", "-", "--metadata-file", str(metadata_file)]
         targets = {p.target for p in build_plans}
         _run_with_engine(rt, argv, targets, input=definition, cwd=str(rt.settings.root))
         if rt.dry:
