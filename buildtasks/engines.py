@@ -66,7 +66,7 @@ class EngineProfile:
         return ["docker", "buildx", "bake"]
 
     def describe(self) -> str:
-        where = self.context and f"context {self.context} ({self.host})" or self.host
+        where = f"context {self.context} ({self.host})" if self.context else self.host
         return f"{self.name} at {where or 'the default socket'}"
 
 
@@ -94,7 +94,7 @@ def context_host(name: str, environ: Mapping[str, str]) -> str:
     """The docker endpoint of a docker context, read from the CLI's context store."""
     config_dir = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
     meta = config_dir / "contexts/meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
-    fix = f"create it (docker context create {name} --docker host=ssh://USER@HOST) or fix docker_context"
+    fix = f"create it (docker context create {name} --docker host=ssh://USER@HOST) or fix it"
     try:
         host = json.loads(meta.read_text())["Endpoints"]["docker"]["Host"]
     except OSError:

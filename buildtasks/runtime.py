@@ -39,7 +39,7 @@ class Runtime(Shell):
     """The settings, the shell and the engine of one invocation."""
 
     def __init__(self, settings: Settings, dry: bool = False, out: TextIO | None = None):
-        self.profile = engines.resolve(settings)  # which engine, where: docker or podman, local or remote
+        self.profile = engines.resolve(settings)  # docker or podman, local or remote
         env = {**settings.environment, **self.profile.env}
         super().__init__(dry=dry, secrets=secret_values(settings), env=env)
         self.settings = settings

@@ -210,12 +210,14 @@ def plan(
     )
 
 
-def _common_flags(build: BuildPlan) -> list[str]:
-    """The flags `docker buildx build` and `podman build` share: Dockerfile, stage, labels,
-    build arguments, BuildKit secrets, named contexts (the mirror's too), platforms."""
+def _common_flags(build: BuildPlan, names: list[str]) -> list[str]:
+    """The flags `docker buildx build` and `podman build` share: Dockerfile, stage, the
+    image's names, labels, build arguments, BuildKit secrets, named contexts (the mirror's
+    too), platforms."""
     argv = ["--file", str(build.dockerfile)]
     if build.stage:
         argv += ["--target", build.stage]
+    argv += names
     for key, value in build.labels.items():
         argv += ["--label", f"{key}={value}"]
     for key, value in build.build_args.items():
@@ -226,20 +228,18 @@ def _common_flags(build: BuildPlan) -> list[str]:
         argv += ["--build-context", f"{name}={source}"]
     if build.platforms:
         argv += ["--platform", ",".join(build.platforms)]
-    if build.no_cache:
-        argv.append("--no-cache")
     return argv
 
 
 def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
     """The `docker buildx build` command line of one plan."""
-    argv = ["docker", "buildx", "build", *_common_flags(build)]
-    for tag in build.tags:
-        argv += ["--tag", tag]
+    argv = ["docker", "buildx", "build", *_common_flags(build, _tag_flags(build))]
     for cache in build.cache_from:
         argv += ["--cache-from", cache]
     for cache in build.cache_to:
         argv += ["--cache-to", cache]
+    if build.no_cache:
+        argv.append("--no-cache")
     argv += attest_flags(build.attest)
     argv += ["--metadata-file", metadata_file, "--push" if build.push else "--load"]
     argv.append(str(build.context))
@@ -257,18 +257,20 @@ def podman_argv(build: BuildPlan, iidfile: str) -> list[str]:
     if build.attest:
         raise EngineError(f"podman build cannot attest ({', '.join(build.attest)}); drop `attest`")
     # docker format: the OCI image config has no HEALTHCHECK, podman would drop it
-    argv = ["podman", "build", *_common_flags(build), "--format", "docker", "--layers"]
+    names = ["--manifest", build.tags[0]] if build.push else _tag_flags(build)
+    argv = ["podman", "build", *_common_flags(build, names), "--format", "docker", "--layers"]
     argv += ["--iidfile", iidfile]
-    if build.push:
-        argv += ["--manifest", build.tags[0]]
-    else:
-        for tag in build.tags:
-            argv += ["--tag", tag]
     for flag, specs in (("--cache-from", build.cache_from), ("--cache-to", build.cache_to)):
         for spec in specs:
             argv += [flag, podman_cache(spec)]
+    if build.no_cache:
+        argv.append("--no-cache")
     argv.append(str(build.context))
     return argv
+
+
+def _tag_flags(build: BuildPlan) -> list[str]:
+    return [flag for tag in build.tags for flag in ("--tag", tag)]
 
 
 def podman_cache(spec: str) -> str:

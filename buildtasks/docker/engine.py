@@ -34,9 +34,9 @@ class Engine:
     the SDK are announced through the shell first, as the docker command they stand for, and
     skipped under --dry, like every other side effect."""
 
-    def __init__(self, sh: Shell, profile: EngineProfile = EngineProfile("docker")):
+    def __init__(self, sh: Shell, profile: EngineProfile | None = None):
         self.sh = sh
-        self.profile = profile
+        self.profile = profile or EngineProfile("docker")
         self._client = None
         self._error: EngineError | None = None
         self._thread: threading.Thread | None = None
@@ -64,7 +64,8 @@ class Engine:
     def what(self) -> str:
         if self.profile.name == "podman":
             return f"Podman's API at {self.profile.host}"
-        return f"the Docker engine at {self.profile.host}" if self.profile.host else "the Docker engine"
+        host = self.profile.host
+        return f"the Docker engine at {host}" if host else "the Docker engine"
 
     def fix(self) -> str:
         if self.profile.name == "podman":
@@ -111,6 +112,16 @@ class Engine:
         api = self.client.api
         reply = api.get(f"{api.base_url}/v4.0.0/libpod/images/{quote(ref, safe='')}/json")
         return reply.json().get("Healthcheck") if reply.ok else None
+
+    def run_healthchecks(self, project: str) -> None:
+        """Run once the HEALTHCHECK of each container of a compose project that is not yet
+        healthy (Podman schedules them with systemd timers, which a machine without
+        systemd lacks: no container would ever turn healthy)."""
+        api = self.client.api
+        selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}", "status": "running"}
+        for container in _containers(self.client, selector):
+            if "(healthy)" not in (container.attrs.get("Status") or ""):
+                api.get(f"{api.base_url}/v4.0.0/libpod/containers/{container.id}/healthcheck")
 
     def service_container(self, project: str, service: str):
         """The container of a compose service (running or not)."""
