@@ -73,7 +73,7 @@ class EngineProfile:
 def resolve(settings: Settings, environ: Mapping[str, str] = os.environ) -> EngineProfile:
     """The engine of one invocation: $BUILDTASKS_ENGINE, else `engine` in [tool.buildtasks],
     else the installed CLI (docker first); its address from docker_host or docker_context,
-    else (Podman) $CONTAINER_HOST or the rootful API socket."""
+    else $DOCKER_HOST (Docker) or $CONTAINER_HOST and then the rootful API socket (Podman)."""
     name = environ.get(ENGINE_VARIABLE, "") or settings.engine or _installed()
     if name not in ENGINES:
         raise ConfigError(f"${ENGINE_VARIABLE}={name[:40]!r}: write docker or podman")
@@ -83,6 +83,8 @@ def resolve(settings: Settings, environ: Mapping[str, str] = os.environ) -> Engi
     host = settings.docker_host
     if not host and name == "podman":
         host = environ.get("CONTAINER_HOST") or ROOTFUL_PODMAN_SOCKET
+    elif not host:
+        host = environ.get("DOCKER_HOST", "")
     return EngineProfile(name, host)
 
 

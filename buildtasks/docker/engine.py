@@ -113,6 +113,16 @@ class Engine:
         reply = api.get(f"{api.base_url}/v4.0.0/libpod/images/{quote(ref, safe='')}/json")
         return reply.json().get("Healthcheck") if reply.ok else None
 
+    def podman_info(self) -> dict:
+        """Podman's own `info` (version, storage, rootless) through its API."""
+        api = self.client.api
+        reply = api.get(f"{api.base_url}/v4.0.0/libpod/info")
+        if not reply.ok:
+            raise EngineError(
+                f"{self.what()} is not Podman's (libpod info: HTTP {reply.status_code})"
+            )
+        return reply.json()
+
     def run_healthchecks(self, project: str) -> None:
         """Run once the HEALTHCHECK of each container of a compose project that is not yet
         healthy (Podman schedules them with systemd timers, which a machine without
