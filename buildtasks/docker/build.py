@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildtasks.config import TEMPLATE_FIELDS, Settings, Target
@@ -246,9 +246,11 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
     return argv
 
 
-def podman_argv(build: BuildPlan, iidfile: str) -> list[str]:
-    """The `podman build` command line of one plan. A push builds every platform into a
-    manifest list named after the first tag (`podman manifest push --all` sends it)."""
+def podman_argvs(build: BuildPlan, iidfile: str) -> list[list[str]]:
+    """The `podman build` command lines of one plan: one per platform, each adding its image
+    to a manifest list named after the first tag on a push (`podman manifest push --all`
+    sends it). One platform at a time: with several, podman 4.3 pulls some stages' FROM
+    images from their original names instead of the named contexts (the mirror's)."""
     if build.needs_bake:
         raise EngineError(
             f"podman cannot build {build.target} FROM another target in one command (a "
@@ -256,17 +258,19 @@ def podman_argv(build: BuildPlan, iidfile: str) -> list[str]:
         )
     if build.attest:
         raise EngineError(f"podman build cannot attest ({', '.join(build.attest)}); drop `attest`")
-    # docker format: the OCI image config has no HEALTHCHECK, podman would drop it
     names = ["--manifest", build.tags[0]] if build.push else _tag_flags(build)
-    argv = ["podman", "build", *_common_flags(build, names), "--format", "docker", "--layers"]
-    argv += ["--iidfile", iidfile]
+    # docker format: the OCI image config has no HEALTHCHECK, podman would drop it
+    flags = ["--format", "docker", "--layers", "--iidfile", iidfile]
     for flag, specs in (("--cache-from", build.cache_from), ("--cache-to", build.cache_to)):
         for spec in specs:
-            argv += [flag, podman_cache(spec)]
+            flags += [flag, podman_cache(spec)]
     if build.no_cache:
-        argv.append("--no-cache")
-    argv.append(str(build.context))
-    return argv
+        flags.append("--no-cache")
+    context = str(build.context)
+    return [
+        ["podman", "build", *_common_flags(replace(build, platforms=one), names), *flags, context]
+        for one in [(p,) for p in build.platforms] or [()]
+    ]
 
 
 def _tag_flags(build: BuildPlan) -> list[str]:

@@ -19,7 +19,7 @@ from buildtasks.docker.build import (
     bake_definition,
     buildx_argv,
     plan,
-    podman_argv,
+    podman_argvs,
 )
 from buildtasks.docker.checks import has_dockerignore, human_size, violations
 from buildtasks.errors import CheckError, CommandError, ConfigError
@@ -99,11 +99,12 @@ def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         output = Path(tmp, "metadata.json")
         if rt.profile.name == "podman":
-            argv = podman_argv(build_plan, str(output))
+            argvs = podman_argvs(build_plan, str(output))
             exists = ["podman", "manifest", "exists", build_plan.tags[0]]
             if build_plan.push and rt.run(exists, query=True, check=False).returncode == 0:
                 rt.run(["podman", "manifest", "rm", build_plan.tags[0]])  # a stale list
-            _run_with_engine(rt, argv, {build_plan.target})
+            for argv in argvs:
+                _run_with_engine(rt, argv, {build_plan.target})
             metadata = {} if rt.dry else _podman_metadata(rt, build_plan, output)
         else:
             _run_with_engine(rt, buildx_argv(build_plan, str(output)), {build_plan.target})
