@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildtasks.config import TEMPLATE_FIELDS, Settings, Target
-from buildtasks.docker.dockerfile import base_images, mirror_contexts
+from buildtasks.docker.dockerfile import base_images, mirror_args, mirror_contexts
 from buildtasks.errors import ConfigError, EngineError
 from buildtasks.git import GitState
 
@@ -49,6 +49,8 @@ class BuildPlan:
     push: bool
     no_cache: bool
     attest: tuple[str, ...] = ()
+    # the mirrored images of FROM ${ARG} lines, as build arguments (see podman_argvs)
+    mirror_args: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def needs_bake(self) -> bool:
@@ -207,6 +209,7 @@ def plan(
         push=request.push,
         no_cache=request.no_cache,
         attest=target.attest,
+        mirror_args=mirror_args(dockerfile_text, build_args, settings.mirror),
     )
 
 
@@ -246,11 +249,11 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
     return argv
 
 
-def podman_argvs(build: BuildPlan, iidfile: str) -> list[list[str]]:
-    """The `podman build` command lines of one plan: one per platform, each adding its image
-    to a manifest list named after the first tag on a push (`podman manifest push --all`
-    sends it). One platform at a time: with several, podman 4.3 pulls some stages' FROM
-    images from their original names instead of the named contexts (the mirror's)."""
+def podman_argvs(build: BuildPlan, iid_dir: str) -> list[list[str]]:
+    """The `podman build` command lines of one plan: one per platform, the Nth writing its
+    image id to IID_DIR/iid-N. A push tags nothing: the images go into a manifest list.
+    Podman 4.3 applies named contexts only to literal FROM images, so FROM ${ARG} lines get
+    their mirrored image as that build argument."""
     if build.needs_bake:
         raise EngineError(
             f"podman cannot build {build.target} FROM another target in one command (a "
@@ -258,18 +261,26 @@ def podman_argvs(build: BuildPlan, iidfile: str) -> list[list[str]]:
         )
     if build.attest:
         raise EngineError(f"podman build cannot attest ({', '.join(build.attest)}); drop `attest`")
-    names = ["--manifest", build.tags[0]] if build.push else _tag_flags(build)
+    names = [] if build.push else _tag_flags(build)
+    build = replace(build, build_args={**build.build_args, **build.mirror_args})
     # docker format: the OCI image config has no HEALTHCHECK, podman would drop it
-    flags = ["--format", "docker", "--layers", "--iidfile", iidfile]
+    flags = ["--format", "docker", "--layers"]
     for flag, specs in (("--cache-from", build.cache_from), ("--cache-to", build.cache_to)):
         for spec in specs:
             flags += [flag, podman_cache(spec)]
     if build.no_cache:
         flags.append("--no-cache")
-    context = str(build.context)
     return [
-        ["podman", "build", *_common_flags(replace(build, platforms=one), names), *flags, context]
-        for one in [(p,) for p in build.platforms] or [()]
+        [
+            "podman",
+            "build",
+            *_common_flags(replace(build, platforms=one), names),
+            *flags,
+            "--iidfile",
+            f"{iid_dir}/iid-{number}",
+            str(build.context),
+        ]
+        for number, one in enumerate([(p,) for p in build.platforms] or [()])
     ]
 
 

@@ -93,39 +93,45 @@ def run(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
 
 
 def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
-    """One `docker buildx build` (or `podman build`); the image checks run unless check is
-    False."""
+    """One `docker buildx build` (or `podman build` per platform); the image checks run
+    unless check is False."""
     lfs.require_content(rt, rt.settings.root, [build_plan.context])
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
-        output = Path(tmp, "metadata.json")
         if rt.profile.name == "podman":
-            argvs = podman_argvs(build_plan, str(output))
-            exists = ["podman", "manifest", "exists", build_plan.tags[0]]
-            if build_plan.push and rt.run(exists, query=True, check=False).returncode == 0:
-                rt.run(["podman", "manifest", "rm", build_plan.tags[0]])  # a stale list
+            argvs = podman_argvs(build_plan, tmp)
             for argv in argvs:
                 _run_with_engine(rt, argv, {build_plan.target})
-            metadata = {} if rt.dry else _podman_metadata(rt, build_plan, output)
+            ids = (
+                []
+                if rt.dry
+                else [Path(tmp, f"iid-{n}").read_text().strip() for n in range(len(argvs))]
+            )
+            metadata = _podman_metadata(rt, build_plan, ids, Path(tmp, "digest"))
         else:
+            output = Path(tmp, "metadata.json")
             _run_with_engine(rt, buildx_argv(build_plan, str(output)), {build_plan.target})
             metadata = {} if rt.dry else json.loads(output.read_text())
     return None if rt.dry else _finish(rt, build_plan, metadata, check)
 
 
-def _podman_metadata(rt: Runtime, build_plan: BuildPlan, iidfile: Path) -> dict:
+def _podman_metadata(rt: Runtime, build_plan: BuildPlan, ids: list[str], digest: Path) -> dict:
     """What buildx's metadata file says, from podman: the image id of a local build (the
-    digest of its config), the pushed digest of a push. A push sends the manifest list to
-    every tag and removes it from local storage (a next build would add to it)."""
-    image_id = iidfile.read_text().strip()
+    digest of its config); for a push, the digest of the manifest list of the platforms'
+    images, sent to every tag (the list and the images are then dropped locally)."""
     if not build_plan.push:
-        return {"containerimage.config.digest": image_id}
-    manifest = build_plan.tags[0]
-    digest_file = iidfile.with_name("digest")
-    for tag in build_plan.tags:
-        rt.run(["podman", "manifest", "push", "--all", "--digestfile", str(digest_file),
-                manifest, f"docker://{tag}"])  # fmt: skip
-    rt.run(["podman", "manifest", "rm", manifest])
-    return {"containerimage.digest": digest_file.read_text().strip()}
+        return {"containerimage.config.digest": ids[0]} if ids else {}
+    manifest = f"localhost/buildtasks-push-{build_plan.target}-{os.getpid()}"
+    rt.run(["podman", "manifest", "create", manifest])
+    try:
+        for image_id in ids or ["IMAGE_ID"]:
+            rt.run(["podman", "manifest", "add", manifest, f"containers-storage:{image_id}"])
+        for tag in build_plan.tags:
+            rt.run(["podman", "manifest", "push", "--all", "--digestfile", str(digest),
+                    manifest, f"docker://{tag}"])  # fmt: skip
+    finally:
+        rt.run(["podman", "manifest", "rm", manifest], check=False)
+        rt.run(["podman", "rmi", *ids], check=False)
+    return {} if rt.dry else {"containerimage.digest": digest.read_text().strip()}
 
 
 def bake(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
