@@ -124,7 +124,8 @@ def _podman_metadata(rt: Runtime, build_plan: BuildPlan, ids: list[str], digest:
     rt.run(["podman", "manifest", "create", manifest])
     try:
         for image_id in ids or ["IMAGE_ID"]:
-            rt.run(["podman", "manifest", "add", manifest, f"containers-storage:{image_id}"])
+            local = f"containers-storage:{image_id.removeprefix('sha256:')}"
+            rt.run(["podman", "manifest", "add", manifest, local])
         for tag in build_plan.tags:
             rt.run(["podman", "manifest", "push", "--all", "--digestfile", str(digest),
                     manifest, f"docker://{tag}"])  # fmt: skip
