@@ -118,8 +118,8 @@ def _podman_metadata(rt: Runtime, build_plan: BuildPlan, ids: list[str], digest:
     """What buildx's metadata file says, from podman: the image id of a local build (the
     digest of its config); for a push, the digest of the manifest list of the platforms'
     images, sent to every tag (the list and the images are then dropped locally)."""
-    if not build_plan.push:
-        return {"containerimage.config.digest": ids[0]} if ids else {}
+    if not build_plan.push:  # a local image's digest on podman is its id
+        return {"containerimage.digest": ids[0], "containerimage.config.digest": ids[0]}
     manifest = f"localhost/buildtasks-push-{build_plan.target}-{os.getpid()}"
     rt.run(["podman", "manifest", "create", manifest])
     try:
