@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,10 +85,13 @@ def test_nox_integration_of_the_example_passes_and_leaves_nothing_behind(engine_
     assert leftovers(engine, project) == []
 
 
-def cached_project(tmp_path: Path, engine_address: str) -> Path:
-    """The example with a registry cache for prod, driving the engine at engine_address."""
+def cached_project(tmp_path: Path, engine_address: str, nonce: str = "") -> Path:
+    """The example with a registry cache for prod, driving the engine at engine_address; a
+    nonce in its requirements makes dependency layers no engine has built before."""
     project = tmp_path / "cached"
     shutil.copytree(REPO / "example", project / "example", ignore=shutil.ignore_patterns("data"))
+    with open(project / "example/requirements.txt", "a") as requirements:
+        requirements.write(f"# {nonce}\n" if nonce else "")
     shutil.copy(REPO / ".env", project / ".env")
     text = (REPO / "pyproject.toml").read_text()
     text = text.replace(
@@ -108,7 +112,8 @@ def test_the_second_engine_builds_the_dependency_layers_from_the_first_ones_regi
     """The first engine pushes prod with its registry cache; prod built on the second engine
     (docker_host in the configuration: the environment points elsewhere) reports CACHED for
     the dependency install, the secret still a BuildKit secret."""
-    first = cached_project(tmp_path / "one", FIRST_ENGINE)
+    nonce = uuid.uuid4().hex
+    first = cached_project(tmp_path / "one", FIRST_ENGINE, nonce)
     env = {"REGISTRY": registry_prefix, "DOCKER_HOST": FIRST_ENGINE}
     pushed = run_cli(["invoke", "push", "--target", "prod", "--platform", "linux/amd64",
                       "--allow-dirty"], cwd=first, env=env)  # fmt: skip
@@ -116,10 +121,12 @@ def test_the_second_engine_builds_the_dependency_layers_from_the_first_ones_regi
     assert f"type=registry,ref={registry_prefix}/buildtasks/jobsvc:buildcache-prod,mode=max" in (
         pushed.stderr
     )
-    second = cached_project(tmp_path / "two", SECOND_ENGINE)
+    second = cached_project(tmp_path / "two", SECOND_ENGINE, nonce)
     try:
         built = run_cli(["invoke", "build-prod", "--no-check"], cwd=second, env=env)
         assert built.returncode == 0, built.stderr[-3000:]
+        cache = f"{registry_prefix}/buildtasks/jobsvc:buildcache-prod"
+        assert f"importing cache manifest from {cache}" in built.stderr, built.stderr[-3000:]
         steps = dict(re.findall(r"^#(\d+) \[(deps [^\]]+)\] RUN .*pip install", built.stderr, re.M))
         assert steps, built.stderr[-3000:]
         for number, name in steps.items():
