@@ -1,4 +1,4 @@
-"""Engine benchmarks (issue: engines). Run: .venv/bin/python bench/engines.py
+"""Engine benchmarks (issue: engines). Run: .venv/bin/python bench/engines.py [podman|remote]
 
 Needs scripts/setup (Docker, Podman and the second engine on tcp://127.0.0.1:2376).
 1. Each example target built from scratch (--no-cache) on Podman vs the same build on Docker.
@@ -40,10 +40,17 @@ def empty_second_engine(prefix: str) -> None:
                    capture_output=True, check=True)  # fmt: skip
 
 
-def main() -> None:
+def main(parts: list[str]) -> None:
     root = example_copy()
     prefix = f"127.0.0.1:5000/bench-{uuid.uuid4().hex[:6]}"
     env = {"REGISTRY": prefix}
+    if "podman" in parts:
+        podman_vs_docker(root, env)
+    if "remote" in parts:
+        second_engine_from_registry_cache(root, env, prefix)
+
+
+def podman_vs_docker(root: Path, env: dict) -> None:
     for target in TARGETS:
         build = [*INV, f"build-{target}", "--no-cache", "--no-check"]
         docker = timed(
@@ -52,8 +59,10 @@ def main() -> None:
         podman = timed(build, root, env={**env, "BUILDTASKS_ENGINE": "podman"})
         report(f"cold build-{target}: Podman vs Docker", podman, docker)
 
+
+def second_engine_from_registry_cache(root: Path, env: dict, prefix: str) -> None:
     with_registry_cache(root)
-    run([*INV, "push", "--target", "prod", "--platform", "linux/amd64"], root,
+    run([*INV, "push", "--target", "prod", "--platform", "linux/amd64", "--allow-dirty"], root,
         {**env, "DOCKER_HOST": FIRST})  # fmt: skip
     second = {**env, "DOCKER_HOST": SECOND}
     empty_second_engine(prefix)
@@ -65,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or ["podman", "remote"])
