@@ -172,3 +172,9 @@ def test_doctor_reports_podmans_version_socket_storage_and_mode_and_bake_as_one_
         "error: podman cannot bake several targets at once; build them one by one "
         "(inv build-NAME, shared bases first) or set BUILDTASKS_ENGINE=docker"
     ]
+    prune = run_cli(["invoke", "prune", "--build-cache"])
+    assert prune.returncode == 1
+    assert prune.stderr.strip().splitlines() == [
+        "error: podman has no BuildKit cache to prune; drop --build-cache/--all (`inv prune` "
+        "alone removes this project's images), or use `podman image prune`"
+    ]
