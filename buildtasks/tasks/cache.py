@@ -19,7 +19,7 @@ pruning = lazy.module("buildtasks.docker.prune")
 
 
 def _engine(rt: Runtime) -> pruning.Engine:
-    return pruning.Engine(rt.engine.client)
+    return pruning.Engine(rt.engine.client, layer_cache=rt.profile.name == "podman")
 
 
 @task(help={"json": "print the report as JSON"})
