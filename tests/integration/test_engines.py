@@ -14,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import docker
 import pytest
 
 from tests.conftest import REPO, remove_images, run_cli
@@ -136,8 +137,6 @@ def test_the_second_engine_builds_the_dependency_layers_from_the_first_ones_regi
             )
         assert "--secret id=ca,src=" in built.stderr and "--build-arg ca" not in built.stderr
     finally:
-        import docker
-
         remove_images(docker.DockerClient(base_url=SECOND_ENGINE), registry_prefix)
         remove_images(docker.DockerClient(base_url=FIRST_ENGINE), registry_prefix)
 
