@@ -76,7 +76,7 @@ def resolve(settings: Settings, environ: Mapping[str, str] = os.environ) -> Engi
     else $DOCKER_HOST (Docker) or $CONTAINER_HOST and then the rootful API socket (Podman)."""
     name = environ.get(ENGINE_VARIABLE, "") or settings.engine or _installed()
     if name not in ENGINES:
-        raise ConfigError(f"${ENGINE_VARIABLE}={name[:40]!r}: write docker or podman")
+        raise ConfigError(f"--engine/${ENGINE_VARIABLE} {name[:40]!r}: write docker or podman")
     if settings.docker_context:
         host = context_host(settings.docker_context, environ)
         return EngineProfile(name, host, settings.docker_context)

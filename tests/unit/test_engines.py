@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from buildtasks import config
 from buildtasks.docker.build import podman_argvs, podman_cache
 from buildtasks.engines import EngineProfile, resolve
 from buildtasks.errors import ConfigError, EngineError
+from tests.conftest import REPO
 from tests.unit.test_build import DOCKERFILE, GIT, ROOT, BuildRequest, plan, settings
 
 
@@ -32,7 +35,7 @@ def test_the_variable_wins_over_the_configuration_and_podman_finds_its_socket():
 
 
 def test_a_wrong_engine_or_address_is_one_line():
-    with pytest.raises(ConfigError, match=r"\$BUILDTASKS_ENGINE='dokker': write docker or podman"):
+    with pytest.raises(ConfigError, match=r"\$BUILDTASKS_ENGINE 'dokker': write docker or podman"):
         resolve(project(), {"BUILDTASKS_ENGINE": "dokker"})
     with pytest.raises(ConfigError, match=r"tool\.buildtasks\.engine"):
         project(engine="lxc")
@@ -94,3 +97,14 @@ def test_podman_refuses_what_it_cannot_do():
     with pytest.raises(EngineError, match="podman caches layers only in a registry"):
         podman_cache("type=local,dest=/tmp/cache")
     assert podman_cache("reg/app:cache") == "reg/app:cache"
+
+
+def test_the_engine_flag_of_the_buildtasks_program_is_checked_like_the_variable():
+    result = subprocess.run(
+        [sys.executable, "-m", "buildtasks", "--engine", "lxc", "doctor"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "error: --engine/$BUILDTASKS_ENGINE 'lxc': write docker or podman"
+    )
