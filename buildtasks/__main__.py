@@ -1,18 +1,34 @@
-"""`python -m buildtasks` and the `buildtasks` console script: invoke on namespace().
+"""`python -m buildtasks` and the `buildtasks` console script: invoke on namespace(), with
+`--engine docker|podman` choosing the engine for this invocation (as BUILDTASKS_ENGINE does).
 
 Where no configuration loads yet (a new project), `buildtasks init` still runs: it writes
 one."""
 
+import os
 import sys
 
-from invoke import Collection, Program
+from invoke import Argument, Collection, Program
 
 from buildtasks import __version__, config, namespace
+from buildtasks.engines import ENGINE_VARIABLE
 from buildtasks.tasks import init
 
 
+class BuildtasksProgram(Program):
+    def core_args(self) -> list[Argument]:
+        engine = Argument(
+            name="engine", help="the engine of this invocation: docker or podman (over config)"
+        )
+        return [*super().core_args(), engine]
+
+    def parse_core(self, argv) -> None:
+        super().parse_core(argv)
+        if self.args.engine.value:  # the runtime reads it, as it reads the variable
+            os.environ[ENGINE_VARIABLE] = self.args.engine.value
+
+
 def main() -> None:
-    Program(
+    BuildtasksProgram(
         namespace=_namespace(sys.argv[1:]),
         version=__version__,
         name="buildtasks",

@@ -222,6 +222,12 @@ def _mirror(value: str, ctx: _Context) -> str | None:
     return None if not value else _repository(value, ctx)
 
 
+def _engine_host(value: str, _: _Context) -> str | None:
+    if not value or re.fullmatch(r"(unix://|npipe://)/\S+|(tcp|ssh)://[^\s/]+/?", value):
+        return None
+    return "is not an engine address; write ssh://USER@HOST, tcp://HOST:PORT or unix:///PATH"
+
+
 def _tag_template(value: str, _: _Context) -> str | None:
     try:
         parsed = list(string.Formatter().parse(value))
@@ -651,6 +657,13 @@ class Settings:
     env_files: tuple[ProjectPath, ...] = (".env",)
     # a registry prefix every FROM and compose base image is taken from
     mirror: Annotated[str, Rule(_mirror)] = ""
+    # the engine's CLI: "docker" or "podman" (default: what is installed, docker first);
+    # $BUILDTASKS_ENGINE overrides it for one invocation
+    engine: typing.Literal["", "docker", "podman"] = ""
+    # the engine's API: ssh://USER@HOST, tcp://HOST:PORT or unix:///PATH (default: the CLI's)
+    docker_host: Annotated[str, Rule(_engine_host)] = ""
+    # a docker context (`docker context ls`) to drive instead of docker_host
+    docker_context: Annotated[str, Rule(_optional_word)] = ""
     # default: release.version_file's version, else [project] version
     version: str = ""
     # the org.opencontainers.image.source label (default: git remote URL)
@@ -864,6 +877,8 @@ def parse(
     raw.setdefault("image", project.get("name", ""))
     raw.setdefault("version", _release_version(root, release, where) or project.get("version", ""))
     values = _fields(Settings, raw, where, env, ctx, skip={"root", "dotenv", *sections})
+    if values.get("docker_host") and values.get("docker_context"):
+        raise ConfigError(f"{where}: set docker_host or docker_context, not both")
     ctx = _Context(root, (root / values.get("context", ".")).resolve())
 
     targets_table = sections["targets"] or {}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
-from buildtasks.docker.engine import ENGINE_FIX
 from buildtasks.docker.registry import logged_in, probe, registry_host
 from buildtasks.errors import EngineError
 from buildtasks.platforms import can_build, native
@@ -14,6 +14,8 @@ from buildtasks.runtime import Runtime
 # Fixes for someone who installed buildtasks from PyPI: the engine's own install docs.
 BUILDX_FIX = "install the buildx plugin (https://docs.docker.com/build/install-buildx/)"
 COMPOSE_FIX = "install the compose plugin (https://docs.docker.com/compose/install/linux/)"
+PODMAN_CLI_FIX = "install podman (apt-get install podman): it builds and pushes"
+BAKE_FIX = "inv build-NAME for each target (shared bases first), or BUILDTASKS_ENGINE=docker"
 STORE_FIX = (
     'set {"features": {"containerd-snapshotter": true}} in /etc/docker/daemon.json and '
     "restart dockerd (https://docs.docker.com/engine/storage/containerd/)"
@@ -47,20 +49,36 @@ SIGNING_FIX = (
 )
 
 
+def engine_findings(rt: Runtime) -> list[Finding]:
+    """Which engine this invocation drives and where; for Podman also its API socket,
+    storage driver and rootful/rootless state, and what it cannot do."""
+    profile = rt.profile
+    where = profile.describe()
+    try:
+        if profile.name == "docker":
+            info = rt.engine.client.info()
+            detail = f"Docker Engine {info.get('ServerVersion', '?')}, {where}"
+            return [Finding("engine", True, f"{detail}, storage {info.get('Driver', '?')}")]
+        info = rt.engine.podman_info()
+    except EngineError as exc:
+        return [Finding("engine", False, f"{where}: {str(exc).split(';')[0]}", rt.engine.fix())]
+    mode = "rootless" if info["host"]["security"]["rootless"] else "rootful"
+    podman = shutil.which("podman")
+    return [
+        Finding("engine", True, f"Podman {info['version']['Version']} ({mode}), {where}"),
+        Finding("storage", True, f"{info['store']['graphDriverName']} driver", blocking=False),
+        Finding("podman CLI", bool(podman), podman or "not installed", PODMAN_CLI_FIX),
+        Finding("bake", False, "podman cannot bake", BAKE_FIX, blocking=False),
+    ]
+
+
 def diagnose(rt: Runtime) -> list[Finding]:
     settings, sh = rt.settings, rt
-    findings = []
-    try:
-        version = rt.engine.client.version().get("Version", "?")
-        findings.append(Finding("engine", True, f"Docker Engine {version}"))
-    except EngineError as exc:
-        findings.append(Finding("engine", False, str(exc).split(";")[0], ENGINE_FIX))
-    buildx = sh.run(["docker", "buildx", "version"], query=True, check=False)
-    findings.append(
-        Finding(
-            "buildx", buildx.returncode == 0, buildx.stdout.strip() or "not installed", BUILDX_FIX
-        )
-    )
+    findings = engine_findings(rt)
+    if rt.profile.name == "docker":
+        buildx = sh.run(["docker", "buildx", "version"], query=True, check=False)
+        detail = buildx.stdout.strip() or "not installed"
+        findings.append(Finding("buildx", buildx.returncode == 0, detail, BUILDX_FIX))
     compose = sh.run(["docker", "compose", "version", "--short"], query=True, check=False)
     findings.append(
         Finding(
@@ -75,7 +93,7 @@ def diagnose(rt: Runtime) -> list[Finding]:
     multi = len(platforms) > 1
     info = sh.run(["docker", "info", "--format", "{{json .DriverStatus}}"], query=True, check=False)
     store = "io.containerd.snapshotter" in info.stdout
-    if info.returncode == 0:  # without an engine there is no image store to judge
+    if info.returncode == 0 and rt.profile.name == "docker":  # podman: manifest lists
         findings.append(
             Finding(
                 "multi-platform",

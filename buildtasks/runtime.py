@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlparse
 
-from buildtasks import atomic, git
+from buildtasks import atomic, engines, git
 from buildtasks.config import Settings
 from buildtasks.docker.build import secret_variable
 from buildtasks.docker.engine import Engine
@@ -41,7 +41,9 @@ class Runtime(Shell):
     """The settings, the shell and the engine of one invocation."""
 
     def __init__(self, settings: Settings, dry: bool = False, out: TextIO | None = None):
-        super().__init__(dry=dry, secrets=secret_values(settings), env=settings.environment)
+        self.profile = engines.resolve(settings)  # docker or podman, local or remote
+        env = {**settings.environment, **self.profile.env}
+        super().__init__(dry=dry, secrets=secret_values(settings), env=env)
         self.settings = settings
         self.out = out or sys.stdout  # results; progress and echoed commands go to stderr
         self._engine: Engine | None = None
@@ -50,7 +52,7 @@ class Runtime(Shell):
     def engine(self) -> Engine:
         """The one engine connection of this invocation, opened on first use."""
         if self._engine is None:
-            self._engine = Engine(self)
+            self._engine = Engine(self, self.profile)
         return self._engine
 
     def derive(self, settings: Settings) -> Runtime:

@@ -107,11 +107,12 @@ def service_states(sh: Shell, stack: Compose) -> dict[str, str]:
     return {c["Service"]: state(c) for c in containers}
 
 
-def up(sh: Shell, stack: Compose, wait_timeout: int) -> None:
+def up(sh: Runtime, stack: Compose, wait_timeout: int) -> None:
     """`up --wait`, then the containers' own state is checked too: compose's exit status
     alone has been seen to report success for a service whose healthcheck never passed."""
     try:
-        sh.run(stack.up(wait_timeout))
+        with healthchecks_driven(sh, stack.project):
+            sh.run(stack.up(wait_timeout))
         failed = False
     except CommandError:
         failed = True
@@ -137,8 +138,32 @@ def up(sh: Shell, stack: Compose, wait_timeout: int) -> None:
         )
 
 
-def app_health(sh: Shell, settings: Settings, stack: Compose) -> tuple[int, dict]:
-    """(HTTP status, JSON body) of the app's health endpoint through its published port."""
+@contextlib.contextmanager
+def healthchecks_driven(rt: Runtime, project: str, every: float = 2.0) -> Iterator[None]:
+    """On Podman without systemd, run the stack's healthchecks while it starts, as the
+    systemd timers Podman relies on would."""
+    if rt.profile.name != "podman" or rt.dry or Path("/run/systemd/system").is_dir():
+        yield
+        return
+    stop = threading.Event()
+
+    def drive() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):  # a container removed meanwhile
+                rt.engine.run_healthchecks(project)
+
+    thread = threading.Thread(target=drive, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def app_health(sh: Runtime, settings: Settings, stack: Compose) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of the app's health endpoint through its published port, at
+    the address the engine reports (a remote engine's host, not this one's loopback)."""
     address = sh.output(
         stack.argv("port", settings.stack.app_service, str(settings.stack.app_port)), check=False
     )
@@ -146,7 +171,7 @@ def app_health(sh: Shell, settings: Settings, stack: Compose) -> tuple[int, dict
         return 0, {
             "error": f"{settings.stack.app_service} publishes no port {settings.stack.app_port}"
         }
-    url = f"http://{address.splitlines()[0]}{settings.stack.health_path}"
+    url = f"http://{sh.profile.reach(address.splitlines()[0])}{settings.stack.health_path}"
     try:
         with urllib.request.urlopen(url, timeout=5) as reply:
             return reply.status, _json_body(reply.read())
@@ -179,12 +204,12 @@ class HealthReport:
         )
 
 
-def health(sh: Shell, settings: Settings, stack: Compose) -> HealthReport:
+def health(sh: Runtime, settings: Settings, stack: Compose) -> HealthReport:
     status, body = app_health(sh, settings, stack)
     return HealthReport(service_states(sh, stack), status, body)
 
 
-def deploy(sh: Shell, settings: Settings, stack: Compose) -> HealthReport:
+def deploy(sh: Runtime, settings: Settings, stack: Compose) -> HealthReport:
     """Prepare data directories, start the stack, and check health (the caller builds)."""
     if settings.stack.data_dirs:
         dirs = shlex.join(settings.stack.data_dirs)
@@ -414,7 +439,7 @@ def integration(
             endpoints = (
                 compose.internal_ports(config)
                 if inside
-                else compose.published_ports(sh, stack, config)
+                else compose.published_ports(sh, stack, config, rt.profile.reach)
             )
             env = {
                 **compose.endpoint_variables(endpoints, ENDPOINT_PREFIX),

@@ -29,8 +29,13 @@ from buildtasks.config import Settings
 from buildtasks.docker import compose
 from buildtasks.errors import BuildtasksError
 from buildtasks.runtime import Runtime
-from buildtasks.shell import Shell
-from buildtasks.stack import interrupts_on_sigterm, live_stack, signals_deferred, up
+from buildtasks.stack import (
+    healthchecks_driven,
+    interrupts_on_sigterm,
+    live_stack,
+    signals_deferred,
+    up,
+)
 
 ORDER = {"files": 0, "sqlite": 1, "redis": 2}  # a database inside a files tree after it
 
@@ -219,7 +224,7 @@ def swap_in(
                 up(sh, stack, settings.stack.wait_timeout)
 
 
-def prepare_stack(settings: Settings, sh: Shell, stack: compose.Compose) -> None:
+def prepare_stack(settings: Settings, sh: Runtime, stack: compose.Compose) -> None:
     """A stack that is down or never ran (disaster recovery): its containers and volumes
     are created without starting the application; Redis alone is started for the safety
     backup (it only loads its own data)."""
@@ -230,7 +235,9 @@ def prepare_stack(settings: Settings, sh: Shell, stack: compose.Compose) -> None
     if not wanted <= set(states):
         sh.run(stack.argv("up", "--no-start"))
     if redis_service and states.get(redis_service) != "running":
-        sh.run(stack.argv("up", "--detach", "--wait", "--no-deps", redis_service))
+        wait = ["--wait", "--wait-timeout", str(settings.stack.wait_timeout)]
+        with healthchecks_driven(sh, stack.project):
+            sh.run(stack.argv("up", "--detach", *wait, "--no-deps", redis_service))
 
 
 @dataclass

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildtasks.config import TEMPLATE_FIELDS, Settings, Target
-from buildtasks.docker.dockerfile import base_images, mirror_contexts
-from buildtasks.errors import ConfigError
+from buildtasks.docker.dockerfile import base_images, mirror_args, mirror_contexts
+from buildtasks.errors import ConfigError, EngineError
 from buildtasks.git import GitState
 
 OCI = "org.opencontainers.image"
@@ -50,6 +50,8 @@ class BuildPlan:
     no_cache: bool
     attest: tuple[str, ...] = ()
     provenance: str = "off"  # the provenance mode: min, max or off
+    # the mirrored images of FROM ${ARG} lines, as build arguments (see podman_argvs)
+    mirror_args: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def needs_bake(self) -> bool:
@@ -209,6 +211,7 @@ def plan(
         no_cache=request.no_cache,
         attest=target.attest,
         provenance=provenance_mode(settings, target, request.push),
+        mirror_args=mirror_args(dockerfile_text, build_args, settings.mirror),
     )
 
 
@@ -220,13 +223,14 @@ def provenance_mode(settings: Settings, target: Target, push: bool) -> str:
     return settings.publish.provenance if push else "off"
 
 
-def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
-    """The `docker buildx build` command line of one plan."""
-    argv = ["docker", "buildx", "build", "--file", str(build.dockerfile)]
+def _common_flags(build: BuildPlan, names: list[str]) -> list[str]:
+    """The flags `docker buildx build` and `podman build` share: Dockerfile, stage, the
+    image's names, labels, build arguments, BuildKit secrets, named contexts (the mirror's
+    too), platforms."""
+    argv = ["--file", str(build.dockerfile)]
     if build.stage:
         argv += ["--target", build.stage]
-    for tag in build.tags:
-        argv += ["--tag", tag]
+    argv += names
     for key, value in build.labels.items():
         argv += ["--label", f"{key}={value}"]
     for key, value in build.build_args.items():
@@ -237,6 +241,12 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
         argv += ["--build-context", f"{name}={source}"]
     if build.platforms:
         argv += ["--platform", ",".join(build.platforms)]
+    return argv
+
+
+def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
+    """The `docker buildx build` command line of one plan."""
+    argv = ["docker", "buildx", "build", *_common_flags(build, _tag_flags(build))]
     for cache in build.cache_from:
         argv += ["--cache-from", cache]
     for cache in build.cache_to:
@@ -247,6 +257,57 @@ def buildx_argv(build: BuildPlan, metadata_file: str) -> list[str]:
     argv += ["--metadata-file", metadata_file, "--push" if build.push else "--load"]
     argv.append(str(build.context))
     return argv
+
+
+def podman_argvs(build: BuildPlan, iid_dir: str) -> list[list[str]]:
+    """The `podman build` command lines of one plan: one per platform, the Nth writing its
+    image id to IID_DIR/iid-N. A push tags nothing: the images go into a manifest list.
+    Podman 4.3 applies named contexts only to literal FROM images, so FROM ${ARG} lines get
+    their mirrored image as that build argument."""
+    if build.needs_bake:
+        raise EngineError(
+            f"podman cannot build {build.target} FROM another target in one command (a "
+            "target:NAME context needs bake); build that target first with docker, or push it"
+        )
+    if build.attest:
+        raise EngineError(f"podman build cannot attest ({', '.join(build.attest)}); drop `attest`")
+    names = [] if build.push else _tag_flags(build)
+    build = replace(build, build_args={**build.build_args, **build.mirror_args})
+    # docker format: the OCI image config has no HEALTHCHECK, podman would drop it
+    flags = ["--format", "docker", "--layers"]
+    for flag, specs in (("--cache-from", build.cache_from), ("--cache-to", build.cache_to)):
+        for spec in specs:
+            flags += [flag, podman_cache(spec)]
+    if build.no_cache:
+        flags.append("--no-cache")
+    return [
+        [
+            "podman",
+            "build",
+            *_common_flags(replace(build, platforms=one), names),
+            *flags,
+            "--iidfile",
+            f"{iid_dir}/iid-{number}",
+            str(build.context),
+        ]
+        for number, one in enumerate([(p,) for p in build.platforms] or [()])
+    ]
+
+
+def _tag_flags(build: BuildPlan) -> list[str]:
+    return [flag for tag in build.tags for flag in ("--tag", tag)]
+
+
+def podman_cache(spec: str) -> str:
+    """The repository podman caches layers in, from a buildx registry cache spec."""
+    fields = dict(part.partition("=")[::2] for part in spec.split(","))
+    if "=" not in spec:
+        return spec  # an image reference
+    if fields.get("type") == "registry" and fields.get("ref"):
+        # podman keeps one image per cached step there, tagged by its cache key
+        name, sep, tag = fields["ref"].rpartition(":")
+        return f"{name}-{tag}" if sep and "/" not in tag else fields["ref"]
+    raise EngineError(f"podman caches layers only in a registry; cache spec {spec!r} is not one")
 
 
 def attest_flags(build: BuildPlan) -> list[str]:

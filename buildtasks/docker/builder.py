@@ -20,6 +20,7 @@ from buildtasks.docker.build import (
     bake_definition,
     buildx_argv,
     plan,
+    podman_argvs,
 )
 from buildtasks.docker.checks import has_dockerignore, human_size, violations
 from buildtasks.errors import CheckError, CommandError, ConfigError
@@ -93,27 +94,59 @@ def run(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
 
 
 def build(rt: Runtime, build_plan: BuildPlan, check: bool) -> Built | None:
-    """One `docker buildx build`; the image checks run unless check is False."""
+    """One `docker buildx build` (or `podman build` per platform); the image checks run
+    unless check is False."""
     lfs.require_content(rt, rt.settings.root, [build_plan.context])
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
-        metadata_file = Path(tmp, "metadata.json")
-        argv = buildx_argv(build_plan, str(metadata_file))
-        # A push is rerun on a transient registry error: the layers come from the cache.
-        policy = retry.Policy.of(rt.settings) if build_plan.push else None
-        _run_with_engine(rt, argv, {build_plan.target}, policy)
-        if rt.dry:
-            return None
-        metadata = json.loads(metadata_file.read_text())
-    return _finish(rt, build_plan, metadata, check)
+        if rt.profile.name == "podman":
+            argvs = podman_argvs(build_plan, tmp)
+            for argv in argvs:
+                _run_with_engine(rt, argv, {build_plan.target}, None)
+            ids = (
+                []
+                if rt.dry
+                else [Path(tmp, f"iid-{n}").read_text().strip() for n in range(len(argvs))]
+            )
+            metadata = _podman_metadata(rt, build_plan, ids, Path(tmp, "digest"))
+        else:
+            output = Path(tmp, "metadata.json")
+            argv = buildx_argv(build_plan, str(output))
+            # A push is rerun on a transient registry error: the layers come from the cache.
+            policy = retry.Policy.of(rt.settings) if build_plan.push else None
+            _run_with_engine(rt, argv, {build_plan.target}, policy)
+            metadata = {} if rt.dry else json.loads(output.read_text())
+    return None if rt.dry else _finish(rt, build_plan, metadata, check)
+
+
+def _podman_metadata(rt: Runtime, build_plan: BuildPlan, ids: list[str], digest: Path) -> dict:
+    """What buildx's metadata file says, from podman: the image id of a local build (the
+    digest of its config); for a push, the digest of the manifest list of the platforms'
+    images, sent to every tag (the list and the images are then dropped locally)."""
+    if not build_plan.push:  # a local image's digest on podman is its id
+        return {"containerimage.digest": ids[0], "containerimage.config.digest": ids[0]}
+    manifest = f"localhost/buildtasks-push-{build_plan.target}-{os.getpid()}"
+    rt.run(["podman", "manifest", "create", manifest])
+    try:
+        for image_id in ids or ["IMAGE_ID"]:
+            local = f"containers-storage:{image_id.removeprefix('sha256:')}"
+            rt.run(["podman", "manifest", "add", manifest, local])
+        for tag in build_plan.tags:
+            rt.run(["podman", "manifest", "push", "--all", "--digestfile", str(digest),
+                    manifest, f"docker://{tag}"])  # fmt: skip
+    finally:
+        rt.run(["podman", "manifest", "rm", manifest], check=False)
+        rt.run(["podman", "rmi", *ids], check=False)
+    return {} if rt.dry else {"containerimage.digest": digest.read_text().strip()}
 
 
 def bake(rt: Runtime, build_plans: list[BuildPlan], check: bool) -> list[Built]:
     """Every plan at once through `docker buildx bake`, fed the generated JSON on stdin."""
+    command = rt.profile.bake_command()
     lfs.require_content(rt, rt.settings.root, [p.context for p in build_plans])
     definition = json.dumps(bake_definition(build_plans), indent=2)
     with tempfile.TemporaryDirectory(prefix="buildtasks-") as tmp:
         metadata_file = Path(tmp, "metadata.json")
-        argv = ["docker", "buildx", "bake", "--file", "-", "--metadata-file", str(metadata_file)]
+        argv = [*command, "--file", "-", "--metadata-file", str(metadata_file)]
         targets = {p.target for p in build_plans}
         _run_with_engine(rt, argv, targets, None, input=definition, cwd=str(rt.settings.root))
         if rt.dry:

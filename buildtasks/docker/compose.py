@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,16 +62,18 @@ def resolved_config(sh: Shell, compose: Compose) -> dict:
     return json.loads(sh.output(compose.argv("config", "--format", "json")))
 
 
-def published_ports(sh: Shell, compose: Compose, config: dict) -> dict[tuple[str, int], str]:
+def published_ports(
+    sh: Shell, compose: Compose, config: dict, reach: Callable[[str], str] = str
+) -> dict[tuple[str, int], str]:
     """{(service, container port): "host:port"} for every port the stack's resolved config
-    publishes, as the engine bound it."""
+    publishes, as the engine bound it, seen from here through reach."""
     endpoints = {}
     for service, definition in config.get("services", {}).items():
         for port in definition.get("ports", []):  # every `ports` entry is published
             target = int(port["target"])
             address = sh.output(compose.argv("port", service, str(target)), check=False)
             if address:
-                endpoints[(service, target)] = address.splitlines()[0]
+                endpoints[(service, target)] = reach(address.splitlines()[0])
     return endpoints
 
 

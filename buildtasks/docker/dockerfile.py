@@ -46,6 +46,37 @@ def _expand(value: str, args: Mapping[str, str]) -> str:
     return _ARG_REF.sub(substitute, value)
 
 
+def _global_args(text: str, build_args: Mapping[str, str]) -> dict[str, str]:
+    """The ARGs declared before the first FROM: defaults, overridden by build_args."""
+    found: dict[str, str] = {}
+    for keyword, rest in instructions(text):
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            for declaration in shlex.split(rest):
+                name, has_default, default = declaration.partition("=")
+                found[name] = _expand(build_args.get(name, default if has_default else ""), found)
+    return found
+
+
+def mirror_args(text: str, build_args: Mapping[str, str], mirror: str) -> dict[str, str]:
+    """{ARG: MIRROR/image} for each global ARG a FROM line names as its whole image
+    (FROM ${ARG}), for engines that apply named contexts only to literal FROM images."""
+    if not mirror:
+        return {}
+    values = _global_args(text, build_args)
+    whole = {
+        match.group(1) or match.group(3)
+        for keyword, rest in instructions(text)
+        if keyword == "FROM"
+        for word in [next((w for w in rest.split() if not w.startswith("--")), "")]
+        if (match := _ARG_REF.fullmatch(word))
+    }
+    return {
+        name: f"{mirror.rstrip('/')}/{values[name]}" for name in sorted(whole) if values.get(name)
+    }
+
+
 def base_images(text: str, build_args: Mapping[str, str] | None = None) -> list[str]:
     """Images named in FROM lines, in order, without duplicates, stage names or ``scratch``.
 

@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import quote
 
 from buildtasks import lazy
 from buildtasks.docker.checks import ImageFacts
+from buildtasks.engines import EngineProfile
 from buildtasks.errors import EngineError
 from buildtasks.shell import Shell
 
@@ -24,6 +26,7 @@ ENGINE_FIX = (
     "install Docker Engine (https://docs.docker.com/engine/install/) and start it, "
     "or point DOCKER_HOST at a running engine"
 )
+PODMAN_FIX = "start Podman's API: podman system service --time=0 {host} &"
 
 
 class Engine:
@@ -32,8 +35,9 @@ class Engine:
     the SDK are announced through the shell first, as the docker command they stand for, and
     skipped under --dry, like every other side effect."""
 
-    def __init__(self, sh: Shell):
+    def __init__(self, sh: Shell, profile: EngineProfile | None = None):
         self.sh = sh
+        self.profile = profile or EngineProfile("docker")
         self._client = None
         self._error: EngineError | None = None
         self._thread: threading.Thread | None = None
@@ -47,13 +51,27 @@ class Engine:
     def _connect(self) -> None:
         quiet_sdk_loggers()
         try:
-            client = docker.from_env()
+            host = self.profile.host
+            client = (
+                docker.DockerClient(base_url=host, use_ssh_client=host.startswith("ssh://"))
+                if host
+                else docker.from_env()
+            )
             client.ping()
             self._client = client
         except docker.errors.DockerException as exc:
-            self._error = EngineError(
-                f"cannot reach the Docker engine ({_reason(exc)}); {ENGINE_FIX}"
-            )
+            self._error = EngineError(f"cannot reach {self.what()} ({_reason(exc)}); {self.fix()}")
+
+    def what(self) -> str:
+        if self.profile.name == "podman":
+            return f"Podman's API at {self.profile.host}"
+        host = self.profile.host
+        return f"the Docker engine at {host}" if host else "the Docker engine"
+
+    def fix(self) -> str:
+        if self.profile.name == "podman":
+            return PODMAN_FIX.format(host=self.profile.host)
+        return ENGINE_FIX
 
     @property
     def client(self):
@@ -76,15 +94,45 @@ class Engine:
         except docker.errors.ImageNotFound:
             raise EngineError(f"image {ref} is not in the engine's image store") from None
         config = attrs.get("Config") or {}
+        healthcheck = config.get("Healthcheck") or self._libpod_healthcheck(ref)
         return ImageFacts(
             ref=ref,
             user=config.get("User") or "",
-            healthcheck=tuple((config.get("Healthcheck") or {}).get("Test") or ()),
+            healthcheck=tuple((healthcheck or {}).get("Test") or ()),
             size=attrs.get("Size") or 0,
             # The layers' own sizes are uncompressed in both image stores (inspect's Size is
             # the compressed blobs under the containerd store).
             uncompressed_size=sum(layer.get("Size") or 0 for layer in self.client.api.history(ref)),
         )
+
+    def _libpod_healthcheck(self, ref: str) -> dict | None:
+        """Podman's Docker-compatible image inspect leaves the HEALTHCHECK out; its own API
+        has it."""
+        if self.profile.name != "podman":
+            return None
+        api = self.client.api
+        reply = api.get(f"{api.base_url}/v4.0.0/libpod/images/{quote(ref, safe='')}/json")
+        return reply.json().get("Healthcheck") if reply.ok else None
+
+    def podman_info(self) -> dict:
+        """Podman's own `info` (version, storage, rootless) through its API."""
+        api = self.client.api
+        reply = api.get(f"{api.base_url}/v4.0.0/libpod/info")
+        if not reply.ok:
+            raise EngineError(
+                f"{self.what()} is not Podman's (libpod info: HTTP {reply.status_code})"
+            )
+        return reply.json()
+
+    def run_healthchecks(self, project: str) -> None:
+        """Run once the HEALTHCHECK of each container of a compose project that is not yet
+        healthy (Podman schedules them with systemd timers, which a machine without
+        systemd lacks: no container would ever turn healthy)."""
+        api = self.client.api
+        selector = {"label": f"{COMPOSE_PROJECT_LABEL}={project}", "status": "running"}
+        for container in _containers(self.client, selector):
+            if "(healthy)" not in (container.attrs.get("Status") or ""):
+                api.get(f"{api.base_url}/v4.0.0/libpod/containers/{container.id}/healthcheck")
 
     def service_container(self, project: str, service: str):
         """The container of a compose service (running or not)."""

@@ -276,13 +276,16 @@ def directory_size(path: Path) -> int:
 class Engine:
     """What prune asks of the engine (through the docker SDK)."""
 
-    def __init__(self, client):
+    def __init__(self, client, layer_cache: bool = False):
         self.client = client
+        # Podman lists its layer cache (one image per cached build step) among all images;
+        # no image is built from those, so they are left out.
+        self.layer_cache = layer_cache
 
     def images(self) -> list[ImageInfo]:
         """Every image, by id; one removed while we look is left out."""
         found = []
-        for summary in self.client.api.images(all=True):
+        for summary in self.client.api.images(all=not self.layer_cache):
             try:
                 attrs = self.client.api.inspect_image(summary["Id"])
             except docker.errors.NotFound:

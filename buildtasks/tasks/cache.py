@@ -8,6 +8,7 @@ from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
 from buildtasks import config, lazy
+from buildtasks.errors import EngineError
 from buildtasks.tasks.common import one_line_errors, runtime
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ pruning = lazy.module("buildtasks.docker.prune")
 
 
 def _engine(rt: Runtime) -> pruning.Engine:
-    return pruning.Engine(rt.engine.client)
+    return pruning.Engine(rt.engine.client, layer_cache=rt.profile.name == "podman")
 
 
 @task(help={"json": "print the report as JSON"})
@@ -65,6 +66,11 @@ def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, 
     overrides = {k: v for k, v in (("until", until), ("keep_storage", keep_storage)) if v}
     cache = config.replaced(project.cache, project.root, **overrides)
     project = dataclasses.replace(project, cache=cache)
+    if (build_cache or all_) and sh.profile.name != "docker":
+        raise EngineError(
+            f"{sh.profile.name} has no BuildKit cache to prune; drop --build-cache/--all "
+            "(`inv prune` alone removes this project's images), or use `podman image prune`"
+        )
     if all_:
         if not sh.dry and not (yes or _confirmed()):
             raise Exit(

@@ -246,6 +246,7 @@ def stack_exec(env: dict, service: str, *argv: str) -> str:
     ).stdout.strip()
 
 
+@pytest.mark.podman
 def test_restore_into_the_running_example_stack(example_stack, tmp_path):
     import json
     import urllib.request

@@ -34,6 +34,7 @@ def wait_for_health(port: int, timeout: float = 30) -> tuple[int, dict]:
             time.sleep(0.3)
 
 
+@pytest.mark.podman
 def test_each_target_builds_and_prod_serves_health_as_uid_1000(engine, registry_prefix):
     env = {"REGISTRY": registry_prefix}
     for target in ("dev", "apify", "prod"):

@@ -182,6 +182,7 @@ def test_prune_scenario_removes_exactly_the_dry_plan_and_nothing_protected(
                 engine.api.remove_image(image["Id"], force=True)
 
 
+@pytest.mark.podman
 def test_prune_removes_only_the_projects_stale_images(engine, tmp_path):
     marker = uuid.uuid4().hex[:8]
     prefix = f"127.0.0.1:5000/prune-{marker}"
