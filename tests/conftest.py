@@ -16,6 +16,10 @@ import pytest
 
 from buildtasks.platforms import free_port
 
+# The fixture projects' own tests run in their own sessions (nox -s integration there),
+# against their stacks; they are not this suite's.
+collect_ignore = ["fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 
