@@ -273,8 +273,10 @@ def podman_argvs(build: BuildPlan, iid_dir: str) -> list[list[str]]:
         raise EngineError(f"podman build cannot attest ({', '.join(build.attest)}); drop `attest`")
     names = [] if build.push else _tag_flags(build)
     build = replace(build, build_args={**build.build_args, **build.mirror_args})
-    # docker format: the OCI image config has no HEALTHCHECK, podman would drop it
-    flags = ["--format", "docker", "--layers"]
+    # docker format: the OCI image config has no HEALTHCHECK, podman would drop it.
+    # --pull=always: podman 4.3 keeps one image per name, so after a build for another
+    # platform it would build FROM that platform's base (warning only); the pull picks ours.
+    flags = ["--format", "docker", "--layers", "--pull=always"]
     for flag, specs in (("--cache-from", build.cache_from), ("--cache-to", build.cache_to)):
         for spec in specs:
             flags += [flag, podman_cache(spec)]
