@@ -23,6 +23,7 @@ from buildtasks.docker.build import (
     podman_argvs,
 )
 from buildtasks.docker.checks import has_dockerignore, human_size, violations
+from buildtasks.docker.dockerfile import read_dockerfile
 from buildtasks.errors import CheckError, CommandError, ConfigError
 from buildtasks.runtime import Runtime
 
@@ -59,14 +60,7 @@ def plans(rt: Runtime, names: list[str], request: BuildRequest) -> list[BuildPla
     for name in build_order(settings.targets, names):
         target = settings.targets[name]
         wanted = request if name in names else replace(request, tags=())
-        dockerfile = settings.context_of(target) / target.dockerfile
-        try:
-            text = dockerfile.read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"target {name}: cannot read {dockerfile} ({exc.strerror}); "
-                "fix `dockerfile` or `context`"
-            ) from None
+        _, text = read_dockerfile(settings, target)
         build = plan(settings, target, state, text, wanted, ca_bundle=ca_bundle, now=now)
         _require_env_secrets(build, settings.environment)
         result.append(build)

@@ -5,8 +5,25 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
+from pathlib import Path
+
+from buildtasks.config import Settings, Target
+from buildtasks.errors import ConfigError
 
 _ARG_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def read_dockerfile(settings: Settings, target: Target) -> tuple[Path, str]:
+    """The path and text of target's Dockerfile, which lies in the target's own context
+    (else the project's)."""
+    dockerfile = settings.context_of(target) / target.dockerfile
+    try:
+        return dockerfile, dockerfile.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            f"target {target.name}: cannot read {dockerfile} ({exc.strerror}); "
+            "fix `dockerfile` or `context`"
+        ) from None
 
 
 def instructions(text: str) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from buildtasks.config import Settings, Target, read_yaml_mapping
 from buildtasks.docker.checks import runs_as_root
-from buildtasks.docker.dockerfile import numbered_instructions
+from buildtasks.docker.dockerfile import numbered_instructions, read_dockerfile
 from buildtasks.errors import CommandError, ConfigError
 from buildtasks.shell import Shell, tool
 
@@ -40,6 +40,7 @@ class Report:
     failing: tuple[Finding, ...]  # at or above the failure threshold
     threshold: str
     config: str  # the .hadolint.yaml used, '' for hadolint's defaults
+    files: int  # the distinct Dockerfiles linted
 
     def to_json(self) -> dict:
         return {
@@ -83,11 +84,19 @@ def hadolint(sh: Shell, settings: Settings, dockerfile: Path, config: Path | Non
         raise CommandError(f"hadolint failed on {dockerfile}: {detail}", 1) from None
 
 
-def _named_context_copy(text: str, line: int, target: Target) -> bool:
-    """Whether a line is `COPY --from=NAME` of a named build context the target passes
-    (hadolint's DL3022 knows only stages)."""
-    lines = text.splitlines()
-    match = re.search(r"--from=(\S+)", lines[line - 1]) if 0 < line <= len(lines) else None
+# hadolint takes a named build context for a stage it cannot find (DL3022, `COPY --from=NAME`)
+# or for an untagged image (DL3006, `FROM NAME`): where each names it
+_CONTEXT_NAMED = {
+    "DL3022": re.compile(r"--from=(\S+)"),
+    "DL3006": re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(\S+)", re.IGNORECASE),
+}
+
+
+def _about_named_context(text: str, item: dict, target: Target) -> bool:
+    """Whether a hadolint finding is about a named build context the target passes."""
+    lines, line = text.splitlines(), int(item["line"])
+    pattern = _CONTEXT_NAMED.get(item["code"])
+    match = pattern.search(lines[line - 1]) if pattern and 0 < line <= len(lines) else None
     return bool(match) and match.group(1) in target.contexts
 
 
@@ -162,23 +171,21 @@ def offline_checks(text: str, target: Target, path: str) -> list[Finding]:
 
 
 def lint(sh: Shell, settings: Settings) -> Report:
-    """hadolint and the offline checks over every target's Dockerfile, reported together."""
+    """hadolint and the offline checks over every target's Dockerfile, reported together;
+    hadolint runs once on a Dockerfile that several targets share."""
     config = hadolint_config(settings)
     threshold = _threshold(config)
     findings: dict[tuple, Finding] = {}
+    hadolint_of: dict[Path, list[dict]] = {}
     for target in settings.targets.values():
-        dockerfile = settings.context_dir / target.dockerfile
+        dockerfile, text = read_dockerfile(settings, target)
         path = str(dockerfile.relative_to(settings.root))
-        try:
-            text = dockerfile.read_text()
-        except OSError as exc:
-            raise ConfigError(
-                f"target {target.name}: cannot read {path} ({exc.strerror}); fix `dockerfile`"
-            ) from None
+        if dockerfile not in hadolint_of:
+            hadolint_of[dockerfile] = hadolint(sh, settings, dockerfile, config)
         found = [
             Finding(path, int(item["line"]), item["code"], item["level"], item["message"], ())
-            for item in hadolint(sh, settings, dockerfile, config)
-            if not (item["code"] == "DL3022" and _named_context_copy(text, item["line"], target))
+            for item in hadolint_of[dockerfile]
+            if not _about_named_context(text, item, target)
         ]
         for finding in [*found, *offline_checks(text, target, path)]:
             key = (finding.path, finding.line, finding.code)
@@ -191,5 +198,9 @@ def lint(sh: Shell, settings: Settings) -> Report:
         f for f in ordered if threshold != "none" and rank.get(f.level, 3) >= rank[threshold]
     )
     return Report(
-        ordered, failing, threshold, str(config.relative_to(settings.root)) if config else ""
+        ordered,
+        failing,
+        threshold,
+        str(config.relative_to(settings.root)) if config else "",
+        files=len(hadolint_of),
     )

@@ -20,8 +20,7 @@ def lint(c: Context, json=False):
     else:
         for finding in report.findings:
             rt.result(f"{finding}  [{', '.join(finding.targets)}]")
-    files = len({t.dockerfile for t in rt.settings.targets.values()})
-    summary = f"{len(report.findings)} findings in {files} Dockerfiles"
+    summary = f"{len(report.findings)} findings in {report.files} Dockerfiles"
     if report.failing:
         raise Exit(
             f"error: lint: {summary}, {len(report.failing)} at or above "

@@ -69,6 +69,15 @@ def image_id(engine, ref: str) -> str:
     return engine.images.get(ref).id
 
 
+def test_lint_reads_every_targets_dockerfile_from_its_own_context(tmp_path):
+    work = tmp_path / "shop"
+    shutil.copytree(FIXTURE, work)
+    linted = inv(work, {}, "lint")
+    # base, api and worker each have a Dockerfile in their context, migrate one under services/
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    assert linted.stdout == "lint: 0 findings in 4 Dockerfiles, none at or above info\n"
+
+
 def test_a_clone_without_lfs_content_is_pulled_before_the_build(shop, tmp_path):
     _, remote, env, prefix = shop
     clone = tmp_path / "clone"

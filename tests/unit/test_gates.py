@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import yaml
 
 from buildtasks import ci, config
 from buildtasks.config import Target
-from buildtasks.docker.lint import offline_checks
+from buildtasks.docker.lint import _about_named_context, lint, offline_checks
+from buildtasks.shell import Shell
 
 REPO = Path(__file__).resolve().parents[2]
 STRICT = Target(name="web", checks=("non-root", "healthcheck"))
@@ -74,3 +76,40 @@ def test_workflow_matrix_is_the_configured_targets_and_the_digest_detects_edits(
     assert ci.hand_edited(text.split("\n", 3)[3])  # no header
     gitlab = yaml.safe_load(ci.render(settings, "gitlab"))
     assert gitlab["build"]["parallel"]["matrix"] == [{"TARGET": list(settings.targets)}]
+
+
+class _Hadolint(Shell):
+    """A shell whose hadolint finds nothing and whose runs are counted by file."""
+
+    def __init__(self):
+        super().__init__(echo=False)
+        self.linted: list[str] = []
+
+    def run(self, argv, **options):
+        self.linted.append(argv[-1])
+        return subprocess.CompletedProcess(argv, 0, "[]", "")
+
+
+def test_lint_reads_each_targets_own_context_and_lints_a_shared_file_once(tmp_path):
+    for where in ("a", "b", "shared"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "Dockerfile").write_text("FROM x:1\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "p"\n[tool.buildtasks]\nimage = "r/p"\ncontext = "shared"\n'
+        '[tool.buildtasks.targets.a]\ncontext = "a"\n'
+        '[tool.buildtasks.targets.b]\ncontext = "b"\n'
+        "[tool.buildtasks.targets.c]\n[tool.buildtasks.targets.d]\n"
+    )
+    sh = _Hadolint()
+    report = lint(sh, config.load(tmp_path))
+    assert sorted(sh.linted) == [str(tmp_path / w / "Dockerfile") for w in ("a", "b", "shared")]
+    assert report.files == 3 and report.failing == ()
+
+
+def test_lint_takes_a_named_context_for_neither_an_untagged_image_nor_a_stage():
+    text = "FROM base\nCOPY --from=protos a /a\nFROM other\nCOPY --from=gone b /b\n"
+    target = Target(name="api", contexts={"base": "target:base", "protos": "protos"})
+    found = [{"line": n, "code": c} for n, c in [(1, "DL3006"), (2, "DL3022"), (3, "DL3006"),
+                                                 (4, "DL3022")]]  # fmt: skip
+    kept = [item["line"] for item in found if not _about_named_context(text, item, target)]
+    assert kept == [3, 4]
