@@ -40,11 +40,23 @@ def forget() -> None:
     _states.clear()
 
 
+def query(sh: Shell, root: Path, *args: str) -> str:
+    """stdout of a read-only git command run in root, stripped; '' when it fails."""
+    result = sh.run(["git", "-C", str(root), *args], query=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def toplevel(sh: Shell, root: Path) -> Path | None:
+    """The top of the work tree root lies in (a project may be a subdirectory of its
+    repository); None outside a git repository."""
+    top = query(sh, root, "rev-parse", "--show-toplevel")
+    return Path(top) if top else None
+
+
 def _read_state(sh: Shell, root: Path) -> GitState:
 
     def git(*args: str) -> str:
-        result = sh.run(["git", "-C", str(root), *args], query=True, check=False)
-        return result.stdout.strip() if result.returncode == 0 else ""
+        return query(sh, root, *args)
 
     # One status call says HEAD, the branch and whether the tree is dirty.
     status = git("status", "--porcelain=v2", "--branch", "--untracked-files=normal")

@@ -8,10 +8,12 @@ to start while a file in its context is still a pointer.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from buildtasks import git
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
 
@@ -42,21 +44,27 @@ def is_pointer(path: Path) -> bool:
 
 def require_content(sh: Shell, root: Path, contexts: Iterable[Path]) -> None:
     """`git lfs pull`, then fail with one line naming the first LFS-tracked file inside the
-    build contexts that is still a pointer. Nothing to do for a project without LFS."""
-    if not uses_lfs(root):
+    build contexts that is still a pointer. Nothing to do for a project without LFS, which
+    a .gitattributes in the project root or above it, up to the repository's top, says."""
+    top = git.toplevel(sh, root)
+    root = Path(root).resolve()
+    above = [d for d in (root, *root.parents) if top is not None and d.is_relative_to(top)]
+    attributes = next((d / ".gitattributes" for d in above if uses_lfs(d)), None)
+    if attributes is None:
         return
     if shutil.which("git-lfs") is None:
         raise BuildtasksError(
-            f"{root / '.gitattributes'} routes files through Git LFS but git-lfs is not "
+            f"{attributes} routes files through Git LFS but git-lfs is not "
             "installed; install it (apt-get install git-lfs), then build again"
         )
     pulled = sh.run(["git", "-C", str(root), "lfs", "pull"], check=False, capture=True)
     if sh.dry:
         return
+    # paths relative to the repository's top, which may lie above the project
     listed = sh.output(["git", "-C", str(root), "lfs", "ls-files", "--name-only"], check=False)
     dirs = [Path(c).resolve() for c in contexts]
     for name in listed.splitlines():
-        path = (root / name).resolve()
+        path = (top / name).resolve()
         if any(path.is_relative_to(d) for d in dirs) and is_pointer(path):
             why = (
                 f"`git lfs pull` failed: {(pulled.stderr or '').strip().splitlines()[-1]}"
@@ -64,6 +72,6 @@ def require_content(sh: Shell, root: Path, contexts: Iterable[Path]) -> None:
                 else "its object is not on the LFS remote"
             )
             raise PointerFile(
-                f"{name} is a Git LFS pointer, not the file ({why}); fetch it with "
-                "`git lfs pull` (check the LFS remote and credentials), then build again"
+                f"{os.path.relpath(path, root)} is a Git LFS pointer, not the file ({why}); fetch "
+                "it with `git lfs pull` (check the LFS remote and credentials), then build again"
             )

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from buildtasks import lfs
+from buildtasks.shell import Shell
 from tests.conftest import REPO, remove_images, run_cli
 from tests.integration.test_release import IDENTITY, labels_at, raw_manifest, tags_of
 
@@ -99,6 +101,25 @@ def test_a_pointer_whose_object_is_missing_is_refused_naming_the_file(shop, tmp_
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and ASSET in last and "pointer" in last, last
     assert "Traceback" not in refused.stderr
+
+
+def test_a_pointer_is_refused_in_a_project_below_its_repositorys_top(tmp_path):
+    """A monorepo: .gitattributes at the top, the project in a subdirectory; `git lfs
+    ls-files` names files from the top."""
+    top = tmp_path / "mono"
+    asset = top / "shop/services/api/assets/banner.bin"
+    asset.parent.mkdir(parents=True)
+    asset.write_bytes(b"SHOP-ASSET-v1\n")
+    (top / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    git(top, "init", "-q", "-b", "main")
+    git(top, "lfs", "install", "--local")
+    git(top, "add", "-A")
+    git(top, "commit", "-qm", "mono")
+    shutil.rmtree(top / ".git/lfs/objects")  # the object is nowhere: a pull cannot help
+    asset.write_text(git(top, "show", "HEAD:shop/services/api/assets/banner.bin") + "\n")
+    assert lfs.is_pointer(asset)
+    with pytest.raises(lfs.PointerFile, match=r"^services/api/assets/banner.bin is a Git LFS"):
+        lfs.require_content(Shell(echo=False), top / "shop", [asset.parent.parent])
 
 
 def test_build_orders_targets_and_rebuilds_the_base_only_when_it_changed(shop, engine):
