@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import ipaddress
 import json
 import os
 import re
@@ -30,6 +31,23 @@ def registry_host(reference: str) -> str:
     return "docker.io"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a registry host (NAME, NAME:PORT or [V6]:PORT) is this machine: exactly
+    localhost, an address in 127.0.0.0/8 or ::1; not a name that only starts like one
+    (localhost.corp.com, 127.example.com)."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def _api_host(host: str) -> str:
     return "registry-1.docker.io" if host == "docker.io" else host
 
@@ -37,7 +55,7 @@ def _api_host(host: str) -> str:
 def probe(host: str, timeout: float = 5.0) -> tuple[bool, bool, str]:
     """(reachable, needs_login, detail) from GET /v2/ (http too for loopback registries)."""
     api = _api_host(host)
-    schemes = ["http", "https"] if api.startswith(("127.", "localhost")) else ["https"]
+    schemes = ["http", "https"] if is_loopback(api) else ["https"]
     reason = ""
     for scheme in schemes:
         try:
@@ -231,7 +249,7 @@ def index_platforms(index: dict) -> list[str]:
 def _api_base(host: str) -> str:
     api = _api_host(host)
     # dockerd treats loopback registries as insecure (plain http) by default.
-    return f"{'http' if api.startswith(('127.', 'localhost')) else 'https'}://{api}/v2"
+    return f"{'http' if is_loopback(api) else 'https'}://{api}/v2"
 
 
 def _basic_auth(host: str) -> str:

@@ -39,8 +39,8 @@ def _key(settings: Settings, key: str) -> str:
 
 
 def _http(reference: str) -> list[str]:
-    host = registry.registry_host(reference)
-    return ["--allow-http-registry"] if host.startswith(("127.", "localhost")) else []
+    loopback = registry.is_loopback(registry.registry_host(reference))
+    return ["--allow-http-registry"] if loopback else []
 
 
 def signing_problems(settings: Settings, sh: Shell) -> list[str]:

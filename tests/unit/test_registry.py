@@ -11,12 +11,15 @@ import pytest
 
 from buildtasks.docker.registry import (
     RegistryError,
+    _api_base,
     index_platforms,
+    is_loopback,
     platform_name,
     remove_tag,
     split_reference,
 )
 from buildtasks.errors import CommandError
+from buildtasks.release.attest import _http
 from buildtasks.shell import Shell
 
 
@@ -203,3 +206,34 @@ def test_the_login_goes_to_a_plain_http_realm_only_on_the_registry_host(
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     assert remove_tag(Shell(), fake.ref("web-release-abc"), D1).startswith("deleted ")
     assert fake.token_requests and set(fake.token_requests) == {sent}
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("localhost:5000", True),
+        ("127.0.0.1", True),
+        ("127.0.0.1:5000", True),
+        ("127.3.4.5:443", True),
+        ("[::1]:5000", True),
+        ("::1", True),
+        ("localhost.corp.com", False),
+        ("localhost.corp.com:5000", False),
+        ("127.example.com", False),
+        ("128.0.0.1:5000", False),
+        ("[::2]:5000", False),
+        ("registry.example.com", False),
+        ("docker.io", False),
+    ],
+)
+def test_loopback_is_exactly_localhost_127_slash_8_or_v6_one(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_only_a_loopback_registry_is_spoken_to_over_http():
+    assert _http("localhost.corp.com/app@sha256:" + "a" * 64) == []
+    assert _http("127.0.0.1:5000/app@sha256:" + "a" * 64) == ["--allow-http-registry"]
+    assert _http("[::1]:5000/app:1") == ["--allow-http-registry"]
+    assert _api_base("localhost.corp.com:5000") == "https://localhost.corp.com:5000/v2"
+    assert _api_base("127.0.0.1:5000") == "http://127.0.0.1:5000/v2"
