@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlparse
@@ -47,13 +48,15 @@ class Runtime(Shell):
         self.settings = settings
         self.out = out or sys.stdout  # results; progress and echoed commands go to stderr
         self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()  # threads ask for the engine at once
 
     @property
     def engine(self) -> Engine:
         """The one engine connection of this invocation, opened on first use."""
-        if self._engine is None:
-            self._engine = Engine(self, self.profile)
-        return self._engine
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = Engine(self, self.profile)
+            return self._engine
 
     def derive(self, settings: Settings) -> Runtime:
         """This invocation seen through other settings (a release's, read at its commit): the

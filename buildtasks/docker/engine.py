@@ -41,12 +41,15 @@ class Engine:
         self._client = None
         self._error: EngineError | None = None
         self._thread: threading.Thread | None = None
+        # threads share the engine (attestations are read in parallel): one connection
+        self._lock = threading.Lock()
 
     def warm_up(self) -> None:
-        if self._client is not None or self._error is not None or self._thread is not None:
-            return  # connected, failed, or connecting already
-        self._thread = threading.Thread(target=self._connect, daemon=True)
-        self._thread.start()
+        with self._lock:
+            if self._client is not None or self._error is not None or self._thread is not None:
+                return  # connected, failed, or connecting already
+            self._thread = threading.Thread(target=self._connect, daemon=True)
+            self._thread.start()
 
     def _connect(self) -> None:
         quiet_sdk_loggers()
@@ -75,11 +78,12 @@ class Engine:
 
     @property
     def client(self):
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._client is None and self._error is None:
-            self._connect()
+        with self._lock:
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
+            if self._client is None and self._error is None:
+                self._connect()
         if self._error is not None:
             raise self._error
         return self._client

@@ -5,12 +5,18 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from invoke import Config, Context
 
 from buildtasks import config
+from buildtasks import runtime as runtime_module
+from buildtasks.docker.engine import Engine
 from buildtasks.runtime import Runtime
+from buildtasks.shell import Shell
 from buildtasks.tasks import collection
 from buildtasks.tasks.common import runtime
 
@@ -64,6 +70,52 @@ def test_a_derived_runtime_shares_the_engine_and_the_dry_flag(tmp_path):
     rt = Runtime(config.load(project(tmp_path)), dry=True)
     other = rt.derive(config.load(project(tmp_path)))
     assert other.engine is rt.engine and other.dry
+
+
+class _SlowEngine(Engine):
+    """An engine whose connection takes a while and is counted, made slowly too: threads
+    that ask at once all meet the window a check-then-set leaves open."""
+
+    made = 0
+
+    def __init__(self, *args):
+        time.sleep(0.05)
+        type(self).made += 1
+        super().__init__(*args)
+        self.connections = 0
+
+    def _connect(self):
+        self.connections += 1
+        time.sleep(0.05)
+        self._client = object()
+
+
+def _at_once(ask, count: int = 8) -> list:
+    barrier = threading.Barrier(count)
+
+    def one(_):
+        barrier.wait()
+        return ask()
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_threads_asking_at_once_share_one_engine_connected_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime_module, "Engine", _SlowEngine)
+    _SlowEngine.made = 0
+    rt = Runtime(config.load(project(tmp_path)))
+    engines = _at_once(lambda: rt.engine)
+    assert _SlowEngine.made == 1 and all(e is engines[0] for e in engines)
+    clients = _at_once(lambda: rt.engine.client)
+    assert rt.engine.connections == 1 and all(c is clients[0] for c in clients)
+
+
+def test_clients_asked_for_while_the_engine_warms_up_wait_for_that_one_connection():
+    engine = _SlowEngine(Shell())
+    engine.warm_up()
+    clients = _at_once(lambda: engine.client)  # no thread joins a connector another cleared
+    assert engine.connections == 1 and all(c is clients[0] for c in clients)
 
 
 def test_tasks_of_one_invocation_share_one_runtime_until_the_settings_change(tmp_path):
