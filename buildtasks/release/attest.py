@@ -199,22 +199,42 @@ def _sbom_check(sh: Shell, public: list[str], reference: str, platform: str) -> 
                     query=True, check=False)  # fmt: skip
     if result.returncode != 0:
         return Check(what, False, _reason(sh, result))
-    digest = reference.rpartition("@")[2]
-    for line in result.stdout.splitlines():
+    ok, detail = _sbom_verdict(result.stdout, reference.rpartition("@")[2], platform)
+    return Check(what, ok, detail)
+
+
+def _sbom_verdict(output: str, digest: str, platform: str) -> tuple[bool, str]:
+    """(ok, detail) of what verify-attestation printed for the image at digest: whether a
+    CycloneDX statement about it holds this platform's SBOM, with how many components it
+    lists, or what is wrong. The documents are untrusted: any shape gives a verdict."""
+    for line in output.splitlines():
         statement = _statement(line)
-        subjects = [s.get("digest", {}).get("sha256") for s in statement.get("subject") or []]
-        predicate = statement.get("predicate") or {}
-        if statement.get("predicateType") != CYCLONEDX or f"sha256:{subjects[0]}" != digest:
+        subjects = statement.get("subject")
+        first = _mapping(subjects[0]) if isinstance(subjects, list) and subjects else {}
+        about = _mapping(first.get("digest")).get("sha256")
+        if statement.get("predicateType") != CYCLONEDX or f"sha256:{about}" != digest:
             continue
-        component = (predicate.get("metadata") or {}).get("component") or {}
-        named = {p.get("name"): p.get("value") for p in component.get("properties") or []}
-        if predicate.get("bomFormat") != "CycloneDX" or named.get("buildtasks:platform") not in (
-            platform,
-            None,
+        predicate = _mapping(statement.get("predicate"))
+        component = _mapping(_mapping(predicate.get("metadata")).get("component"))
+        properties = component.get("properties") or []
+        named = {
+            p.get("name"): p.get("value")
+            for p in (properties if isinstance(properties, list) else ())
+            if isinstance(p, dict)
+        }
+        components = predicate.get("components") or []
+        if (
+            predicate.get("bomFormat") != "CycloneDX"
+            or named.get("buildtasks:platform") not in (platform, None)
+            or not isinstance(components, list)
         ):
-            return Check(what, False, "the attested document is not this image's CycloneDX SBOM")
-        return Check(what, True, f"{len(predicate.get('components') or [])} components")
-    return Check(what, False, "no CycloneDX statement about this digest")
+            return False, "the attested document is not this image's CycloneDX SBOM"
+        return True, f"{len(components)} components"
+    return False, "no CycloneDX statement about this digest"
+
+
+def _mapping(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _statement(line: str) -> dict:

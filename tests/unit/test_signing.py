@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import urllib.error
 from email.message import Message
 from pathlib import Path
@@ -12,6 +14,7 @@ from buildtasks import config
 from buildtasks.docker import registry, retry
 from buildtasks.errors import BuildtasksError, ConfigError
 from buildtasks.release import sbom
+from buildtasks.release.attest import CYCLONEDX, _sbom_verdict
 from buildtasks.shell import Shell
 
 STATUS = b"""Package: bash
@@ -149,3 +152,79 @@ def test_publish_defaults_sign_nothing_and_attach_provenance():
     settings = config.parse({"image": "r/x", "env_files": []}, root=Path("/tmp"))
     assert settings.publish.sign == "" and settings.publish.provenance == "min"
     assert retry.Policy.of(settings) == retry.Policy(4, 2.0)
+
+
+DIGEST = "sha256:" + "d" * 64
+
+
+def envelope(statement: object) -> str:
+    """A line of verify-attestation: a DSSE envelope carrying statement."""
+    payload = base64.b64encode(json.dumps(statement).encode()).decode()
+    return json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": payload})
+
+
+def statement(subject: list | object = None, platform: str = "linux/arm64", **predicate) -> dict:
+    bom = {
+        "bomFormat": "CycloneDX",
+        "metadata": {"component": {"properties": [
+            {"name": "buildtasks:platform", "value": platform}]}},
+        "components": [{"name": "bash"}, {"name": "tzdata"}],
+        **predicate,
+    }  # fmt: skip
+    return {
+        "predicateType": CYCLONEDX,
+        "subject": [{"digest": {"sha256": "d" * 64}}] if subject is None else subject,
+        "predicate": bom,
+    }
+
+
+def verdict(*lines: str) -> tuple[bool, str]:
+    return _sbom_verdict("\n".join(lines), DIGEST, "linux/arm64")
+
+
+def test_the_sbom_verdict_accepts_this_images_cyclonedx_sbom():
+    assert verdict(envelope(statement())) == (True, "2 components")
+    other = statement(subject=[{"digest": {"sha256": "e" * 64}}])
+    assert verdict(envelope(other), envelope(statement(components=[]))) == (True, "0 components")
+
+
+def test_the_sbom_verdict_names_a_document_of_another_platform_or_format():
+    wrong = (False, "the attested document is not this image's CycloneDX SBOM")
+    assert verdict(envelope(statement(platform="linux/amd64"))) == wrong
+    assert verdict(envelope(statement(bomFormat="SPDX"))) == wrong
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        envelope(statement(subject=[])),  # no subject: about nothing
+        envelope(statement(subject="sha256:" + "d" * 64)),
+        envelope(statement(subject=[{"digest": {"sha256": "e" * 64}}])),
+        envelope({**statement(), "predicateType": "https://slsa.dev/provenance/v1"}),
+        envelope(["not", "a", "statement"]),
+        "not json",
+        json.dumps({"payload": "%%%"}),
+        "",
+    ],
+)
+def test_the_sbom_verdict_finds_no_statement_in_an_empty_foreign_or_malformed_one(line):
+    assert verdict(line) == (False, "no CycloneDX statement about this digest")
+
+
+@pytest.mark.parametrize(
+    "predicate",
+    [
+        {"metadata": "x"},
+        {"metadata": {"component": {"properties": ["x", 3]}}},
+        {"metadata": {"component": {"properties": "x"}}},
+        {"components": 7},
+    ],
+)
+def test_the_sbom_verdict_of_a_malformed_predicate_is_a_verdict_not_a_traceback(predicate):
+    ok, _ = verdict(envelope(statement(**predicate)))
+    assert ok is ("components" not in predicate)
+
+
+def test_an_attestation_whose_predicate_is_not_a_mapping_is_not_this_images_sbom():
+    line = envelope({**statement(), "predicate": ["x"]})
+    assert verdict(line) == (False, "the attested document is not this image's CycloneDX SBOM")
