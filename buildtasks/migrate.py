@@ -139,8 +139,16 @@ def _outcome(settings: Settings, files: list[Migration], version: int, **extra) 
 def migrate(settings: Settings, sh: Runtime) -> Outcome:
     """Take a backup set of the database, then apply the pending files in order, each in
     its own transaction. Under --dry: the pending files, nothing applied."""
-    current = status(settings, sh)
-    if sh.dry or not current.pending:
+    if sh.dry:
+        return status(settings, sh)
+    # one run at a time, none beside a backup or restore: another run's status would name
+    # as pending the files this one applies
+    with sets.locked(sets.backup_dir(settings)):
+        return _migrate(settings, sh, status(settings, sh))
+
+
+def _migrate(settings: Settings, sh: Runtime, current: Outcome) -> Outcome:
+    if not current.pending:
         return current
     backup_id = "none (a new database)"
     if current.exists:

@@ -7,6 +7,7 @@ files; a files directory is emptied, not removed (a bind mount or volume keeps w
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from buildtasks.backup import sets
@@ -53,11 +54,13 @@ def _command(settings: Settings, kind: str, source: str) -> tuple[str, ...]:
 
 
 def clean(settings: Settings, sh: Shell, cleaning: Cleaning) -> None:
-    """Run the plan's commands (echoed; skipped under --dry)."""
-    problems = sets.verify(settings, sh, cleaning.backup_id)
-    if problems:
-        raise BuildtasksError(
-            f"backup set {cleaning.backup_id} fails verification ({problems[0]}); not cleaning"
-        )
-    for argv in cleaning.commands:
-        sh.run(list(argv))
+    """Run the plan's commands (echoed; skipped under --dry), holding the backup directory
+    so that no retention removes the set and no backup or migration runs meanwhile."""
+    with contextlib.nullcontext() if sh.dry else sets.locked(sets.backup_dir(settings)):
+        problems = sets.verify(settings, sh, cleaning.backup_id)
+        if problems:
+            raise BuildtasksError(
+                f"backup set {cleaning.backup_id} fails verification ({problems[0]}); not cleaning"
+            )
+        for argv in cleaning.commands:
+            sh.run(list(argv))

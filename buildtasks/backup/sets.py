@@ -182,7 +182,7 @@ def locked(root: Path, wait: float = LOCK_WAIT) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise DirectoryBusy(
-                        f"{root} is held by another backup, restore or retention "
+                        f"{root} is held by another backup, restore, retention or migration "
                         f"(waited {wait:g}s for {root / LOCK}); try again when it has finished"
                     ) from None
                 time.sleep(0.1)

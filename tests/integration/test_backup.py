@@ -875,3 +875,31 @@ def test_a_damaged_live_database_is_restored_and_kept_in_the_safety_set(tmp_path
     kept = sets.backup_dir(config.load(project)) / safety.id / safety.artifacts[0].file
     assert kept.read_bytes() == bytes(data), "the damaged file is kept as it was"
     assert sets.find(config.load(project)).id == set_id, "the default target stays the good set"
+
+
+SLOW = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
+
+
+def test_concurrent_migrations_apply_each_file_exactly_once(tmp_path):
+    project = host_project(tmp_path, '[tool.buildtasks.db]\nsqlite = "data/jobs.db"\n')
+    (project / "migrations").mkdir()
+    for number in ("0001", "0002"):  # each logs itself once per run and takes a while
+        (project / f"migrations/{number}_log.sql").write_text(
+            "CREATE TABLE IF NOT EXISTS log (name TEXT);\n"
+            f"INSERT INTO log VALUES ('{number}');\n{SLOW}SELECT count(*) FROM c;\n"
+        )
+    sqlite3.connect(project / "data/jobs.db").close()  # a database: each run backs it up first
+    command = [sys.executable, "-m", "buildtasks", "db.migrate", "--json"]
+    runs = [
+        subprocess.Popen(command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    applied = sorted(name for out, _ in outputs for name in json.loads(out)["applied"])
+    assert applied == ["0001_log.sql", "0002_log.sql"]
+    db = sqlite3.connect(project / "data/jobs.db")
+    assert db.execute("SELECT name FROM log").fetchall() == [("0001",), ("0002",)]
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
