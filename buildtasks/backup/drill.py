@@ -31,7 +31,13 @@ from buildtasks.docker.engine import Engine
 from buildtasks.errors import BuildtasksError, ConfigError
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
-from buildtasks.stack import StackUnhealthy, health, interrupts_on_sigterm, teardown
+from buildtasks.stack import (
+    StackUnhealthy,
+    health,
+    interrupts_on_sigterm,
+    mirror_images,
+    teardown,
+)
 
 PROBE_SOURCE = (Path(__file__).parent / "probe.py").read_text
 WHERE = ("local", "offsite")
@@ -124,17 +130,21 @@ def the_set(settings: Settings, sh: Shell, where: str, set_id: str) -> Iterator[
 
 
 def throwaway(settings: Settings, sh: Shell, scratch: Path) -> Settings:
-    """The settings of a copy of the stack: a project name of its own and every published
-    port moved to a free port on 127.0.0.1 (the live stack holds the configured ones)."""
+    """The settings of a copy of the stack: a project name of its own, every published
+    port moved to a free port on 127.0.0.1 (the live stack holds the configured ones), and
+    base images from the mirror, as `inv up` takes them."""
     live = stack_compose(settings)
     name = f"{live.project}-drill-{secrets.token_hex(3)}"
     config = compose.resolved_config(sh, live)
+    mirrored = mirror_images(settings, config)
     lines = ["services:"]
     for service, definition in sorted(config.get("services", {}).items()):
+        entry = [f"    image: {json.dumps(mirrored[service])}"] if service in mirrored else []
         targets = [f"127.0.0.1::{int(p['target'])}" for p in definition.get("ports") or ()]
         if targets:
-            lines += [f"  {json.dumps(service)}:", "    ports: !override"]
-            lines += [f"      - {json.dumps(t)}" for t in targets]
+            entry += ["    ports: !override", *(f"      - {json.dumps(t)}" for t in targets)]
+        if entry:
+            lines += [f"  {json.dumps(service)}:", *entry]
     override = scratch / "buildtasks-drill.yml"
     override.write_text("\n".join(lines if len(lines) > 1 else ["services: {}"]) + "\n")
     stack = dataclasses.replace(

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from buildtasks import config
-from buildtasks.backup import offsite, sets
+from buildtasks import config, stack
+from buildtasks.backup import drill, offsite, sets
+from buildtasks.docker import compose
+from buildtasks.docker.compose import stack_compose
+from buildtasks.shell import Shell
 from tests.conftest import REPO, run_cli
 from tests.integration.test_backup import (  # noqa: F401 (example_stack is a fixture)
     POPULATE,
@@ -306,3 +309,35 @@ def test_an_unreachable_repository_is_one_line_within_open_timeout(tmp_path):
     assert not (project / "var/sets").exists() or not list((project / "var/sets").iterdir())
     result = cli(project, "backup.verify", "--max-age", "26h")  # a warning, then no set at all
     assert "off-site not read" in result.stderr and "no intact full backup set" in result.stderr
+
+
+def test_the_drill_stack_takes_base_images_from_the_mirror_as_up_does(tmp_path):
+    """The throwaway stack's compose files, resolved by compose: the mirror's base images and
+    loopback ports, the project's own image untouched (no engine needed)."""
+    (tmp_path / "compose.yml").write_text(
+        "services:\n"
+        "  app: {image: 'registry.example.com/shop/app:1', ports: ['8080:8080']}\n"
+        "  redis: {image: 'redis:7', ports: ['6379:6379']}\n"
+        "  cron: {image: 'busybox:1'}\n"
+    )
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.buildtasks]\nimage = "registry.example.com/shop/app"\n'
+        'mirror = "127.0.0.1:5000/mirror"\n[tool.buildtasks.targets.app]\n'
+        '[tool.buildtasks.stack]\ncompose = ["compose.yml"]\nproject = "shopdrill"\n'
+    )
+    settings = config.load(tmp_path)
+    sh = Shell(echo=False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    drill_stack = stack_compose(drill.throwaway(settings, sh, scratch))
+    services = compose.resolved_config(sh, drill_stack)["services"]
+    images = {name: s["image"] for name, s in services.items()}
+    assert images == {
+        "app": "registry.example.com/shop/app:1",
+        "redis": "127.0.0.1:5000/mirror/redis:7",
+        "cron": "127.0.0.1:5000/mirror/busybox:1",
+    }
+    assert {p["host_ip"] for s in services.values() for p in s.get("ports", ())} == {"127.0.0.1"}
+    live = stack.with_mirror(sh, settings, stack_compose(settings))
+    live_images = {n: s["image"] for n, s in compose.resolved_config(sh, live)["services"].items()}
+    assert live_images == images
