@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildtasks.atomic import write_text
 from buildtasks.config import Settings
 from buildtasks.docker import builder, compose
 from buildtasks.docker.build import BuildRequest, render_tags, template_values
@@ -360,23 +359,28 @@ def mirror_images(settings: Settings, config: dict) -> dict[str, str]:
     return compose.mirrored_images(config, settings.mirror, own)
 
 
-def with_mirror(sh: Shell, settings: Settings, stack: Compose) -> Compose:
+def with_mirror(rt: Runtime, settings: Settings, stack: Compose) -> Compose:
     """stack plus a compose file that takes its base images from the mirror (none without
-    a mirror or base images). The file is buildtasks' own state, out of the checkout."""
+    a mirror or base images), for the commands that start containers. The file is
+    buildtasks' own state, out of the checkout; under --dry it is not written, and the
+    plan's queries read the stack without it unless an earlier run left it."""
     if not settings.mirror:
         return stack
-    images = mirror_images(settings, compose.resolved_config(sh, stack))
+    images = mirror_images(settings, compose.resolved_config(rt, stack))
     if not images:
         return stack
     path = state_file(settings.root).parent / f"compose-mirror-{stack.project}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps({"services": {s: {"image": i} for s, i in images.items()}}))
+    if not rt.dry:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"services": {s: {"image": i} for s, i in images.items()}})
+    if not rt.write_text(path, text) and not path.exists():
+        return stack
     return Compose(stack.project, (*stack.files, path))
 
 
-def live_stack(sh: Shell, settings: Settings) -> Compose:
+def live_stack(rt: Runtime, settings: Settings) -> Compose:
     """The configured stack as `inv up` starts it: base images from the mirror."""
-    return with_mirror(sh, settings, stack_compose(settings))
+    return with_mirror(rt, settings, stack_compose(settings))
 
 
 def collect_artifacts(sh: Shell, stack: Compose, directory: Path) -> None:

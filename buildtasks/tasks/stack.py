@@ -17,19 +17,19 @@ STACK_HELP = {
 }
 
 
-def _stack(c: Context, file, project):
+def _stack(c: Context, file, project, starts: bool = False):
     """The runtime, with the targets' images for compose, and the stack to act on (its
-    base images from the mirror)."""
+    base images from the mirror when the command starts containers)."""
     rt = stack.use_stack_images(runtime(c))
     compose = stack.stack_compose(rt.settings, tuple(file or ()), project)
-    return rt, stack.with_mirror(rt, rt.settings, compose)
+    return rt, stack.with_mirror(rt, rt.settings, compose) if starts else compose
 
 
 @task(help={**STACK_HELP, "build": "build the stack's targets first"}, iterable=["file"])
 @one_line_errors
 def up(c: Context, build=False, file=None, project=""):
     """Start the compose stack and wait until every service is healthy."""
-    rt, compose = _stack(c, file, project)
+    rt, compose = _stack(c, file, project, starts=True)
     if build:
         _show_builds(stack.build_targets(rt, rt.settings.stack.targets))
     stack.up(rt, compose, rt.settings.stack.wait_timeout)
@@ -87,7 +87,7 @@ def health(c: Context, json_=False, file=None, project=""):
 @one_line_errors
 def deploy(c: Context, json_=False, file=None, project=""):
     """Build the stack's targets, prepare data directories, start the stack, check health."""
-    rt, compose = _stack(c, file, project)
+    rt, compose = _stack(c, file, project, starts=True)
     _show_builds(stack.build_targets(rt, rt.settings.stack.targets))
     report = stack.deploy(rt, rt.settings, compose)
     if not rt.dry:

@@ -19,6 +19,7 @@ from buildtasks import config, stack
 from buildtasks.backup import drill, offsite, sets
 from buildtasks.docker import compose
 from buildtasks.docker.compose import stack_compose
+from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 from tests.conftest import REPO, run_cli
 from tests.integration.test_backup import (  # noqa: F401 (example_stack is a fixture)
@@ -311,7 +312,7 @@ def test_an_unreachable_repository_is_one_line_within_open_timeout(tmp_path):
     assert "off-site not read" in result.stderr and "no intact full backup set" in result.stderr
 
 
-def test_the_drill_stack_takes_base_images_from_the_mirror_as_up_does(tmp_path):
+def test_the_drill_stack_takes_base_images_from_the_mirror_as_up_does(tmp_path, monkeypatch):
     """The throwaway stack's compose files, resolved by compose: the mirror's base images and
     loopback ports, the project's own image untouched (no engine needed)."""
     (tmp_path / "compose.yml").write_text(
@@ -338,6 +339,7 @@ def test_the_drill_stack_takes_base_images_from_the_mirror_as_up_does(tmp_path):
         "cron": "127.0.0.1:5000/mirror/busybox:1",
     }
     assert {p["host_ip"] for s in services.values() for p in s.get("ports", ())} == {"127.0.0.1"}
-    live = stack.with_mirror(sh, settings, stack_compose(settings))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))  # where up keeps its file
+    live = stack.with_mirror(Runtime(settings), settings, stack_compose(settings))
     live_images = {n: s["image"] for n, s in compose.resolved_config(sh, live)["services"].items()}
     assert live_images == images

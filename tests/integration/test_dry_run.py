@@ -397,3 +397,25 @@ def test_a_task_sees_the_tree_an_earlier_task_of_the_same_invocation_left(live_p
         assert registry_tags(f"{prefix}/shop") == before
     finally:
         git(root, "checkout", "--", ".")
+
+
+@pytest.mark.parametrize("task", [["up"], ["deploy"], ["down"], ["logs"], ["health"]], ids=" ".join)
+def test_a_dry_stack_command_writes_no_mirror_state(engine, tmp_path, task):
+    """The mirror's compose file is buildtasks' state: only a real up or deploy writes it."""
+    (tmp_path / "compose.yml").write_text("services:\n  cache: {image: 'redis:7'}\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.buildtasks]\nimage = "127.0.0.1:5000/drystate/app"\n'
+        'mirror = "127.0.0.1:5000/mirror"\n[tool.buildtasks.stack]\n'
+        f'compose = ["compose.yml"]\nproject = "drystate{uuid.uuid4().hex[:6]}"\n'
+    )
+    state = tmp_path / "state"
+    result = inv(tmp_path, "--dry", *task, env={"XDG_STATE_HOME": str(state)})
+    assert "Traceback" not in result.stderr
+    assert result.returncode == (1 if task == ["health"] else 0), result.stderr[-3000:]
+    assert not state.exists() or list(state.rglob("*")) == []
+    planned = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("[dry] write ") and "compose-mirror-" in line
+    ]
+    assert len(planned) == (1 if task in (["up"], ["deploy"]) else 0), result.stderr[-3000:]
