@@ -18,7 +18,7 @@ import pytest
 from buildtasks import lfs
 from buildtasks.shell import Shell
 from tests.conftest import REPO, remove_images, run_cli
-from tests.integration.test_release import IDENTITY, labels_at, raw_manifest, tags_of
+from tests.integration.test_release import IDENTITY, labels_at, tags_of
 
 pytestmark = pytest.mark.integration
 
@@ -263,9 +263,7 @@ def test_release_tags_each_image_with_plain_versions_at_its_staged_digest(shop_c
         staging = f"{name}-release-{commit}"
         assert set(tags) == {"0.2.0", "0.2", "0", staging}, tags
         (held,) = {tags["0.2.0"], tags["0.2"], tags["0"]}
-        # buildx 0.13's imagetools create wraps one image manifest in a one-entry index
-        entries = [m["digest"] for m in raw_manifest(f"{repository}@{held}").get("manifests", [])]
-        assert held == tags[staging] or entries == [tags[staging]]
+        assert held == tags[staging]  # promotion checks each tag holds the verified digest
         promoted = ", ".join(f"{repository}:{t}" for t in ("0.2.0", "0.2", "0"))
         assert f"{name}: {repository}@{tags[staging]} tagged {promoted}" in released.stdout
         labels = labels_at(f"{repository}:0.2.0")
