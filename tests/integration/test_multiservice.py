@@ -203,25 +203,6 @@ def test_db_migrate_stops_at_a_failing_file_and_clean_storage_needs_a_set(shop):
     db.close()
 
 
-def test_release_plan_gives_each_image_plain_version_tags(shop):
-    from buildtasks import config
-    from buildtasks.release import flow
-
-    work, _, env, prefix = shop
-    os.environ.update(env)
-    try:
-        plan = flow.make_plan(config.load(work), bump="minor")
-    finally:
-        for key in env:
-            if key != "PATH":
-                os.environ.pop(key, None)
-    assert plan.new == "0.2.0"
-    assert plan.image_tags == {
-        "api": [f"{prefix}/api:0.2.0", f"{prefix}/api:0.2", f"{prefix}/api:0"],
-        "worker": [f"{prefix}/worker:0.2.0", f"{prefix}/worker:0.2", f"{prefix}/worker:0"],
-    }
-
-
 def test_push_builds_the_api_from_the_pushed_base_by_digest(shop):
     work, _, env, prefix = shop
     pushed = inv(work, env, "push", "--target", "api")

@@ -70,3 +70,14 @@ def test_crlf_version_and_changelog_keep_their_line_endings(tmp_path):
 def test_lf_files_stay_lf(tmp_path):
     plan = flow.make_plan(config.load(project(tmp_path)), bump="minor")
     assert "\r" not in plan.version_text + plan.changelog_text
+
+
+def test_release_plan_gives_each_image_of_the_shop_plain_version_tags(monkeypatch):
+    prefix = "127.0.0.1:5000/shop-plan"
+    monkeypatch.setenv("SHOP_REGISTRY", prefix)
+    plan = flow.make_plan(config.load(Path(__file__).parents[1] / "fixtures/shop"), bump="minor")
+    assert plan.new == "0.2.0"
+    assert plan.image_tags == {
+        "api": [f"{prefix}/api:0.2.0", f"{prefix}/api:0.2", f"{prefix}/api:0"],
+        "worker": [f"{prefix}/worker:0.2.0", f"{prefix}/worker:0.2", f"{prefix}/worker:0"],
+    }
