@@ -210,6 +210,11 @@ def test_default_ref_is_the_newest_release_tag(project):
         json.loads(result.stdout)["against"]
         == {"example": "v0.1.0", "foreign": "release-2.3.0"}[name]
     )
+    prefix = {"example": "v0.", "foreign": "release-2."}[name]
+    for minor in (10, 9):  # newest by version, not by name (9 sorts after 10 as text)
+        git(root, "tag", f"{prefix}{minor}.0")
+    result = breaking(root, "--json")
+    assert json.loads(result.stdout)["against"] == f"{prefix}10.0"
 
 
 def test_a_spec_tree_absent_at_the_ref_passes_with_a_note(foreign):
