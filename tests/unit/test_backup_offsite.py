@@ -4,6 +4,8 @@ read back from restic (input: only well-formed tags count)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -144,3 +146,42 @@ def test_drill_file_comparison_names_what_differs():
 
 def test_human_age_in_go_units():
     assert [freshness.human_age(s) for s in (7, 250, 93_780)] == ["7s", "4m10s", "26h03m"]
+
+
+def test_drill_sqlite_comparison_reports_a_broken_or_different_database():
+    expected = {"tables": {"jobs": 3, "users": 1}}
+    same = drill._sqlite(
+        "sqlite x", expected, {"integrity": "ok", "tables": {"users": 1, "jobs": 3}}
+    )
+    assert same.ok and same.detail == "integrity ok, rows jobs=3, users=1"
+    broken = drill._sqlite("sqlite x", expected, {"integrity": "row 3 missing from index"})
+    assert not broken.ok and broken.detail == "integrity_check: row 3 missing from index"
+    fewer = drill._sqlite("sqlite x", expected, {"integrity": "ok", "tables": {"jobs": 2}})
+    assert not fewer.ok
+    assert fewer.detail == (
+        "row counts differ: jobs: 2 rows, the set 3, users: None rows, the set 1"
+    )
+    extra = drill._sqlite(
+        "sqlite x", expected, {"integrity": "ok", "tables": {**expected["tables"], "x": 0}}
+    )
+    assert not extra.ok and extra.detail == "row counts differ: x: 0 rows, the set None"
+
+
+@pytest.mark.parametrize(
+    ("keyspace", "ok"),
+    [
+        ("db0:keys=10,expires=2,avg_ttl=0\n", True),
+        ("db0:keys=5,expires=0,avg_ttl=0\ndb3:keys=3,expires=2,avg_ttl=9\n", True),  # 8: expired
+        ("db0:keys=7,expires=0,avg_ttl=0\n", False),  # more gone than could expire
+        ("db0:keys=11,expires=2,avg_ttl=0\n", False),  # more than the set holds
+        ("", False),
+    ],
+)
+def test_drill_redis_comparison_reports_a_key_count_the_set_cannot_explain(
+    monkeypatch, keyspace, ok
+):
+    monkeypatch.setattr(drill.redis, "rdb_keys", lambda sh, rdb: (10, 2))  # 2 with an expiry
+    access = SimpleNamespace(engine=SimpleNamespace(exec=lambda container, argv, query: keyspace))
+    check = drill._redis(Shell(), access, None, "redis cache", Path("dump.rdb"))
+    assert check.ok is ok
+    assert check.detail.endswith("the set holds 10 keys (2 expiring)")
