@@ -9,6 +9,7 @@ from pathlib import Path
 
 from buildtasks.config import Settings
 from buildtasks.docker.dockerfile import names_registry
+from buildtasks.docker.registry import repository_of
 from buildtasks.shell import Shell
 
 PROJECT_LABEL = "com.docker.compose.project"
@@ -121,12 +122,6 @@ def missing_images(sh: Shell, config: dict) -> dict[str, str]:
     return missing
 
 
-def repository_of(ref: str) -> str:
-    """'reg:5000/app:tag' -> 'reg:5000/app' (a tag never contains '/')."""
-    name, sep, tag = ref.rpartition(":")
-    return name if sep and "/" not in tag else ref
-
-
 def mirrored_images(config: dict, mirror: str, own: set[str]) -> dict[str, str]:
     """{service: MIRROR/image} for every service that runs a base image of the default
     registry (not one of the project's own repositories, not built by compose, not naming
@@ -138,6 +133,6 @@ def mirrored_images(config: dict, mirror: str, own: set[str]) -> dict[str, str]:
     for service, definition in sorted(config.get("services", {}).items()):
         image = definition.get("image") or ""
         base = image and "build" not in definition and not names_registry(image)
-        if base and repository_of(image.split("@", 1)[0]) not in own:
+        if base and repository_of(image) not in own:
             result[service] = prefix + image
     return result

@@ -35,7 +35,8 @@ from stat import S_ISREG
 from buildtasks import git, lazy
 from buildtasks.docker import builds
 from buildtasks.docker.build import render_tags, template_values
-from buildtasks.docker.compose import PROJECT_LABEL, repository_of, stack_compose
+from buildtasks.docker.compose import PROJECT_LABEL, stack_compose
+from buildtasks.docker.registry import repository_of
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
 
