@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from buildtasks import lazy
 from buildtasks.config import Settings
+from buildtasks.docker.dockerfile import registry_of
 from buildtasks.errors import BuildtasksError
 
 if TYPE_CHECKING:
@@ -40,12 +41,6 @@ def _gate_commands(settings: Settings) -> list[str]:
     return [*commands, *settings.ci.lint]
 
 
-def _registry(settings: Settings) -> str:
-    """The registry host of the image ('' for Docker Hub)."""
-    first = settings.image.split("/")[0]
-    return first if "/" in settings.image and re.search(r"[.:]|^localhost$", first) else ""
-
-
 def _tag_glob(settings: Settings) -> str:
     return f"{settings.release.tag_prefix}*" if settings.release.tag_prefix else "[0-9]*"
 
@@ -61,7 +56,7 @@ def github(settings: Settings) -> dict:
     login = {
         "uses": "docker/login-action@v3",
         "with": {
-            "registry": _registry(settings) or None,
+            "registry": registry_of(settings.image) or None,
             "username": "${{ secrets.REGISTRY_USERNAME }}",
             "password": "${{ secrets.REGISTRY_PASSWORD }}",
         },
@@ -128,7 +123,7 @@ def gitlab(settings: Settings) -> dict:
             "python3 -m venv /opt/ci && . /opt/ci/bin/activate",
             *ci.install,
             'echo "$REGISTRY_PASSWORD" | docker login -u "$REGISTRY_USERNAME" '
-            f"--password-stdin {_registry(settings)}".rstrip(),
+            f"--password-stdin {registry_of(settings.image)}".rstrip(),
         ],
     }
     on_branch = [{"if": f'$CI_COMMIT_BRANCH == "{branch}"'}]

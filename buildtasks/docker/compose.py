@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildtasks.config import Settings
-from buildtasks.docker.dockerfile import names_registry
+from buildtasks.docker.dockerfile import registry_of
 from buildtasks.docker.registry import repository_of
 from buildtasks.shell import Shell
 
@@ -132,7 +132,7 @@ def mirrored_images(config: dict, mirror: str, own: set[str]) -> dict[str, str]:
     result = {}
     for service, definition in sorted(config.get("services", {}).items()):
         image = definition.get("image") or ""
-        base = image and "build" not in definition and not names_registry(image)
+        base = image and "build" not in definition and not registry_of(image)
         if base and repository_of(image) not in own:
             result[service] = prefix + image
     return result

@@ -122,12 +122,12 @@ def base_images(text: str, build_args: Mapping[str, str] | None = None) -> list[
     return images
 
 
-def names_registry(image: str) -> bool:
-    """Whether a reference names its registry (`host.name/...`, `host:port/...`,
-    `localhost/...`): such an image is pulled from there, not through a mirror of the
+def registry_of(reference: str) -> str:
+    """The registry a reference names (`host.name/...`, `host:port/...`, `localhost/...`),
+    '' when it names none: such an image is pulled from there, not through a mirror of the
     default registry (prefixing it would not even be a valid reference)."""
-    first, sep, _ = image.partition("/")
-    return bool(sep) and ("." in first or ":" in first or first == "localhost")
+    first, sep, _ = reference.partition("/")
+    return first if sep and ("." in first or ":" in first or first == "localhost") else ""
 
 
 def mirror_contexts(images: list[str], mirror: str) -> dict[str, str]:
@@ -136,6 +136,4 @@ def mirror_contexts(images: list[str], mirror: str) -> dict[str, str]:
     if not mirror:
         return {}
     prefix = mirror.rstrip("/")
-    return {
-        image: f"docker-image://{prefix}/{image}" for image in images if not names_registry(image)
-    }
+    return {image: f"docker-image://{prefix}/{image}" for image in images if not registry_of(image)}

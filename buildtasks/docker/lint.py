@@ -11,7 +11,7 @@ from pathlib import Path
 
 from buildtasks.config import Settings, Target, read_yaml_mapping
 from buildtasks.docker.checks import runs_as_root
-from buildtasks.docker.dockerfile import numbered_instructions, read_dockerfile
+from buildtasks.docker.dockerfile import numbered_instructions, read_dockerfile, registry_of
 from buildtasks.errors import CommandError, ConfigError
 from buildtasks.shell import Shell, tool
 
@@ -149,8 +149,7 @@ def offline_checks(text: str, target: Target, path: str) -> list[Finding]:
         if not _DIRECTIVE.match(line.strip()):
             break  # parser directives come first, before any other line
         match = _SYNTAX.match(line.strip())
-        first = match.group(1).split("/")[0] if match else ""
-        if match and ("/" not in match.group(1) or not re.search(r"[.:]|^localhost$", first)):
+        if match and not registry_of(match.group(1)):
             why = "makes BuildKit pull that frontend from Docker Hub, which fails offline"
             fix = "remove the line (the built-in frontend supports RUN --mount) or name an image"
             add(number, "syntax", f"`# syntax={match.group(1)}` {why}; {fix} in your registry")

@@ -15,6 +15,7 @@ import urllib.response
 from pathlib import Path
 
 from buildtasks.docker import retry
+from buildtasks.docker.dockerfile import registry_of
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
 
@@ -25,10 +26,7 @@ class RegistryError(BuildtasksError):
 
 def registry_host(reference: str) -> str:
     """The registry part of an image reference (docker.io when there is none)."""
-    first, _, rest = reference.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
+    return registry_of(reference) or "docker.io"
 
 
 def is_loopback(host: str) -> bool:

@@ -1,6 +1,6 @@
 import pytest
 
-from buildtasks.docker.dockerfile import base_images, instructions, mirror_contexts, names_registry
+from buildtasks.docker.dockerfile import base_images, instructions, mirror_contexts, registry_of
 
 MULTI_STAGE = """\
 # comment
@@ -57,5 +57,5 @@ def test_mirror_contexts_map_every_base_image():
     ],
 )
 def test_only_images_of_the_default_registry_come_through_the_mirror(image, named):
-    assert names_registry(image) is named
+    assert bool(registry_of(image)) is named
     assert bool(mirror_contexts([image], "127.0.0.1:5000/mirror")) is not named
