@@ -247,7 +247,7 @@ def push_target(rt: Runtime, name: str, commit: str) -> publish.Pushed | None:
     shared base it builds FROM is pushed first, under its own tags: the target's is the
     last push."""
     tags = (staging_tag(name, commit),)
-    pushed = publish.push(rt, [name], platforms_of(rt.settings, name), tags, sign=False)
+    pushed = publish.push(rt, [name], platforms_of(rt.settings, name), tags, release=True)
     return next((p for p in pushed if p.target == name), None)
 
 

@@ -35,12 +35,12 @@ def push(
     platforms: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
     allow_dirty: bool = False,
-    sign: bool = True,
+    release: bool = False,
 ) -> list[Pushed]:
     """Build and push each target for its platforms (with tags instead of the configured
-    ones), check the registry holds every platform, then sign it (when configured and sign
-    is True; a release signs in a step of its own). A dirty tree, access to every registry
-    and the signing key are checked before any build."""
+    ones), check the registry holds every platform, then sign it when configured. A dirty
+    tree, access to every registry and the signing key are checked once, before any build;
+    a release checked them in its preflight and signs in a step of its own."""
     request = BuildRequest(tags=tags, platforms=platforms, push=True)
     plans = _with_base_platforms(builder.plans(rt, names, request))
     dirty = rt.git().dirty
@@ -50,9 +50,11 @@ def push(
             f"the working tree has uncommitted changes; pushing would publish {published} "
             "from them; commit or stash them first (`inv push --allow-dirty` publishes them)"
         )
-    for build_plan in plans:
-        registry.require_push_access(rt, retry.Policy.of(rt.settings), build_plan.tags[0])
-    attest.require_signing(rt)
+    if not release:
+        hosts = {registry.registry_host(p.tags[0]): p.tags[0] for p in plans}
+        for reference in hosts.values():
+            registry.require_push_access(rt, retry.Policy.of(rt.settings), reference)
+        attest.require_signing(rt)
     pushed: list[Pushed] = []
     for build_plan in plans:
         build_plan = _from_pushed(build_plan, pushed)
@@ -68,7 +70,7 @@ def push(
                 f"{repository}@{built.digest} lacks {', '.join(missing)} in the registry "
                 f"(it holds {', '.join(found) or 'nothing'}); the push is incomplete"
             )
-        if sign:
+        if not release:
             attest.sign_pushed(rt, f"{repository}@{built.digest}")
         pushed.append(
             Pushed(
