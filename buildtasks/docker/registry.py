@@ -139,10 +139,16 @@ def _inspect(sh: Shell, reference: str, *flags: str) -> dict:
     return document
 
 
-def platforms(sh: Shell, reference: str) -> list[str]:
-    """Platforms the registry holds at reference: those of an index (attestation manifests
-    left out), or the one of an image manifest, which its config blob names."""
-    manifest = _inspect(sh, reference, "--raw")
+def raw_manifest(sh: Shell, reference: str) -> dict:
+    """The manifest (an index or an image manifest) the registry holds at reference, as it
+    holds it: read once, then passed to what reads it."""
+    return _inspect(sh, reference, "--raw")
+
+
+def platforms(sh: Shell, reference: str, manifest: dict) -> list[str]:
+    """Platforms the registry holds at reference, whose raw manifest is given: those of an
+    index (attestation manifests left out), or the one of an image manifest, which its
+    config blob names."""
     kind = manifest.get("mediaType", "")
     if kind in INDEX_TYPES or (not kind and "manifests" in manifest):
         return index_platforms(manifest)
@@ -163,10 +169,9 @@ def promoted_digest(sh: Shell, reference: str, verified: str) -> str:
     return digest
 
 
-def platform_digests(sh: Shell, reference: str) -> dict[str, str]:
+def platform_digests(manifest: dict) -> dict[str, str]:
     """platform -> digest of each image manifest an index holds (attestations left out);
     {} for an image manifest."""
-    manifest = _inspect(sh, reference, "--raw")
     found = {}
     for entry in manifest.get("manifests") or []:
         platform = index_platforms({"manifests": [entry]})
@@ -194,12 +199,13 @@ def digest_of(sh: Shell, reference: str) -> str:
     return digest
 
 
-def provenance_of(sh: Shell, reference: str) -> set[str]:
-    """Digests of the images in the index at reference (repository@digest) that an
-    attestation manifest in that index gives an SLSA provenance statement."""
+def provenance_of(sh: Shell, reference: str, manifest: dict) -> set[str]:
+    """Digests of the images in the index at reference (repository@digest), whose raw
+    manifest is given, that an attestation manifest in it gives an SLSA provenance
+    statement."""
     repository = repository_of(reference)
     found = set()
-    for entry in _inspect(sh, reference, "--raw").get("manifests") or []:
+    for entry in manifest.get("manifests") or []:
         annotations = entry.get("annotations") or {}
         subject, digest = annotations.get("vnd.docker.reference.digest"), entry.get("digest")
         if annotations.get("vnd.docker.reference.type") != "attestation-manifest":

@@ -94,27 +94,28 @@ def _reason(sh: Shell, result) -> str:
     return lines[-1].removeprefix("Error: ").removeprefix("error during command execution: ")
 
 
-def images_of(sh: Shell, reference: str) -> dict[str, str]:
-    """platform -> digest of the platform images at reference (repository@digest): the
-    entries of an index, or the image manifest itself."""
-    found = registry.platform_digests(sh, reference)
+def images_of(sh: Shell, reference: str, manifest: dict) -> dict[str, str]:
+    """platform -> digest of the platform images at reference (repository@digest), whose
+    raw manifest is given: the entries of an index, or the image manifest itself."""
+    found = registry.platform_digests(manifest)
     if found:
         return found
-    (platform,) = registry.platforms(sh, reference)
+    (platform,) = registry.platforms(sh, reference, manifest)
     return {platform: reference.rpartition("@")[2]}
 
 
-def sign_pushed(rt: Runtime, reference: str) -> None:
-    """Attach a signed SBOM to each platform image at reference (repository@digest), the
-    platforms side by side, then sign every platform image and the index, each by digest,
-    in one cosign call; nothing when signing is off."""
+def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> None:
+    """Attach a signed SBOM to each platform image at reference (repository@digest; its raw
+    manifest when the caller read it already), the platforms side by side, then sign every
+    platform image and the index, each by digest, in one cosign call; nothing when signing
+    is off."""
     settings, sh = rt.settings, rt
     publish = settings.publish
     if publish.sign != "cosign":
         return
     policy = retry.Policy.of(settings)
     repository, _, digest = reference.rpartition("@")
-    images = images_of(sh, reference)
+    images = images_of(sh, reference, manifest or registry.raw_manifest(sh, reference))
     key = ["--key", _key(settings, publish.key), "--tlog-upload=false", "--yes", *_http(reference)]
 
     def attach(platform: str, image: str, tmp: str) -> None:
@@ -166,7 +167,8 @@ def verify(rt: Runtime, reference: str, platforms: tuple[str, ...]) -> tuple[str
     repository = registry.repository_of(reference)
     digest = registry.digest_of(sh, reference)
     pinned = f"{repository}@{digest}"
-    images = images_of(sh, pinned)
+    manifest = registry.raw_manifest(sh, pinned)  # read once: the platforms and provenance
+    images = images_of(sh, pinned, manifest)
     checks = [
         Check(
             "platforms",
@@ -181,7 +183,7 @@ def verify(rt: Runtime, reference: str, platforms: tuple[str, ...]) -> tuple[str
         ok = result.returncode == 0
         checks.append(Check(f"signature {signed}", ok, "" if ok else _reason(sh, result)))
     if publish.provenance != "off":
-        found = registry.provenance_of(sh, pinned)
+        found = registry.provenance_of(sh, pinned, manifest)
         for platform, image in images.items():
             ok = image in found
             checks.append(Check(f"provenance {platform}", ok, "" if ok else "none attached"))

@@ -52,8 +52,8 @@ def push(
         )
     if not release:
         hosts = {registry.registry_host(p.tags[0]): p.tags[0] for p in plans}
-        for reference in hosts.values():
-            registry.require_push_access(rt, retry.Policy.of(rt.settings), reference)
+        for tag in hosts.values():
+            registry.require_push_access(rt, retry.Policy.of(rt.settings), tag)
         attest.require_signing(rt)
     pushed: list[Pushed] = []
     for build_plan in plans:
@@ -63,15 +63,17 @@ def push(
             continue
         repository = build_plan.tags[0].rsplit(":", 1)[0]
         wanted = set(build_plan.platforms or (native(),))
-        found = registry.platforms(rt, f"{repository}@{built.digest}")
+        reference = f"{repository}@{built.digest}"
+        manifest = registry.raw_manifest(rt, reference)  # read once: platforms and signing
+        found = registry.platforms(rt, reference, manifest)
         missing = sorted(wanted - set(found))
         if missing:
             raise RegistryError(
-                f"{repository}@{built.digest} lacks {', '.join(missing)} in the registry "
+                f"{reference} lacks {', '.join(missing)} in the registry "
                 f"(it holds {', '.join(found) or 'nothing'}); the push is incomplete"
             )
         if not release:
-            attest.sign_pushed(rt, f"{repository}@{built.digest}")
+            attest.sign_pushed(rt, reference, manifest)
         pushed.append(
             Pushed(
                 build_plan.target,

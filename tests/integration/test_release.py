@@ -153,15 +153,15 @@ def platforms_at(ref: str) -> list[str]:
     from buildtasks.docker.registry import platforms
     from buildtasks.shell import Shell
 
-    return platforms(Shell(), ref)
+    return platforms(Shell(), ref, raw_manifest(ref))
 
 
 def platforms_digests(ref: str) -> dict[str, str]:
     """platform -> image manifest digest of the index at ref (attestations left out)."""
-    from buildtasks.docker.registry import platform_digests
+    from buildtasks.docker.registry import platform_digests, raw_manifest
     from buildtasks.shell import Shell
 
-    return platform_digests(Shell(), ref)
+    return platform_digests(raw_manifest(Shell(), ref))
 
 
 def labels_at(ref: str) -> dict[str, str]:
