@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import threading
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -22,7 +21,9 @@ from tests.faultproxy import Fault, FaultProxy
 from tests.integration.test_release import (
     IDENTITY,
     LOCAL_REGISTRY,
+    delete_repository,
     git,
+    platform_digests,
     raw_manifest,
     release_project,
     small_project,
@@ -59,16 +60,6 @@ def add_config(project: Path, text: str) -> None:
 def cosign(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["cosign", *args, "--insecure-ignore-tlog", "--allow-http-registry"],
                           capture_output=True, text=True)  # fmt: skip
-
-
-def delete_repository(path: str) -> None:
-    """Delete every manifest a repository of the machine's registry holds (the registry
-    allows deletes)."""
-    for digest in set(tags_of(LOCAL_REGISTRY, path).values()):
-        request = urllib.request.Request(
-            f"http://{LOCAL_REGISTRY}/v2/{path}/manifests/{digest}", method="DELETE"
-        )
-        urllib.request.urlopen(request).close()
 
 
 class ArgvWatch:
@@ -128,15 +119,6 @@ def staged(signed) -> str:
     tags = release_ok(signed)
     (staging,) = [t for t in tags if t.startswith("prod-release-")]
     return tags[staging]
-
-
-def platform_digests(ref: str) -> dict[str, str]:
-    found = {}
-    for entry in raw_manifest(ref)["manifests"]:
-        platform = entry["platform"]
-        if platform["os"] != "unknown":
-            found[f"{platform['os']}/{platform['architecture']}"] = entry["digest"]
-    return found
 
 
 def test_cosign_verifies_the_index_and_both_platform_digests(signed):
