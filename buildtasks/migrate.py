@@ -99,7 +99,7 @@ def migrations(settings: Settings) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def _runner(settings: Settings, sh: Shell) -> list[str]:
+def _runner(settings: Settings) -> list[str]:
     """The argv that runs RUNNER where the database lives."""
     location = parse_location(_db(settings).sqlite)
     if location.service:
@@ -121,7 +121,7 @@ def _run(sh: Shell, argv: list[str], payload: list, query: bool) -> dict:
 def status(settings: Settings, sh: Shell) -> Outcome:
     """The database's version and the files not applied yet."""
     files = migrations(settings)
-    found = _run(sh, _runner(settings, sh), [], query=True)
+    found = _run(sh, _runner(settings), [], query=True)
     return _outcome(settings, files, found["before"], exists=found["exists"])
 
 
@@ -156,7 +156,7 @@ def _migrate(settings: Settings, sh: Runtime, current: Outcome) -> Outcome:
         sh.note(f"backup set {backup_id} taken before migrating")
     files = [m for m in migrations(settings) if m.name in current.pending]
     payload = [[m.version, m.name, m.path.read_text()] for m in files]
-    found = _run(sh, _runner(settings, sh), payload, query=False)
+    found = _run(sh, _runner(settings), payload, query=False)
     outcome = dataclasses.replace(
         current,
         after=found["after"],

@@ -47,8 +47,6 @@ class Fault:
 class FaultProxy:
     upstream: str  # host:port of the registry
     faults: list[Fault] = field(default_factory=list)
-    # method, path, answer, injected
-    log: list[tuple[str, str, int | str, bool]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> str:
@@ -89,7 +87,6 @@ class FaultProxy:
                     )
                     answer = fault.status if fault else 0
                 if answer == "reset":
-                    proxy._record(self.command, self.path, "reset", True)
                     # SO_LINGER 0: close sends RST, the client sees "connection reset by peer".
                     self.connection.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
@@ -98,7 +95,6 @@ class FaultProxy:
                     self.close_connection = True
                     return
                 if answer:
-                    proxy._record(self.command, self.path, answer, True)
                     content_type, message = ANSWERS.get(int(answer), ANSWERS[0])
                     self.send_response(int(answer))
                     if answer == 429:
@@ -116,7 +112,6 @@ class FaultProxy:
                 connection.request(self.command, self.path, body=body, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
-                proxy._record(self.command, self.path, response.status, False)
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("connection", "transfer-encoding", "content-length"):
@@ -136,14 +131,6 @@ class FaultProxy:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return f"127.0.0.1:{self.server.server_address[1]}"
 
-    def _record(self, method: str, path: str, answer: int | str, injected: bool) -> None:
-        with self.lock:
-            self.log.append((method, path, answer, injected))
-
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-    def injected(self) -> list[tuple[str, str, int | str]]:
-        """The faults answered: (method, path, status or "reset")."""
-        return [entry[:3] for entry in self.log if entry[3]]

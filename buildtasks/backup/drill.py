@@ -27,7 +27,6 @@ from buildtasks.backup import manifest, offsite, probe, redis, restore, sets
 from buildtasks.config import Settings
 from buildtasks.docker import compose
 from buildtasks.docker.compose import stack_compose
-from buildtasks.docker.engine import Engine
 from buildtasks.errors import BuildtasksError, ConfigError
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
@@ -40,7 +39,7 @@ from buildtasks.stack import (
 )
 
 PROBE_SOURCE = (Path(__file__).parent / "probe.py").read_text
-WHERE = ("local", "offsite")
+WHERE = ("local", "offsite")  # where a drill takes its set from
 
 
 @dataclass
@@ -153,7 +152,7 @@ def throwaway(settings: Settings, sh: Shell, scratch: Path) -> Settings:
     return dataclasses.replace(settings, stack=stack)
 
 
-def run(settings: Settings, sh: Runtime, engine: Engine, where: str = "") -> Report:
+def run(settings: Settings, sh: Runtime, where: str = "") -> Report:
     """Drill the newest set (where: local, offsite, or '' for the newer of both)."""
     drillable(settings)
     where, set_id = newest(settings, sh, where)
@@ -162,16 +161,14 @@ def run(settings: Settings, sh: Runtime, engine: Engine, where: str = "") -> Rep
     try:
         with the_set(settings, sh, where, set_id) as directory:
             report.checks.append(Check("verify", True, "manifest, checksums, integrity"))
-            _restore_and_inspect(settings, sh, engine, directory, report)
+            _restore_and_inspect(settings, sh, directory, report)
     except restore.RestoreRefused as exc:
         report.checks.append(Check("verify", False, str(exc)))
     report.seconds = time.monotonic() - started
     return report
 
 
-def _restore_and_inspect(
-    settings: Settings, sh: Runtime, engine: Engine, directory: Path, report: Report
-) -> None:
+def _restore_and_inspect(settings: Settings, sh: Runtime, directory: Path, report: Report) -> None:
     chosen = restore.steps(settings, manifest.load(directory))
     with tempfile.TemporaryDirectory(prefix="buildtasks-drill-") as scratch:
         drill = throwaway(settings, sh, Path(scratch))
@@ -188,7 +185,7 @@ def _restore_and_inspect(
                     return
                 report.checks += inspect(drill, sh, stack, directory, chosen)
             finally:
-                teardown(sh, engine, stack, volumes=True)
+                teardown(sh, sh.engine, stack, volumes=True)
 
 
 def inspect(

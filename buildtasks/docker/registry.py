@@ -160,13 +160,12 @@ def platforms(sh: Shell, reference: str, manifest: dict) -> list[str]:
     )
 
 
-def promoted_digest(sh: Shell, reference: str, verified: str) -> str:
-    """The digest reference holds, checked to be the verified one."""
+def require_promoted(sh: Shell, reference: str, verified: str) -> None:
+    """Fail unless the tag reference holds the verified digest."""
     manifest = _inspect(sh, reference, "--format", "{{json .Manifest}}")
     digest = manifest.get("digest")
     if digest != verified:
         raise RegistryError(f"{reference} holds {digest}, not the verified {verified}")
-    return digest
 
 
 def platform_digests(manifest: dict) -> dict[str, str]:

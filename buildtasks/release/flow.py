@@ -40,7 +40,6 @@ class Progress:
     commit: str = ""
     done: list[str] = field(default_factory=list)
     digests: dict[str, str] = field(default_factory=dict)  # target -> repository@digest
-    promoted: dict[str, str] = field(default_factory=dict)  # target -> digest its tags hold
 
 
 def progress_path(settings: Settings) -> Path:
@@ -235,7 +234,9 @@ def save(settings: Settings, rt: Runtime, progress: Progress) -> None:
 
 def load_progress(settings: Settings) -> Progress:
     try:
-        return Progress(**json.loads(progress_path(settings).read_text()))
+        recorded = json.loads(progress_path(settings).read_text())
+        recorded.pop("promoted", None)  # kept by earlier versions, never read
+        return Progress(**recorded)
     except (OSError, ValueError, TypeError):
         raise BuildtasksError(
             "no release to resume (no progress in .git); start one with --bump"
@@ -362,8 +363,8 @@ def publish_images(settings: Settings, sh: Runtime, progress: Progress) -> None:
         for name, refs in progress.image_tags.items():
             registry.tag_digest(sh, retry.Policy.of(settings), progress.digests[name], refs)
             verified = progress.digests[name].rpartition("@")[2]
-            held = {registry.promoted_digest(sh, ref, verified) for ref in refs}
-            progress.promoted[name] = held.pop()
+            for ref in refs:
+                registry.require_promoted(sh, ref, verified)
         progress.done.append("promote")
         save(settings, sh, progress)
 

@@ -301,14 +301,14 @@ def drill(c: Context, from_="", json_=False):
     Exits non-zero on any mismatch."""
     rt = runtime(c)
     project = rt.settings
-    if from_ not in ("", "local", "offsite"):
+    if from_ not in ("", *drilling.WHERE):
         raise ConfigError(f"--from {from_!r}: write local or offsite")
     if rt.dry:
         drilling.drillable(project)
         print("would restore the newest set into a throwaway stack, check it, remove the stack")
         return
     sh = stack.use_stack_images(rt)
-    report = drilling.run(project, sh, sh.engine, from_)
+    report = drilling.run(project, sh, from_)
     if json_:
         rt.document(report.body())
     else:
