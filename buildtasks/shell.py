@@ -110,12 +110,19 @@ class Shell:
                 f"{argv[0]}: command not found; install it{where} or add it to PATH", 127
             ) from None
         if check and result.returncode != 0:
-            detail = redact(_last_line(result.stderr or ""), self.secrets) or "see the output above"
-            raise CommandError(
-                f"`{self.show(argv[:3])}` failed with exit {result.returncode}: {detail}",
-                result.returncode,
-            )
+            raise self.failure(argv, result)
         return result
+
+    def failure(
+        self, argv: Sequence[str], result: subprocess.CompletedProcess[str], hint: str = ""
+    ) -> CommandError:
+        """The one-line error of a command that failed: its first words, its exit status
+        and the last line of its stderr (redacted), then hint."""
+        detail = redact(_last_line(result.stderr or ""), self.secrets) or "see the output above"
+        return CommandError(
+            f"`{self.show(argv[:3])}` failed with exit {result.returncode}: {detail}{hint}",
+            result.returncode,
+        )
 
     def output(self, argv: Sequence[str], *, check: bool = True) -> str:
         """stdout of a read-only query, stripped."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from buildtasks.config import Settings
-from buildtasks.errors import BuildtasksError, CommandError
+from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
 
 T = TypeVar("T")
@@ -90,10 +90,7 @@ def run(sh: Shell, policy: Policy, what: str, argv: Sequence[str], **kwargs):
         if found == "transient":
             raise Transient(reason)
         hint = "; the registry refused the credentials: `docker login` to it" if found else ""
-        raise CommandError(
-            f"`{sh.show(argv[:3])}` failed with exit {result.returncode}: {reason}{hint}",
-            result.returncode,
-        )
+        raise sh.failure(argv, result, hint)
 
     return attempt(sh, policy, what, once)
 
