@@ -138,12 +138,7 @@ class Repository:
                 )
             env["RESTIC_PASSWORD"] = password
             secrets.add(password)
-        self.sh = Shell(
-            dry=sh.dry,
-            echo=sh.echo,
-            secrets=sh.secrets | frozenset(secrets - {""}),
-            env={**sh.env, **env},
-        )
+        self.sh = sh.variant(secrets=sh.secrets | frozenset(secrets - {""}), env={**sh.env, **env})
 
     def restic(
         self, *args: str, query: bool = False, cwd: Path | None = None
