@@ -84,8 +84,6 @@ def in_process(label: str, root: Path) -> None:
     import statistics
     import time
 
-    from grpc_tools import protoc
-
     from buildtasks import proto
     from buildtasks.shell import Shell
 
@@ -104,9 +102,9 @@ def in_process(label: str, root: Path) -> None:
     full = median(lambda: proto.generate(sh, options, force=True))
     report(f"{label}, in-process: no-op vs full", median(lambda: proto.generate(sh, options)), full)
     out = Path(tempfile.mkdtemp(prefix="buildtasks-bench-protoc-"))
-    include = Path(protoc.__file__).parent / "_proto"
-    args = ["protoc", *raw_protoc(specs, out)[3:], f"-I{include}"]
-    report(f"{label}, in-process: full vs protoc main()", full, median(lambda: protoc.main(args)))
+    argv = raw_protoc(specs, out)
+    raw = median(lambda: proto.run_protoc(sh, argv))  # protoc's main() alone, in this process
+    report(f"{label}, in-process: full vs protoc main()", full, raw)
 
 
 def main() -> None:
