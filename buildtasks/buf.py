@@ -17,8 +17,10 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from buildtasks import git
 from buildtasks.config import Settings, read_yaml_mapping
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
+from buildtasks.proto import configured
 from buildtasks.shell import Shell, tool
 
 FINDINGS_EXIT = 100  # buf's exit code when it found something (0: clean; others: failure)
@@ -62,18 +64,10 @@ def binary() -> str:
     return tool("buf", "install it with: pip install 'buildtasks[proto]'")
 
 
-def _require_proto(settings: Settings):
-    if settings.proto is None:
-        raise ConfigError(
-            "no [tool.buildtasks.proto] table; add one with `src` (specs) and `out` (package dir)"
-        )
-    return settings.proto
-
-
 def own_config(settings: Settings) -> Path | None:
     """The project's buf.yaml: in the spec directory or the nearest one above it."""
     root = settings.root.resolve()
-    directory = (root / _require_proto(settings).src).resolve()
+    directory = (root / configured(settings).src).resolve()
     while True:
         if (directory / "buf.yaml").is_file():
             return directory / "buf.yaml"
@@ -83,7 +77,7 @@ def own_config(settings: Settings) -> Path | None:
 
 
 def module(settings: Settings) -> Module:
-    proto = _require_proto(settings)
+    proto = configured(settings)
     found = own_config(settings)
     if found is None:
         config = {
@@ -106,16 +100,12 @@ def module(settings: Settings) -> Module:
     return Module(str(directory), None, paths, str(directory / "buf.yaml"))
 
 
-def _git(sh: Shell, root: Path, *args: str):
-    return sh.run(["git", "-C", str(root), *args], query=True, check=False)
-
-
 def release_tag(sh: Shell, settings: Settings) -> str:
     """The newest release tag (by version) reachable from HEAD; '' when there is none."""
     prefix = settings.release.tag_prefix
-    listed = _git(sh, settings.root, "tag", "--list", f"{prefix}*", "--merged", "HEAD")
+    listed = git.query(sh, settings.root, "tag", "--list", f"{prefix}*", "--merged", "HEAD")
     versions = {}
-    for tag in listed.stdout.split():
+    for tag in listed.split():
         try:
             versions[tag] = Version(tag[len(prefix) :])
         except InvalidVersion:
@@ -131,18 +121,17 @@ def _read_ref(sh: Shell, settings: Settings, ref: str, paths: tuple[str, ...], i
     """Extract paths as they are at ref into `into`; the paths that exist there."""
     root = settings.root
     # a ref starting with - would be read by git as an option (git archive -o FILE ...)
-    if ref.startswith("-") or _git(sh, root, "rev-parse", "--verify", "-q", "--end-of-options",
-                                   f"{ref}^{{commit}}").returncode != 0:  # fmt: skip
+    if ref.startswith("-") or not git.query(
+        sh, root, "rev-parse", "--verify", "-q", "--end-of-options", f"{ref}^{{commit}}"
+    ):
         raise BuildtasksError(
             f"proto.breaking: {ref!r} is not a commit, tag or branch of {root}; pass --against REF"
         )
     # The project may sit in a subdirectory of its repository: archive from the top, the
     # project's tree at ref, so the paths come out relative to the project.
-    top = _git(sh, root, "rev-parse", "--show-toplevel").stdout.strip()
-    prefix = _git(sh, root, "rev-parse", "--show-prefix").stdout.strip()
-    present = [
-        p for p in paths if _git(sh, root, "cat-file", "-e", f"{ref}:{prefix}{p}").returncode == 0
-    ]
+    where = git.query(sh, root, "rev-parse", "--show-toplevel", "--show-prefix")
+    top, _, prefix = where.partition("\n")  # the prefix is '' at the top
+    present = [p for p in paths if git.succeeds(sh, root, "cat-file", "-e", f"{ref}:{prefix}{p}")]
     if present:
         archive = into.parent / "ref.tar"
         sh.run(

@@ -46,6 +46,11 @@ def query(sh: Shell, root: Path, *args: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
+def succeeds(sh: Shell, root: Path, *args: str) -> bool:
+    """Whether a read-only git command run in root exits 0 (`cat-file -e` says no more)."""
+    return sh.run(["git", "-C", str(root), *args], query=True, check=False).returncode == 0
+
+
 def toplevel(sh: Shell, root: Path) -> Path | None:
     """The top of the work tree root lies in (a project may be a subdirectory of its
     repository); None outside a git repository."""

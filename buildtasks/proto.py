@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildtasks import lazy
+from buildtasks.config import ProtoSettings, Settings
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
 from buildtasks.shell import Shell, tool
 
@@ -142,6 +143,15 @@ def protoc_argv(options: ProtoOptions, out_dir: Path, spec_paths: list[Path]) ->
         argv += [f"--plugin=protoc-gen-{plugin}={stub_plugin(f'protoc-gen-{plugin}')}",
                  f"--{plugin}_out=quiet:{out_dir}"]  # fmt: skip
     return argv + [str(options.src / spec) for spec in spec_paths]
+
+
+def configured(settings: Settings) -> ProtoSettings:
+    """The project's [tool.buildtasks.proto] table; one line naming the fix without one."""
+    if settings.proto is None:
+        raise ConfigError(
+            "no [tool.buildtasks.proto] table; add one with `src` (specs) and `out` (package dir)"
+        )
+    return settings.proto
 
 
 def run_protoc(sh: Shell, argv: list[str]) -> int:

@@ -7,7 +7,6 @@ from invoke.exceptions import Exit
 
 from buildtasks import lazy
 from buildtasks.config import Settings
-from buildtasks.errors import ConfigError
 from buildtasks.tasks.common import one_line_errors, runtime
 
 if TYPE_CHECKING:
@@ -19,11 +18,7 @@ buf = lazy.module("buildtasks.buf")
 
 
 def _options(project: Settings) -> ProtoOptions:
-    if project.proto is None:
-        raise ConfigError(
-            "no [tool.buildtasks.proto] table; add one with `src` (specs) and `out` (package dir)"
-        )
-    config = project.proto
+    config = proto.configured(project)
     return proto.ProtoOptions(
         src=project.root / config.src,
         out=project.root / config.out,
