@@ -41,6 +41,11 @@ def _gate_commands(settings: Settings) -> list[str]:
     return [*commands, *settings.ci.lint]
 
 
+def _pushed(settings: Settings) -> list[str]:
+    """The targets CI pushes: those with platforms of their own."""
+    return [name for name, target in settings.targets.items() if target.platforms]
+
+
 def _tag_glob(settings: Settings) -> str:
     return f"{settings.release.tag_prefix}*" if settings.release.tag_prefix else "[0-9]*"
 
@@ -71,7 +76,7 @@ def github(settings: Settings) -> dict:
         return [{"run": command} for command in commands]
 
     targets = list(settings.targets)
-    pushed = [n for n, t in settings.targets.items() if t.platforms]
+    pushed = _pushed(settings)
     jobs = {
         "lint": job([*setup, *runs(_gate_commands(settings))]),
         "unit": job([*setup, *runs(ci.unit)]),
@@ -128,7 +133,7 @@ def gitlab(settings: Settings) -> dict:
     }
     on_branch = [{"if": f'$CI_COMMIT_BRANCH == "{branch}"'}]
     on_tag = [{"if": f"$CI_COMMIT_TAG =~ /^{prefix}[0-9]/"}]
-    pushed = [n for n, t in settings.targets.items() if t.platforms]
+    pushed = _pushed(settings)
     jobs = {
         "stages": ["lint", "test", "build", "publish"],
         "lint": {"stage": "lint", **python, "script": _gate_commands(settings)},
