@@ -18,6 +18,7 @@ from pathlib import Path
 from buildtasks import lazy
 from buildtasks.errors import ConfigError
 from buildtasks.runtime import Runtime
+from buildtasks.stack import image_variable
 
 tomlkit = lazy.module("tomlkit")
 yaml = lazy.module("yaml")
@@ -215,7 +216,7 @@ def compose_for(found: Found) -> str:
     names = list(found.targets) or ["app"]
     lines = ["services:"]
     for index, name in enumerate(names):
-        variable = "BUILDTASKS_IMAGE_" + name.upper().replace("-", "_")
+        variable = image_variable(name)
         lines += [f"  {name}:", f"    image: ${{{variable}}}", "    stop_grace_period: 2s"]
         if index == 0:
             lines.append(f'    ports: ["127.0.0.1::{found.app_port}"]')
