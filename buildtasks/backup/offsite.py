@@ -216,19 +216,15 @@ class Repository:
 
     def find(self, set_id: str = "") -> Snapshot:
         """A set off-site by id or prefix; the newest full set when set_id is empty."""
-        matches = [
-            s
-            for s in self.snapshots()
-            if s.set_id.startswith(set_id) and (set_id or s.group == "full")
-        ]
-        if not matches:
+        snapshots = self.snapshots()
+        full = {s.set_id for s in snapshots if s.group == "full"}
+        chosen = sets.named([s.set_id for s in snapshots], set_id, full, " off-site")
+        if chosen is None:
             what = f"no backup set {set_id!r}" if set_id else "no full backup set"
             raise OffsiteError(
                 f"{what} in the off-site repository {self.shown}; see inv backup.offsite.list"
             )
-        if set_id and len(matches) > 1 and matches[0].set_id != set_id:
-            raise OffsiteError(f"backup id {set_id!r} is ambiguous off-site; give more of it")
-        return matches[0]
+        return next(s for s in snapshots if s.set_id == chosen)
 
     def fetch(self, snapshot: Snapshot, directory: Path) -> Manifest:
         """Download a set into directory (made here, empty) and verify it exactly like a
@@ -258,16 +254,12 @@ class Repository:
     def apply_retention(self, dry: bool) -> list[str]:
         """Forget (and prune) the snapshots the local keep_* policy does not keep, each
         group counted apart like local sets; returns the set ids."""
-        config = self.settings.backup
-        groups: dict[str, list[Snapshot]] = {}
-        for snapshot in self.snapshots():
-            groups.setdefault(snapshot.group, []).append(snapshot)
-        forget = []
-        for members in groups.values():
-            _, delete = retention.plan(
-                [s.set_id for s in members], config.keep_last, config.keep_daily, config.keep_weekly
-            )
-            forget += [s for s in members if s.set_id in delete]
+        snapshots = self.snapshots()
+        groups: dict[str, list[str]] = {}
+        for snapshot in snapshots:
+            groups.setdefault(snapshot.group, []).append(snapshot.set_id)
+        expired = set(retention.expired(groups.values(), self.settings.backup))
+        forget = [s for s in snapshots if s.set_id in expired]
         if forget and not dry:
             self.restic("forget", "--prune", *(s.id for s in forget))
         return sorted((s.set_id for s in forget), reverse=True)

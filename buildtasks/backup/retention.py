@@ -3,9 +3,11 @@ each of the last W ISO weeks. The newest set is always kept."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 from buildtasks.backup.manifest import ID_FORMAT
+from buildtasks.config import BackupSettings
 
 
 def plan(ids: list[str], keep_last: int, keep_daily: int, keep_weekly: int) -> tuple[list, list]:
@@ -22,3 +24,10 @@ def plan(ids: list[str], keep_last: int, keep_daily: int, keep_weekly: int) -> t
                     break
                 keep.add(set_id)
     return [i for i in ordered if i in keep], [i for i in ordered if i not in keep]
+
+
+def expired(groups: Iterable[list[str]], config: BackupSettings) -> list[str]:
+    """The ids the configured policy deletes, each group (full sets, each kind of partial
+    set) counted apart, so that one never displaces another."""
+    keep = (config.keep_last, config.keep_daily, config.keep_weekly)
+    return [set_id for ids in groups for set_id in plan(ids, *keep)[1]]

@@ -18,7 +18,7 @@ import sqlite3
 import tarfile
 import tempfile
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Container, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -507,17 +507,25 @@ def find(settings: Settings, set_id: str = "") -> Manifest:
     """A valid set by id (or id prefix); the newest full set when set_id is empty (a
     partial set from `backup --only` is restored only when named)."""
     valid, _ = listing(settings)
-    matches = [m for m in valid if m.id.startswith(set_id) and (set_id or not m.partial)]
-    if not matches:
+    chosen = named([m.id for m in valid], set_id, {m.id for m in valid if not m.partial})
+    if chosen is None:
         raise BuildtasksError(
             f"no valid backup set {set_id!r} in {backup_dir(settings)}; see inv backup.list"
             if set_id
             else f"no valid full backup set in {backup_dir(settings)}; take one with inv backup"
             " (partial sets are restored only with --id)"
         )
-    if set_id and len(matches) > 1 and matches[0].id != set_id:
-        raise BuildtasksError(f"backup id {set_id!r} is ambiguous; give more of it")
-    return matches[0]
+    return next(m for m in valid if m.id == chosen)
+
+
+def named(ids: list[str], set_id: str, full: Container[str], where: str = "") -> str | None:
+    """The id among ids (newest first) that set_id names: itself, or the one it is a
+    prefix of; the newest full set's when set_id is empty; None when it names none. A
+    prefix of several ids, none of them itself, is refused."""
+    matches = [i for i in ids if i.startswith(set_id) and (set_id or i in full)]
+    if set_id and len(matches) > 1 and matches[0] != set_id:
+        raise BuildtasksError(f"backup id {set_id!r} is ambiguous{where}; give more of it")
+    return matches[0] if matches else None
 
 
 def verify(settings: Settings, sh: Shell, name: str) -> list[str]:
@@ -588,7 +596,6 @@ def apply_retention(settings: Settings, dry: bool) -> list[str]:
     apart: a partial set never displaces a full one. Sets that are not intact are
     neither counted nor deleted: they are left to inspect."""
     root = backup_dir(settings)
-    config = settings.backup
     with contextlib.nullcontext() if dry else locked(root):
         try:
             if not dry:
@@ -599,10 +606,7 @@ def apply_retention(settings: Settings, dry: bool) -> list[str]:
                 if intact(settings, m):
                     key = tuple(sorted({a.kind for a in m.artifacts})) if m.partial else ()
                     groups.setdefault(key, []).append(m.id)
-            delete = []
-            for ids in groups.values():
-                plan = retention.plan(ids, config.keep_last, config.keep_daily, config.keep_weekly)
-                delete += plan[1]
+            delete = retention.expired(groups.values(), settings.backup)
             if not dry:
                 for set_id in delete:
                     remove(settings, set_id)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from buildtasks.backup import archive, manifest, redis, retention, sets
 from buildtasks.backup.manifest import Artifact, InvalidManifest, Manifest
 from buildtasks.backup.sets import Location, artifact_file, parse_location
+from buildtasks.errors import BuildtasksError
 
 MANIFEST = Manifest(
     id="20261123T101500.000001Z",
@@ -276,3 +277,14 @@ def test_redis_helpers():
     assert script.startswith(
         "DIR='/data/my dir'\nDB=dump.rdb\nAOF=appendonly.aof\nAPPENDONLY=yes\n"
     )
+
+
+def test_a_set_is_named_by_its_id_or_a_prefix_of_one_id_and_the_newest_full_by_default():
+    ids = ["20260102T000000Z-b", "20260102T000000Z-a", "20260101T000000Z-c"]  # newest first
+    full = {"20260102T000000Z-a", "20260101T000000Z-c"}
+    assert sets.named(ids, "", full) == "20260102T000000Z-a"  # the newest is partial
+    assert sets.named(ids, "20260101", full) == "20260101T000000Z-c"
+    assert sets.named(ids, "20260102T000000Z-b", full) == "20260102T000000Z-b"
+    assert sets.named(ids, "2025", full) is None
+    with pytest.raises(BuildtasksError, match=r"^backup id '20260102' is ambiguous off-site; "):
+        sets.named(ids, "20260102", full, " off-site")
