@@ -97,9 +97,7 @@ def newest(settings: Settings, sh: Shell, where: str) -> tuple[str, str]:
         valid, _ = sets.listing(settings)
         found += [("local", m.id) for m in valid if not m.partial]
     if where == "offsite" or (where == "" and settings.backup.offsite.repository):
-        repo = offsite.Repository(settings, sh)
-        repo.open()
-        found += [("offsite", s.set_id) for s in repo.snapshots() if s.group == "full"]
+        found += [("offsite", set_id) for set_id in offsite.full_sets(settings, sh)]
     if not found:
         raise BuildtasksError(
             f"no full backup set {'off-site' if where == 'offsite' else 'to drill'}; "

@@ -23,9 +23,7 @@ def newest(settings: Settings, sh: Shell) -> tuple[dict[str, str], list[str]]:
         found["local"] = local[0]
     if settings.backup.offsite.repository:
         try:
-            repo = offsite.Repository(settings, sh)
-            repo.open()
-            remote = [s.set_id for s in repo.snapshots() if s.group == "full"]
+            remote = offsite.full_sets(settings, sh)
         except BuildtasksError as exc:
             unread.append(f"off-site not read: {exc}")
         else:

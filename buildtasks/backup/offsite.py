@@ -271,6 +271,13 @@ class Repository:
         self.restic("check", f"--read-data-subset={subset}", query=True)
 
 
+def full_sets(settings: Settings, sh: Shell) -> list[str]:
+    """The ids of the full sets in the repository, as its snapshot list orders them."""
+    repo = Repository(settings, sh)
+    repo.open()
+    return [s.set_id for s in repo.snapshots() if s.group == "full"]
+
+
 def download(settings: Settings, sh: Shell, set_id: str) -> Manifest:
     """Bring a set from the repository into the backup directory (verified before it gets
     its name). A set that is already there stays as it is and is used instead."""
