@@ -33,6 +33,17 @@ def uses_lfs(root: Path) -> bool:
         return False
 
 
+def _up_to_checkout(root: Path) -> list[Path]:
+    """root and the directories above it up to the top of its checkout (the first that
+    holds .git, a directory or a worktree's file)."""
+    found = []
+    for directory in (root, *root.parents):
+        found.append(directory)
+        if (directory / ".git").exists():
+            break
+    return found
+
+
 def is_pointer(path: Path) -> bool:
     try:
         with path.open("rb") as handle:
@@ -46,11 +57,10 @@ def require_content(sh: Shell, root: Path, contexts: Iterable[Path]) -> None:
     """`git lfs pull`, then fail with one line naming the first LFS-tracked file inside the
     build contexts that is still a pointer. Nothing to do for a project without LFS, which
     a .gitattributes in the project root or above it, up to the repository's top, says."""
-    top = git.toplevel(sh, root)
     root = Path(root).resolve()
-    above = [d for d in (root, *root.parents) if top is not None and d.is_relative_to(top)]
-    attributes = next((d / ".gitattributes" for d in above if uses_lfs(d)), None)
-    if attributes is None:
+    attributes = next((d / ".gitattributes" for d in _up_to_checkout(root) if uses_lfs(d)), None)
+    top = git.toplevel(sh, root) if attributes else None  # git only where LFS is in use
+    if top is None:
         return
     if shutil.which("git-lfs") is None:
         raise BuildtasksError(
