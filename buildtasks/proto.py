@@ -20,11 +20,14 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildtasks import lazy
-from buildtasks.config import ProtoSettings, Settings
 from buildtasks.errors import BuildtasksError, CommandError, ConfigError
 from buildtasks.shell import Shell, tool
+
+if TYPE_CHECKING:  # this module also runs alone in an image build (example/Dockerfile)
+    from buildtasks.config import ProtoSettings, Settings
 
 metadata = lazy.module("importlib.metadata")
 

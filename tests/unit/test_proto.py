@@ -1,5 +1,8 @@
 """The import rewriter on real protoc output (grpcio-tools, no engine)."""
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from buildtasks import proto
@@ -119,3 +122,23 @@ def test_real_protoc_output_is_rewritten_in_every_file(tmp_path):
         "shop/__init__.py",
         "shop/v1/__init__.py",
     ]
+
+
+def test_the_generator_imports_from_the_files_an_image_build_copies_alone(tmp_path):
+    """example/Dockerfile runs `python -m buildtasks.proto` with a few modules copied in."""
+    repo = Path(__file__).resolve().parents[2]
+    copy = next(
+        line for line in (repo / "example/Dockerfile").read_text().splitlines()
+        if line.startswith("COPY --from=buildtasks ")
+    )  # fmt: skip
+    package = tmp_path / "buildtasks"
+    package.mkdir()
+    for name in copy.split()[2:-1]:
+        shutil.copy(repo / "buildtasks" / name, package / name)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+         "import buildtasks.proto; print(buildtasks.proto.__file__)", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(package / "proto.py")  # not the installed package
