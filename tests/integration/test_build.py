@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from buildtasks.docker.engine import run_in
 from tests.conftest import REPO, run_cli, run_once
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ def test_each_target_builds_and_prod_serves_health_as_uid_1000(engine, registry_
         assert container.ports["8000/tcp"][0]["HostIp"] == "127.0.0.1"
         status, body = wait_for_health(port)
         assert status == 200 and body["status"] == "ok"
-        assert container.exec_run("id -u").output.decode().strip() == "1000"
+        assert run_in(container, ["id", "-u"]) == (0, "1000")
     finally:
         container.remove(force=True, v=True)
 
