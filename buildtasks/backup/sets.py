@@ -28,7 +28,7 @@ from buildtasks.backup import archive, manifest, quiesce, redis, retention, sqli
 from buildtasks.backup.manifest import ID_FORMAT, ID_PATTERN, Artifact, InvalidManifest, Manifest
 from buildtasks.config import Settings
 from buildtasks.docker.compose import stack_compose
-from buildtasks.docker.engine import Engine
+from buildtasks.docker.engine import Engine, run_in
 from buildtasks.errors import BuildtasksError, ConfigError
 from buildtasks.platforms import pid_alive
 from buildtasks.runtime import Runtime
@@ -306,7 +306,7 @@ class Collector(ServiceAccess):
             return file, integrity, {}
         if container.status != "running":
             return file, self._stopped_sqlite(container, location.path, dest), {}
-        if container.exec_run(["test", "-f", location.path])[0] != 0:
+        if run_in(container, ["test", "-f", location.path])[0] != 0:
             raise FileNotFoundError(f"{location.path} does not exist in {container.name}")
         scratch = f"/tmp/buildtasks-snapshot-{os.getpid()}.db"
         try:

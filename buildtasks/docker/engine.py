@@ -158,8 +158,7 @@ class Engine:
         Like a command: announced and skipped under --dry ("" then) unless it is a query."""
         if not query and not self.change(["docker", "exec", container.name, *argv]):
             return ""
-        code, output = container.exec_run(argv, user=user, demux=False)
-        text = (output or b"").decode(errors="replace").strip()
+        code, text = run_in(container, argv, user)
         if code != 0:
             raise EngineError(
                 f"`{' '.join(argv[:3])}` in {container.name} failed (exit {code}): "
@@ -266,6 +265,22 @@ class _Chunks(io.RawIOBase):
         size = min(len(buffer), len(self._rest))
         buffer[:size], self._rest = self._rest[:size], self._rest[size:]
         return size
+
+
+def run_in(container, argv: list[str], user: str = "") -> tuple[int, str]:
+    """Run argv in a running container: its exit code and output. When the container
+    runtime fails to start the process ("OCI runtime exec failed: ... read init-p:
+    connection reset by peer", seen under load), argv never ran, so it is run again."""
+    for attempt in range(1, _EXEC_ATTEMPTS + 1):
+        code, output = container.exec_run(argv, user=user, demux=False)
+        text = (output or b"").decode(errors="replace").strip()
+        if code == 0 or attempt == _EXEC_ATTEMPTS or not _RUNTIME_FAILURE.match(text):
+            return code, text
+        time.sleep(0.2 * attempt)
+
+
+_EXEC_ATTEMPTS = 3
+_RUNTIME_FAILURE = re.compile(r"(Error: )?OCI runtime (exec failed|error)")
 
 
 def quiet_sdk_loggers() -> None:

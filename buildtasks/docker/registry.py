@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import io
 import ipaddress
 import json
 import os
@@ -12,12 +13,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import urllib.response
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 from buildtasks.docker import retry
 from buildtasks.docker.dockerfile import registry_of
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
+
+T = TypeVar("T")
 
 
 class RegistryError(BuildtasksError):
@@ -409,14 +414,7 @@ def tag_digest(sh: Shell, policy: retry.Policy, source: str, tags: list[str]) ->
     registry errors are retried as policy allows; an auth error fails at once."""
     repository, _, digest = source.rpartition("@")
     host, path, _ = split_reference(f"{repository}:x")
-
-    def fetch() -> tuple[bytes, str]:
-        with _call(host, "GET", f"/{path}/manifests/{digest}") as answer:
-            return answer.read(), answer.headers.get("Content-Type", "")
-
-    body, media_type = _retried(sh, policy, f"reading {source}", fetch)
-    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
-        raise RegistryError(f"the registry's manifest for {source} does not match its digest")
+    body, media_type = _manifest(sh, policy, source)
     for reference in tags:
         tag_host, tag_path, tag = split_reference(reference)
         if (tag_host, tag_path) != (host, path):
@@ -431,6 +429,84 @@ def tag_digest(sh: Shell, policy: retry.Policy, source: str, tags: list[str]) ->
                 host, "PUT", f"/{path}/manifests/{urllib.parse.quote(t)}", body, media_type
             ).close(),
         )
+
+
+def _manifest(sh: Shell, policy: retry.Policy, source: str) -> tuple[bytes, str]:
+    """(bytes, media type) of the manifest at source (repository@digest), checked against
+    its digest."""
+    repository, _, digest = source.rpartition("@")
+    host, path, _ = split_reference(f"{repository}:x")
+
+    def fetch() -> tuple[bytes, str]:
+        with _call(host, "GET", f"/{path}/manifests/{digest}") as answer:
+            return answer.read(), answer.headers.get("Content-Type", "")
+
+    body, media_type = _retried(sh, policy, f"reading {source}", fetch)
+    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+        raise RegistryError(f"the registry's manifest for {source} does not match its digest")
+    return body, media_type
+
+
+def image_layers(sh: Shell, policy: retry.Policy, source: str) -> list[tuple[str, str]]:
+    """(media type, digest) of each layer of the image manifest at source
+    (repository@digest), bottom layer first."""
+    body, _ = _manifest(sh, policy, source)
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        manifest = None
+    kind = manifest.get("mediaType", "") if isinstance(manifest, dict) else ""
+    if not isinstance(manifest, dict) or (kind and kind not in IMAGE_TYPES):
+        raise RegistryError(f"{source} is not an image manifest")
+    layers = []
+    for layer in manifest.get("layers") or []:
+        digest = layer.get("digest") if isinstance(layer, dict) else None
+        media_type = layer.get("mediaType") if isinstance(layer, dict) else None
+        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+            raise RegistryError(f"{source} names a layer without a valid digest")
+        layers.append((media_type if isinstance(media_type, str) else "", digest))
+    return layers
+
+
+class _Checked(io.RawIOBase):
+    """A blob's bytes as they are read, hashed on the way (the registry is input)."""
+
+    def __init__(self, answer):
+        self._answer = answer
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self._answer.readinto(buffer)
+        self._hash.update(memoryview(buffer)[:count])
+        return count
+
+    def digest(self) -> str:
+        """The digest of the whole blob (what consume left unread is read first)."""
+        while self.read(1 << 20):
+            pass
+        return f"sha256:{self._hash.hexdigest()}"
+
+
+def read_blob(sh: Shell, policy: retry.Policy, source: str, consume: Callable[[BinaryIO], T]) -> T:
+    """consume(stream) over the blob at source (repository@digest), as the registry streams
+    it; its result once the whole blob proves to match the digest (RegistryError when it
+    does not). consume raises ValueError for content it cannot read. Transient registry
+    errors are retried, consume's reading and all."""
+    repository, _, digest = source.rpartition("@")
+    host, path, _ = split_reference(f"{repository}:x")
+
+    def fetch() -> T:
+        with _call(host, "GET", f"/{path}/blobs/{digest}") as answer:
+            stream = _Checked(answer)
+            result = consume(io.BufferedReader(stream, 1 << 20))
+            if stream.digest() != digest:
+                raise RegistryError(f"the registry's blob {source} does not match its digest")
+        return result
+
+    return _retried(sh, policy, f"reading {source}", fetch)
 
 
 def _retried(sh: Shell, policy: retry.Policy, what: str, request):

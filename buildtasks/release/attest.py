@@ -20,7 +20,7 @@ from pathlib import Path
 from buildtasks.config import Settings
 from buildtasks.docker import registry, retry
 from buildtasks.errors import BuildtasksError
-from buildtasks.release import sbom
+from buildtasks.release import inventory, sbom
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 from buildtasks.version import __version__
@@ -106,9 +106,10 @@ def images_of(sh: Shell, reference: str, manifest: dict) -> dict[str, str]:
 
 def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> None:
     """Attach a signed SBOM to each platform image at reference (repository@digest; its raw
-    manifest when the caller read it already), the platforms side by side, then sign every
-    platform image and the index, each by digest, in one cosign call; nothing when signing
-    is off."""
+    manifest when the caller read it already), the platforms side by side, while one
+    cosign call signs every platform image and the index, each by digest (signatures and
+    attestations are separate artifacts, so neither waits for the other); nothing when
+    signing is off."""
     settings, sh = rt.settings, rt
     publish = settings.publish
     if publish.sign != "cosign":
@@ -117,11 +118,11 @@ def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> No
     repository, _, digest = reference.rpartition("@")
     images = images_of(sh, reference, manifest or registry.raw_manifest(sh, reference))
     key = ["--key", _key(settings, publish.key), "--tlog-upload=false", "--yes", *_http(reference)]
+    signed = [f"{repository}@{d}" for d in dict.fromkeys([*images.values(), digest])]
 
-    def attach(platform: str, image: str, tmp: str) -> None:
+    def attach(platform: str, image: str, found: sbom.Found, tmp: str) -> None:
         bom = sbom.document(
-            rt.engine.image_files(f"{repository}@{image}", platform, sbom.wanted),
-            image=repository, version=settings.version, digest=image, platform=platform,
+            found, image=repository, version=settings.version, digest=image, platform=platform,
             tool_version=__version__, timestamp=datetime.now(UTC).isoformat(),
         )  # fmt: skip
         predicate = Path(tmp, f"{image.replace(':', '-')}.cdx.json")
@@ -131,17 +132,18 @@ def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> No
                 "--predicate", str(predicate), f"{repository}@{image}"]  # fmt: skip
         retry.run(sh, policy, f"attesting the SBOM of {repository}@{image}", argv, input="")
 
-    if publish.sbom:
-        with (
-            tempfile.TemporaryDirectory(prefix="buildtasks-sbom-") as tmp,
-            ThreadPoolExecutor(len(images)) as pool,
-        ):
-            running = [pool.submit(attach, p, image, tmp) for p, image in images.items()]
-            for attached in running:
-                attached.result()
-    signed = [f"{repository}@{d}" for d in dict.fromkeys([*images.values(), digest])]
-    retry.run(sh, policy, f"signing {len(signed)} digests of {repository}",
-              ["cosign", "sign", *key, *signed], input="")  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="buildtasks-sbom-") as tmp,
+        ThreadPoolExecutor(len(images) + 1) as pool,
+    ):
+        what = f"signing {len(signed)} digests of {repository}"
+        running = [pool.submit(retry.run, sh, policy, what, ["cosign", "sign", *key, *signed],
+                               input="")]  # fmt: skip
+        if publish.sbom:
+            found = inventory.packages(rt, policy, repository, images)
+            running += [pool.submit(attach, p, image, found[p], tmp) for p, image in images.items()]
+        for done in running:
+            done.result()
 
 
 @dataclass(frozen=True)

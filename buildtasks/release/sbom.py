@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import email.parser
 import re
+import tarfile
 import urllib.parse
 import uuid
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import BinaryIO
 
 # Files the SBOM reads: a distribution's METADATA directly in a packages directory (vendored
 # copies inside a package, such as setuptools/_vendor, are not installed distributions),
@@ -17,38 +20,117 @@ _METADATA = re.compile(r"^(?P<dir>(?:.*/)?(?:site|dist)-packages)/[^/]+\.dist-in
 _DPKG = re.compile(r"^var/lib/dpkg/(?:status|status\.d/[^/.]+)$")
 
 
+_MAX_READ = 64 << 20  # bytes: a bigger "metadata" file is not one
+# A directory whose replacement by a file or link in a later layer takes wanted files with it.
+_HOLDS_WANTED = re.compile(
+    r"^(?:(?:.*/)?(?:site|dist)-packages(?:/[^/]+\.dist-info)?"
+    r"|var(?:/lib(?:/dpkg(?:/status\.d)?)?)?)$"
+)
+WHITEOUT = ".wh."  # .wh.NAME in a layer deletes NAME from the layers below (OCI image spec)
+OPAQUE = ".wh..wh..opq"  # in a directory: what the layers below hold there is hidden
+
+
+def _clean(path: str) -> str:
+    return path.removeprefix("./").strip("/")
+
+
 def wanted(path: str) -> bool:
     """Whether the file at path (relative to the image's root) feeds the SBOM."""
-    path = path.removeprefix("./")
+    path = _clean(path)
     return bool(_METADATA.match(path) or _DPKG.match(path))
 
 
-def python_packages(files: Mapping[str, bytes]) -> list[dict]:
-    """{name, version, location} of every installed distribution, by location then name."""
-    found = []
-    for path, data in files.items():
-        match = _METADATA.match(path.removeprefix("./"))
-        if not match:
-            continue
+Found = dict[str, list[dict]]  # path of a wanted file -> the packages it records
+
+
+def packages(path: str, data: bytes) -> list[dict]:
+    """The packages one wanted file records: [{name, version, location}] of a METADATA
+    with both fields, {name, version, arch} of each package a dpkg status marks installed."""
+    match = _METADATA.match(_clean(path))
+    if match:
         headers = email.parser.BytesHeaderParser().parsebytes(data)
         name, version = headers.get("Name", "").strip(), headers.get("Version", "").strip()
-        if name and version:
-            found.append({"name": name, "version": version, "location": f"/{match['dir']}"})
-    return sorted(found, key=lambda p: (p["location"], p["name"].lower()))
-
-
-def dpkg_packages(files: Mapping[str, bytes]) -> list[dict]:
-    """{name, version, arch} of every package dpkg's status marks installed."""
+        if not (name and version):
+            return []
+        return [{"name": name, "version": version, "location": f"/{match['dir']}"}]
     found = []
-    for path, data in files.items():
-        if not _DPKG.match(path.removeprefix("./")):
-            continue
-        for stanza in data.decode("utf-8", "replace").split("\n\n"):
-            fields = dict(re.findall(r"^([A-Za-z-]+):[ \t]*(.*)$", stanza, re.MULTILINE))
-            if fields.get("Status", "").endswith(" installed") and fields.get("Package"):
-                found.append({"name": fields["Package"], "version": fields.get("Version", ""),
-                              "arch": fields.get("Architecture", "")})  # fmt: skip
-    return sorted(found, key=lambda p: p["name"])
+    for stanza in data.decode("utf-8", "replace").split("\n\n"):
+        fields = dict(re.findall(r"^([A-Za-z-]+):[ \t]*(.*)$", stanza, re.MULTILINE))
+        if fields.get("Status", "").endswith(" installed") and fields.get("Package"):
+            found.append({"name": fields["Package"], "version": fields.get("Version", ""),
+                          "arch": fields.get("Architecture", "")})  # fmt: skip
+    return found
+
+
+def of_files(files: Mapping[str, bytes]) -> Found:
+    """What the wanted files among files (path -> content, from the image's root) record."""
+    return {_clean(path): packages(path, data) for path, data in files.items() if wanted(path)}
+
+
+def layer(stream: BinaryIO) -> dict:
+    """What one layer (a tar, compressed or not, read as a stream) means for the SBOM:
+    {"files": Found of the wanted files it writes, "removed": paths whose content in the
+    layers below it deletes, "opaque": directories whose content below it hides}. A wanted
+    path that holds no regular file records nothing but still hides what was below.
+    ValueError when the stream is not a tar."""
+    files: Found = {}
+    removed: list[str] = []
+    opaque: list[str] = []
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                path = _clean(member.name)
+                directory, _, name = path.rpartition("/")
+                if name == OPAQUE:
+                    opaque.append(directory)
+                elif name.startswith(WHITEOUT + WHITEOUT):
+                    continue  # the storage driver's own bookkeeping (aufs), not a deletion
+                elif name.startswith(WHITEOUT):
+                    removed.append(f"{directory}/{name[len(WHITEOUT) :]}".lstrip("/"))
+                elif wanted(path):
+                    if member.isfile() and member.size <= _MAX_READ:
+                        files[path] = packages(path, tar.extractfile(member).read())
+                    else:  # a hard link to a file this layer wrote, or not a file at all
+                        files[path] = (
+                            files.get(_clean(member.linkname), []) if member.islnk() else []
+                        )
+                elif not member.isdir() and _HOLDS_WANTED.match(path):
+                    removed.append(path)
+    except (tarfile.TarError, zlib.error, EOFError) as exc:
+        raise ValueError(f"not a readable layer ({exc})") from None
+    return {"files": files, "removed": removed, "opaque": opaque}
+
+
+def _outside(found: Found, directory: str) -> Found:
+    """found without the paths under directory ("" is the root)."""
+    prefix = f"{directory}/" if directory else ""
+    return {path: value for path, value in found.items() if not path.startswith(prefix)}
+
+
+def merge(layers: Iterable[dict]) -> Found:
+    """What the image's filesystem records, from its layers bottom first: each layer's
+    deletions and opaque directories apply to the layers below it, then its files."""
+    found: Found = {}
+    for read in layers:
+        for path in read["removed"]:
+            found = _outside(found, path)
+            found.pop(path, None)
+        for directory in read["opaque"]:
+            found = _outside(found, directory)
+        found.update(read["files"])
+    return found
+
+
+def python_packages(found: Found) -> list[dict]:
+    """{name, version, location} of every installed distribution, by location then name."""
+    listed = [p for path, ps in found.items() if _METADATA.match(path) for p in ps]
+    return sorted(listed, key=lambda p: (p["location"], p["name"].lower()))
+
+
+def dpkg_packages(found: Found) -> list[dict]:
+    """{name, version, arch} of every package dpkg's status marks installed."""
+    listed = [p for path, ps in found.items() if _DPKG.match(path) for p in ps]
+    return sorted(listed, key=lambda p: p["name"])
 
 
 def _component(
@@ -65,12 +147,12 @@ def _component(
 
 
 def document(
-    files: Mapping[str, bytes], *, image: str, version: str, digest: str, platform: str,
+    found: Found, *, image: str, version: str, digest: str, platform: str,
     tool_version: str, timestamp: str,
 ) -> dict:  # fmt: skip
     """The CycloneDX 1.5 JSON document of one platform image."""
     components, seen = [], set()
-    for package in python_packages(files):
+    for package in python_packages(found):
         quoted = urllib.parse.quote(package["name"].lower().replace("_", "-"), safe="")
         purl = f"pkg:pypi/{quoted}@{urllib.parse.quote(package['version'], safe='')}"
         # the same distribution in another environment of the image: its own bom-ref
@@ -78,7 +160,7 @@ def document(
         seen.add(purl)
         location = {"buildtasks:location": package["location"]}
         components.append(_component(purl, package["name"], package["version"], location, ref))
-    for package in dpkg_packages(files):
+    for package in dpkg_packages(found):
         quoted = urllib.parse.quote(package["version"], safe="")
         purl = f"pkg:deb/debian/{package['name']}@{quoted}?arch={package['arch']}"
         components.append(_component(purl, package["name"], package["version"], {}))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from buildtasks.docker.engine import run_in
 from tests.conftest import remove_images
 
 pytestmark = pytest.mark.integration
@@ -243,7 +244,7 @@ def redis_state(engine, project: str) -> tuple:
         return ("not running",)
 
     def cli(*args: str) -> str:
-        return cache.exec_run(["redis-cli", *args]).output.decode().strip()
+        return run_in(cache, ["redis-cli", *args])[1]
 
     info = dict(
         line.split(":", 1) for line in cli("INFO", "persistence").splitlines() if ":" in line

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from buildtasks import lfs
+from buildtasks.docker.engine import run_in
 from buildtasks.shell import Shell
 from tests.conftest import REPO, remove_images, run_cli
 from tests.integration.test_release import IDENTITY, labels_at, tags_of
@@ -262,9 +263,9 @@ def compose_container(engine, project: str, service: str):
 
 
 def in_api(engine, project: str, code: str) -> str:
-    result = compose_container(engine, project, "api").exec_run(["python3", "-c", code])
-    assert result.exit_code == 0, result.output.decode()
-    return result.output.decode().strip()
+    code, output = run_in(compose_container(engine, project, "api"), ["python3", "-c", code])
+    assert code == 0, output
+    return output
 
 
 SCHEMA = (

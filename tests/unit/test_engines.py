@@ -11,6 +11,7 @@ import pytest
 
 from buildtasks import config
 from buildtasks.docker.build import podman_argvs, podman_cache
+from buildtasks.docker.engine import run_in
 from buildtasks.engines import EngineProfile, resolve
 from buildtasks.errors import ConfigError, EngineError
 from tests.conftest import REPO
@@ -108,3 +109,40 @@ def test_the_engine_flag_of_the_buildtasks_program_is_checked_like_the_variable(
     assert (
         result.stderr.strip() == "error: --engine/$BUILDTASKS_ENGINE 'lxc': write docker or podman"
     )
+
+
+class ScriptedContainer:
+    """A container whose exec answers are given in order (what the SDK returns)."""
+
+    def __init__(self, *answers: tuple[int, bytes]):
+        self.answers = list(answers)
+        self.calls = 0
+
+    def exec_run(self, argv, user="", demux=False):
+        self.calls += 1
+        return self.answers.pop(0)
+
+
+INIT_RESET = (
+    b"OCI runtime exec failed: exec failed: unable to start container process: "
+    b"read init-p: connection reset by peer: unknown"
+)
+
+
+def test_exec_runs_again_when_the_runtime_could_not_start_it():
+    container = ScriptedContainer((126, INIT_RESET), (0, b"PONG\n"))
+    assert run_in(container, ["redis-cli", "PING"]) == (0, "PONG")
+    assert container.calls == 2
+
+
+def test_exec_gives_up_after_three_runtime_failures():
+    container = ScriptedContainer(*[(126, INIT_RESET)] * 3)
+    code, text = run_in(container, ["true"])
+    assert (code, container.calls) == (126, 3)
+    assert text.startswith("OCI runtime exec failed")
+
+
+def test_a_command_that_ran_and_failed_is_not_run_again():
+    container = ScriptedContainer((1, b"ERR wrong number of arguments"))
+    assert run_in(container, ["redis-cli", "SET"]) == (1, "ERR wrong number of arguments")
+    assert container.calls == 1

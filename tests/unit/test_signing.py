@@ -56,7 +56,7 @@ def test_wanted_files():
 
 
 def test_document_lists_installed_python_and_debian_packages():
-    bom = sbom.document(FILES, image="reg/app", version="1.2.0", digest="sha256:ab",
+    bom = sbom.document(sbom.of_files(FILES), image="reg/app", version="1.2.0", digest="sha256:ab",
                         platform="linux/arm64", tool_version="9", timestamp="T")  # fmt: skip
     assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5"
     assert bom["metadata"]["component"]["bom-ref"] == "reg/app@sha256:ab"

@@ -1,0 +1,122 @@
+"""What each platform image holds for its SBOM, read from its layers as the registry holds
+them. What a layer records (sbom.layer) is cached on disk under the layer's digest, so a
+release that changed only its source fetches and parses only that layer. The cache is
+content-addressed: an entry cannot go stale, and one that does not read back whole is read
+again. Images whose layers cannot be read from the registry directly (a login kept by a
+credential helper, a compression Python cannot read) are exported from the engine instead."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from buildtasks.docker import registry, retry
+from buildtasks.release import sbom
+from buildtasks.runtime import Runtime
+
+FORMAT = 1  # what an entry holds: a new one when sbom.layer records something else
+READABLE = {
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+}
+_FIELDS = ({"name", "version", "location"}, {"name", "version", "arch"})
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "buildtasks" / "sbom-layers"
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _valid(read: object) -> bool:
+    """Whether a cache entry's layer has the shape sbom.layer gives (the file is input)."""
+    if not (isinstance(read, dict) and _strings(read.get("removed"))):
+        return False
+    files = read.get("files")
+    return (
+        _strings(read.get("opaque"))
+        and isinstance(files, dict)
+        and all(
+            sbom.wanted(path)
+            and isinstance(found, list)
+            and all(
+                isinstance(p, dict)
+                and set(p) in _FIELDS
+                and all(isinstance(v, str) for v in p.values())
+                for p in found
+            )
+            for path, found in files.items()
+        )
+    )
+
+
+def cached(path: Path, digest: str) -> dict | None:
+    """The layer recorded at path for digest; None when there is none that reads back whole."""
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or (entry.get("format"), entry.get("digest")) != (
+        FORMAT,
+        digest,
+    ):
+        return None
+    return entry["layer"] if _valid(entry.get("layer")) else None
+
+
+def layer(rt: Runtime, policy: retry.Policy, repository: str, digest: str) -> dict:
+    """sbom.layer of the layer blob repository@digest: from the cache, else read from the
+    registry and cached. A cache that cannot be written only costs the next release a read."""
+    path = cache_dir() / f"{digest.removeprefix('sha256:')}.json"
+    read = cached(path, digest)
+    if read is not None:
+        return read
+    read = registry.read_blob(rt, policy, f"{repository}@{digest}", sbom.layer)
+    try:
+        if not path.parent.is_dir() and rt.change(["mkdir", "-p", str(path.parent)]):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        rt.write_text(path, json.dumps({"format": FORMAT, "digest": digest, "layer": read}))
+    except OSError as exc:
+        rt.note(f"cannot cache what layer {digest} holds ({exc}); it is read again next time")
+    return read
+
+
+def packages(
+    rt: Runtime, policy: retry.Policy, repository: str, images: Mapping[str, str]
+) -> dict[str, sbom.Found]:
+    """platform -> what the image repository@digest holds for its SBOM, for each platform
+    and digest of images; each distinct layer is read once, the reads side by side."""
+    try:
+        layers = {
+            platform: registry.image_layers(rt, policy, f"{repository}@{digest}")
+            for platform, digest in images.items()
+        }
+        unreadable = {kind for found in layers.values() for kind, _ in found} - READABLE
+        if unreadable:
+            raise registry.RegistryError(f"its layers are {', '.join(sorted(unreadable))}")
+        distinct = list(dict.fromkeys(digest for found in layers.values() for _, digest in found))
+        with ThreadPoolExecutor(len(images)) as pool:
+            reads = pool.map(lambda digest: layer(rt, policy, repository, digest), distinct)
+            read = dict(zip(distinct, reads, strict=True))
+    except registry.RegistryError as exc:
+        rt.note(f"cannot read the layers of {repository} from the registry ({exc}); "
+                "exporting each image from the engine instead")  # fmt: skip
+        with ThreadPoolExecutor(len(images)) as pool:
+            exports = {
+                platform: pool.submit(
+                    rt.engine.image_files, f"{repository}@{digest}", platform, sbom.wanted
+                )
+                for platform, digest in images.items()
+            }
+            return {platform: sbom.of_files(files.result()) for platform, files in exports.items()}
+    return {
+        platform: sbom.merge(read[digest] for _, digest in found)
+        for platform, found in layers.items()
+    }
