@@ -1,6 +1,6 @@
-import dataclasses
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from buildtasks import config
@@ -200,7 +200,7 @@ def test_registry_cache_preset_and_attestations(monkeypatch):
     ("off", "--provenance=false", "type=provenance,disabled=true"),
 ])  # fmt: skip
 def test_publish_provenance_mode_applies_to_pushes_only(monkeypatch, mode, push_flag, bake):
-    project = dataclasses.replace(
+    project = msgspec.structs.replace(
         settings(monkeypatch), publish=config.PublishSettings(provenance=mode)
     )
     target = project.targets["dev"]
