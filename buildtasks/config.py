@@ -12,7 +12,6 @@ the ``.env`` files named in ``env_files`` (later files override earlier ones; th
 environment wins). Every problem is one ConfigError line that names the file and the key.
 """
 
-
 import difflib
 import io
 import os
