@@ -13,12 +13,23 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import INV, REPO, example_copy, interleaved, planned_command, report, run, timed
+from common import (
+    INV,
+    REPO,
+    compile_package,
+    example_copy,
+    interleaved,
+    planned_command,
+    report,
+    run,
+    timed,
+)
 
 TARGETS = ("dev", "prod", "apify")
 
 
 def main() -> None:
+    compile_package()
     empty = Path(tempfile.mkdtemp(prefix="buildtasks-bench-empty-"))
     # invoke refuses to list a collection without tasks: the anchor holds one no-op task.
     (empty / "tasks.py").write_text("from invoke import task\n\n\n@task\ndef noop(c):\n    pass\n")

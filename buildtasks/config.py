@@ -10,9 +10,13 @@ meets a bad value halfway through a build.
 Values may use ``${VAR}`` and ``${VAR:-default}``, resolved from the process environment over
 the ``.env`` files named in ``env_files`` (later files override earlier ones; the real
 environment wins). Every problem is one ConfigError line that names the file and the key.
+
+The annotations are objects, evaluated once at import (no ``from __future__ import
+annotations``): the loader reads them at every load, and strings would be evaluated there.
 """
 
 import difflib
+import inspect
 import io
 import os
 import re
@@ -49,7 +53,9 @@ _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REPOSITORY = re.compile(_NAME)
-_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
+# Compiled on first use (re keeps it): only a wrong image or a tag template that names a
+# repository needs it, and compiling it costs more than the rest of a load's patterns.
+_REFERENCE = rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?"
 _TAG_NAME = re.compile(_TAG)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # build argument and variable names
 _RESTIC_REPOSITORY = re.compile(r"(?:rest:https?://|sftp:|s3:|b2:)\S+")
@@ -210,7 +216,7 @@ def _repository(value: str, _: _Context) -> str | None:
         return "is empty; set image to the repository to build (e.g. reg:5000/team/app)"
     if len(value) <= 255 and _REPOSITORY.fullmatch(value):
         return None
-    if _REFERENCE.fullmatch(value):
+    if re.fullmatch(_REFERENCE, value):
         return "must be a repository without a tag or digest; put tags in the targets' tags"
     return (
         "is not an image repository: lowercase path components ([a-z0-9] joined by . _ -), "
@@ -239,7 +245,7 @@ def _tag_template(value: str, _: _Context) -> str | None:
             return f"uses {{{name}}}; known fields: {known}"
     rendered = value.format_map(dict.fromkeys(TEMPLATE_FIELDS, "x"))
     if "/" in rendered or ":" in rendered:
-        match = _REFERENCE.fullmatch(rendered)
+        match = re.fullmatch(_REFERENCE, rendered)
         tag = rendered[match.end("name") :] if match else ""
         if not match or len(match.group("name")) > 255:
             return "is not an image reference (REPOSITORY:TAG) nor a tag"
@@ -1102,13 +1108,9 @@ def _ruled(hint: object, value: object):
             yield from _ruled(args[1], item)
 
 
-_hint_cache: dict[type, dict] = {}
-
-
 def _hints(cls: type) -> dict:
-    if cls not in _hint_cache:  # evaluates every annotation: once per class
-        _hint_cache[cls] = typing.get_type_hints(cls, include_extras=True)
-    return _hint_cache[cls]
+    """The declared type of each field of cls (objects already: see the module's doc)."""
+    return inspect.get_annotations(cls)
 
 
 def _describe(hint: object) -> str:
