@@ -92,7 +92,8 @@ def test_listing_the_tasks_loads_no_domain_module_and_no_sdk(tmp_path):
     assert "buildtasks.tasks" in loaded  # the probe did build the collection
     heavy = {"docker", "redis", "tomlkit", "urllib.request", "tarfile", "sqlite3",
              "buildtasks.stack", "buildtasks.runtime", "buildtasks.docker.engine",
-             "buildtasks.backup.sets", "buildtasks.release.flow", "buildtasks.proto"}  # fmt: skip
+             "buildtasks.backup.sets", "buildtasks.release.flow", "buildtasks.proto",
+             "buildtasks.git", "buildtasks.shell"}  # fmt: skip
     assert heavy & loaded == set()
 
 
