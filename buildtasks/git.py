@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from buildtasks.shell import Shell
 
 
-@dataclass(frozen=True)
-class GitState:
+class GitState(msgspec.Struct, frozen=True):
     sha: str = ""
     branch: str = ""
     dirty: bool = False

@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
+
+import msgspec
 
 from buildtasks import lazy
 from buildtasks.config import Settings
@@ -36,8 +37,7 @@ TRANSIENT = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(msgspec.Struct, frozen=True):
     retries: int = 4  # attempts after the first
     delay: float = 2.0  # seconds before the first retry, doubled for each next one
 

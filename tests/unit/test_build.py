@@ -112,7 +112,7 @@ def test_request_overrides_and_push_uses_configured_platforms(monkeypatch):
 
 def test_dirty_tree_and_branch_templates(monkeypatch):
     project = settings(monkeypatch)
-    dirty = GitState(**{**GIT.__dict__, "dirty": True})
+    dirty = msgspec.structs.replace(GIT, dirty=True)
     build = plan(project, project.targets["dev"], dirty, "FROM python:3.11\n", now="unused")
     assert build.tags == ("reg:5000/team/svc:dev", "reg:5000/team/svc:feature-x-0123456-dirty")
     assert build.platforms == ()
