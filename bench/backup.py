@@ -12,7 +12,6 @@ what a second push of the unchanged database adds (target < 5% of the first).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import shutil
@@ -24,6 +23,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, report, run, timed
@@ -179,9 +180,9 @@ def rest_server(data: Path):
 
 def with_repository(settings, repository: str):
     backup = settings.backup
-    offsite_settings = dataclasses.replace(backup.offsite, repository=repository)
-    return dataclasses.replace(
-        settings, backup=dataclasses.replace(backup, offsite=offsite_settings)
+    offsite_settings = msgspec.structs.replace(backup.offsite, repository=repository)
+    return msgspec.structs.replace(
+        settings, backup=msgspec.structs.replace(backup, offsite=offsite_settings)
     )
 
 

@@ -13,17 +13,29 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import INV, REPO, example_copy, interleaved, planned_command, report, run, timed
+from common import (
+    INV,
+    REPO,
+    compile_package,
+    example_copy,
+    interleaved,
+    planned_command,
+    report,
+    run,
+    timed,
+)
 
 TARGETS = ("dev", "prod", "apify")
 
 
 def main() -> None:
+    compile_package()
     empty = Path(tempfile.mkdtemp(prefix="buildtasks-bench-empty-"))
     # invoke refuses to list a collection without tasks: the anchor holds one no-op task.
     (empty / "tasks.py").write_text("from invoke import task\n\n\n@task\ndef noop(c):\n    pass\n")
     listing, bare = interleaved([([*INV, "--list"], REPO), ([*INV, "--list"], empty)], runs=21)
-    report("inv --list vs bare invoke on a one-task tasks.py", listing, bare, 1.2)
+    report("inv --list vs bare invoke on a one-task tasks.py", listing.wall, bare.wall, 1.2)
+    report("  the same in CPU time", listing.cpu, bare.cpu, 1.2)
 
     root = example_copy()
     env = {"REGISTRY": "127.0.0.1:5000/bench"}
@@ -31,14 +43,15 @@ def main() -> None:
     raw = planned_command(root, "build-prod", env)
     commands = [([*INV, "build-prod"], root), (raw, root), ([*INV, "noop"], empty)]
     warm, buildx, noop = interleaved(commands, runs=15, env=env)
-    report("warm no-op inv build-prod vs the raw buildx command", warm, buildx, 1.15)
-    overhead = warm - buildx - noop
-    print(
-        f"{'warm no-op inv build-prod - raw buildx - a no-op task':<58} "
-        f"{overhead * 1000:+.0f} ms (no-op task {noop:.2f}s)  target <= +50 ms  "
-        f"{'meets' if overhead <= 0.05 else 'MISSES'}",
-        flush=True,
-    )
+    report("warm no-op inv build-prod vs the raw buildx command", warm.wall, buildx.wall, 1.15)
+    for name, kind in (("", "wall"), ("  the same in CPU time", "cpu")):
+        overhead = getattr(warm, kind) - getattr(buildx, kind) - getattr(noop, kind)
+        print(
+            f"{name or 'warm no-op inv build-prod - raw buildx - a no-op task':<58} "
+            f"{overhead * 1000:+.0f} ms (no-op task {getattr(noop, kind):.2f}s)  "
+            f"target <= +50 ms  {'meets' if overhead <= 0.05 else 'MISSES'}",
+            flush=True,
+        )
     if "--startup" in sys.argv:
         return
 

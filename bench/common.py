@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import compileall
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -10,9 +12,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 INV = [sys.executable, "-m", "invoke"]
+
+
+def compile_package() -> None:
+    """Write buildtasks' bytecode, as `pip install` does. Where PYTHONDONTWRITEBYTECODE is set
+    (as on CI images), a source checkout would compile every module it imports on every run:
+    a cost neither an installed buildtasks nor the anchors (invoke is installed) pay."""
+    compileall.compile_dir(REPO / "buildtasks", quiet=1)
 
 
 def timed(argv: list[str], cwd: Path, runs: int = 1, env: dict | None = None) -> float:
@@ -25,18 +35,33 @@ def timed(argv: list[str], cwd: Path, runs: int = 1, env: dict | None = None) ->
     return statistics.median(times)
 
 
+class Timing(NamedTuple):
+    wall: float  # median seconds
+    cpu: float  # median seconds of CPU (user + system) of the command and what it ran
+
+
 def interleaved(
     commands: list[tuple[list[str], Path]], runs: int, env: dict | None = None
-) -> list[float]:
-    """Median wall time of each command, run in turn (a, b, c, a, b, c, ...): a load that
-    comes and goes on a shared machine falls on all of them alike."""
-    times: list[list[float]] = [[] for _ in commands]
+) -> list[Timing]:
+    """Median wall and CPU time of each command, run in turn (a, b, c, a, b, c, ...): a load
+    that comes and goes on a shared machine falls on all of them alike. The CPU time is what
+    a steady load leaves alone: waiting for a core counts in wall time only."""
+    walls: list[list[float]] = [[] for _ in commands]
+    cpus: list[list[float]] = [[] for _ in commands]
     for _ in range(runs):
         for index, (argv, cwd) in enumerate(commands):
-            start = time.perf_counter()
+            cpu, start = _children_cpu(), time.perf_counter()
             run(argv, cwd, env)
-            times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+            walls[index].append(time.perf_counter() - start)
+            cpus[index].append(_children_cpu() - cpu)
+    return [
+        Timing(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus, strict=True)
+    ]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(argv: list[str], cwd: Path, env: dict | None = None) -> None:

@@ -1,6 +1,7 @@
 """Project settings from ``[tool.buildtasks]`` in pyproject.toml.
 
-The schema is declared once, as the annotated fields of frozen dataclasses: msgspec checks
+The schema is declared once, as the annotated fields of frozen ``msgspec.Struct`` classes
+(made in C: no per-class code generation at import, which `inv --list` pays for): msgspec checks
 each value's type and bounds (``Annotated[int, Meta(ge=1)]``), and the ``Rule`` markers in
 the annotations check what a type cannot say (a size, a duration, an image reference, a tag
 template, a path that stays inside its root). Every value is checked at load, so a task never
@@ -9,12 +10,13 @@ meets a bad value halfway through a build.
 Values may use ``${VAR}`` and ``${VAR:-default}``, resolved from the process environment over
 the ``.env`` files named in ``env_files`` (later files override earlier ones; the real
 environment wins). Every problem is one ConfigError line that names the file and the key.
+
+The annotations are objects, evaluated once at import (no ``from __future__ import
+annotations``): the loader reads them at every load, and strings would be evaluated there.
 """
 
-from __future__ import annotations
-
-import dataclasses
 import difflib
+import inspect
 import io
 import os
 import re
@@ -23,13 +25,12 @@ import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
-from msgspec import Meta
+from msgspec import NODEFAULT, Meta, Struct, field
 
 from buildtasks import lazy
 from buildtasks.errors import ConfigError
@@ -52,7 +53,9 @@ _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REPOSITORY = re.compile(_NAME)
-_REFERENCE = re.compile(rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?")
+# Compiled on first use (re keeps it): only a wrong image or a tag template that names a
+# repository needs it, and compiling it costs more than the rest of a load's patterns.
+_REFERENCE = rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?"
 _TAG_NAME = re.compile(_TAG)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # build argument and variable names
 _RESTIC_REPOSITORY = re.compile(r"(?:rest:https?://|sftp:|s3:|b2:)\S+")
@@ -106,21 +109,24 @@ def parse_duration(text: str) -> int:
     return int(seconds)
 
 
-@dataclass(frozen=True)
-class _Context:
+class _Context(Struct, frozen=True):
     """What rules need to know: where the project and its build context are."""
 
     root: Path
     context: Path
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Struct, frozen=True):
     """A check on a string the type alone cannot express; ``check`` returns the reason
     the value is wrong, or None."""
 
     check: Callable[[str, _Context], str | None]
     shows_value: bool = True  # False where a wrong value may be a secret pasted in
+
+
+class Filled(Struct, frozen=True):
+    """Marks a field the loader fills in (the project root, a target's name, the merged .env
+    values): no key of the table."""
 
 
 def _inside(base: Path, value: str, name: str) -> str | None:
@@ -210,7 +216,7 @@ def _repository(value: str, _: _Context) -> str | None:
         return "is empty; set image to the repository to build (e.g. reg:5000/team/app)"
     if len(value) <= 255 and _REPOSITORY.fullmatch(value):
         return None
-    if _REFERENCE.fullmatch(value):
+    if re.fullmatch(_REFERENCE, value):
         return "must be a repository without a tag or digest; put tags in the targets' tags"
     return (
         "is not an image repository: lowercase path components ([a-z0-9] joined by . _ -), "
@@ -239,7 +245,7 @@ def _tag_template(value: str, _: _Context) -> str | None:
             return f"uses {{{name}}}; known fields: {known}"
     rendered = value.format_map(dict.fromkeys(TEMPLATE_FIELDS, "x"))
     if "/" in rendered or ":" in rendered:
-        match = _REFERENCE.fullmatch(rendered)
+        match = re.fullmatch(_REFERENCE, rendered)
         tag = rendered[match.end("name") :] if match else ""
         if not match or len(match.group("name")) > 255:
             return "is not an image reference (REPOSITORY:TAG) nor a tag"
@@ -374,11 +380,10 @@ ProjectPath = Annotated[str, Rule(_project_path)]
 Platforms = Annotated[tuple[Annotated[str, Rule(_platform)], ...], Rule(_distinct)]
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(Struct, frozen=True):
     """One image the project builds: ``[tool.buildtasks.targets.<name>]``."""
 
-    name: str
+    name: Annotated[str, Filled()]  # the key under [tool.buildtasks.targets]
     context: ProjectPath = ""  # default: the project's `context`
     image: Annotated[str, Rule(_mirror)] = ""  # default: the project's `image`
     # relative to the target's context
@@ -429,8 +434,7 @@ class Target:
         return parse_size(self.size_budget) if self.size_budget else None
 
 
-@dataclass(frozen=True)
-class ProtoSettings:
+class ProtoSettings(Struct, frozen=True):
     """``[tool.buildtasks.proto]``: where specs live and where generated code goes."""
 
     # the directory of .proto files
@@ -454,8 +458,7 @@ class ProtoSettings:
     )
 
 
-@dataclass(frozen=True)
-class CiSettings:
+class CiSettings(Struct, frozen=True):
     """``[tool.buildtasks.ci]``: what `buildtasks ci github|gitlab` puts in the workflow.
     Each step list is shell commands run in the project root."""
 
@@ -466,8 +469,7 @@ class CiSettings:
     integration: tuple[str, ...] = ("nox -s integration",)  # the job on an engine
 
 
-@dataclass(frozen=True)
-class StackSettings:
+class StackSettings(Struct, frozen=True):
     """``[tool.buildtasks.stack]``: the compose stack `inv up/down/deploy/health` drive."""
 
     # compose files of the stack, in order
@@ -519,8 +521,7 @@ def _subset(value: str, _: _Context) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class OffsiteSettings:
+class OffsiteSettings(Struct, frozen=True):
     """``[tool.buildtasks.backup.offsite]``: the restic repository sets are sent to."""
 
     repository: Annotated[str, Rule(_repository_url)] = ""  # empty: no off-site copies
@@ -533,8 +534,7 @@ class OffsiteSettings:
     options: tuple[Annotated[str, Rule(_restic_option)], ...] = ()
 
 
-@dataclass(frozen=True)
-class IntegrationSettings:
+class IntegrationSettings(Struct, frozen=True):
     """``[tool.buildtasks.integration]``: what `nox -s integration` installs, builds, runs."""
 
     compose: tuple[ProjectPath, ...] = ()  # default: the stack's compose files
@@ -549,16 +549,14 @@ class IntegrationSettings:
     runner_target: str = ""  # the target whose image runs pytest with --in-container
 
 
-@dataclass(frozen=True)
-class DbSettings:
+class DbSettings(Struct, frozen=True):
     """``[tool.buildtasks.db]``: the SQLite database `inv db.migrate` and `inv db.status` use."""
 
     sqlite: Annotated[str, Rule(_source)]  # a host path, or SERVICE:/path in a compose service
     migrations: ProjectPath = "migrations"  # NNNN_name.sql files, applied in order
 
 
-@dataclass(frozen=True)
-class BackupSettings:
+class BackupSettings(Struct, frozen=True):
     """``[tool.buildtasks.backup]``: what `inv backup` saves and how long sets are kept."""
 
     # where sets are written (a path of its own, outside the sources)
@@ -579,8 +577,7 @@ class BackupSettings:
     offsite: OffsiteSettings = OffsiteSettings()  # [tool.buildtasks.backup.offsite]
 
 
-@dataclass(frozen=True)
-class ReleaseSettings:
+class ReleaseSettings(Struct, frozen=True):
     """``[tool.buildtasks.release]``: what `inv release` bumps, records, builds and pushes."""
 
     version_file: ProjectPath = "pyproject.toml"  # [project] version, or a file with __version__
@@ -612,8 +609,7 @@ def _signing_key(value: str, ctx: _Context) -> str | None:
 KeyPath = Annotated[str, Rule(_signing_key, shows_value=False)]
 
 
-@dataclass(frozen=True)
-class PublishSettings:
+class PublishSettings(Struct, frozen=True):
     """``[tool.buildtasks.publish]``: what every push (`inv push`, `inv release`) attaches,
     signs and retries."""
 
@@ -626,8 +622,7 @@ class PublishSettings:
     retry_delay: Annotated[float, Meta(ge=0, le=300)] = 2.0  # seconds, doubled each retry
 
 
-@dataclass(frozen=True)
-class CacheSettings:
+class CacheSettings(Struct, frozen=True):
     """``[tool.buildtasks.cache]``: what `inv prune` keeps."""
 
     until: Annotated[str, Rule(_duration)] = "168h"  # build cache unused for longer goes
@@ -644,11 +639,10 @@ class CacheSettings:
         return parse_size(self.keep_storage)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(Struct, frozen=True):
     """Everything buildtasks knows about one project."""
 
-    root: Path
+    root: Annotated[Path, Filled()]
     # the image repository targets are tagged under (default: [project] name)
     image: Annotated[str, Rule(_repository)]
     # the build context of every target without its own
@@ -678,7 +672,7 @@ class Settings:
     publish: PublishSettings = PublishSettings()
     cache: CacheSettings = CacheSettings()
     ci: CiSettings = CiSettings()
-    dotenv: Mapping[str, str] = field(default_factory=dict)  # merged .env values
+    dotenv: Annotated[Mapping[str, str], Filled()] = field(default_factory=dict)  # merged .env
 
     @property
     def context_dir(self) -> Path:
@@ -763,8 +757,7 @@ def _is_file(path: Path, where: str) -> bool:
         raise ConfigError(f"{where}: cannot read {_key(path.name)[:80]}: {exc.strerror}") from None
 
 
-@dataclass(frozen=True)
-class _Loaded:
+class _Loaded(Struct, frozen=True):
     """A cached load: valid while the file, the environment and the files it read match."""
 
     data: bytes
@@ -846,23 +839,9 @@ def parse(
     """Validate and interpolate a ``[tool.buildtasks]`` table."""
     project = project or {}
     where = f"{file}: tool.buildtasks"
-    _known(Settings, table, where, {"root", "dotenv"})
+    _known(Settings, table, where)
     raw = dict(table)
-    sections = {
-        name: raw.pop(name, None)
-        for name in (
-            "targets",
-            "proto",
-            "stack",
-            "integration",
-            "db",
-            "backup",
-            "release",
-            "cache",
-            "ci",
-            "publish",
-        )
-    }
+    sections = {name: raw.pop(name, None) for name in tables(Settings)}
     root = root.resolve()
     ctx = _Context(root, root)
     env_files = _value(Settings, "env_files", raw.get("env_files", [".env"]), where, os.environ)
@@ -876,7 +855,7 @@ def parse(
             raise ConfigError(f"{file}: project.{key} must be a string")
     raw.setdefault("image", project.get("name", ""))
     raw.setdefault("version", _release_version(root, release, where) or project.get("version", ""))
-    values = _fields(Settings, raw, where, env, ctx, skip={"root", "dotenv", *sections})
+    values = _fields(Settings, raw, where, env, ctx)
     if values.get("docker_host") and values.get("docker_context"):
         raise ConfigError(f"{where}: set docker_host or docker_context, not both")
     ctx = _Context(root, (root / values.get("context", ".")).resolve())
@@ -911,14 +890,7 @@ def parse(
     integration = _section(
         IntegrationSettings, sections["integration"], f"{where}.integration", env, ctx
     )
-    backup_table = sections["backup"]
-    offsite = None
-    if isinstance(backup_table, dict) and "offsite" in backup_table:
-        backup_table = dict(backup_table)
-        offsite = backup_table.pop("offsite")
-    backup = _section(BackupSettings, backup_table, f"{where}.backup", env, ctx)
-    offsite = _section(OffsiteSettings, offsite, f"{where}.backup.offsite", env, ctx)
-    backup = dataclasses.replace(backup, offsite=offsite)
+    backup = _section(BackupSettings, sections["backup"], f"{where}.backup", env, ctx)
     for section, chosen in (
         ("stack", stack.targets),
         ("release", release.targets),
@@ -1007,7 +979,7 @@ def _release_version(root: Path, release: ReleaseSettings, where: str) -> str:
 
 
 def replaced(section, root: Path, **changes):
-    """section (a settings dataclass) with changes from command-line flags, each checked
+    """section (a settings table) with changes from command-line flags, each checked
     by the rules its field declares, so `--until 7d` fails as the same key in pyproject
     would."""
     ctx = _Context(root, root)
@@ -1016,7 +988,7 @@ def replaced(section, root: Path, **changes):
             reason = rule.check(item, ctx)
             if reason:
                 raise ConfigError(f"--{key.replace('_', '-')}: {item!r} {reason}")
-    return dataclasses.replace(section, **changes)
+    return msgspec.structs.replace(section, **changes)
 
 
 def _table(value: object, where: str) -> dict:
@@ -1025,35 +997,57 @@ def _table(value: object, where: str) -> dict:
     return value
 
 
-def _section(cls: type, table: object, where: str, env, ctx: _Context, absent=MISSING):
-    """A sub-table as dataclass cls; when it is absent, cls's defaults (or ``absent``)."""
+def _section(cls: type, table: object, where: str, env, ctx: _Context, absent=NODEFAULT):
+    """A sub-table as cls, with the tables nested in it; when it is absent, cls's defaults
+    (or ``absent``)."""
     if table is None:
-        return cls() if absent is MISSING else absent
+        return cls() if absent is NODEFAULT else absent
     table = _table(table, where)
-    required = [
-        f.name
-        for f in fields(cls)
-        if f.default is MISSING and f.default_factory is MISSING and f.name not in table
-    ]
+    nested = tables(cls)
+    required = [f.name for f in msgspec.structs.fields(cls) if f.required and f.name not in table]
     if required:
         raise ConfigError(f"{where}: `{required[0]}` is required")
-    return cls(**_fields(cls, table, where, env, ctx))
+    values = _fields(cls, {k: v for k, v in table.items() if k not in nested}, where, env, ctx)
+    for key, (sub, _) in nested.items():
+        if key in table:
+            values[key] = _section(sub, table[key], f"{where}.{key}", env, ctx)
+    return cls(**values)
 
 
-def _fields(
-    cls: type, table: Mapping, where: str, env, ctx: _Context, skip=frozenset({"name"})
-) -> dict:
+def _fields(cls: type, table: Mapping, where: str, env, ctx: _Context) -> dict:
     """Check table against the declared fields of cls; return the converted values."""
-    _known(cls, table, where, skip)
+    _known(cls, table, where)
     values = {}
     for key, value in table.items():
         values[key] = _check(cls, key, _value(cls, key, value, where, env), where, ctx)
     return values
 
 
-def _known(cls: type, table: Mapping, where: str, skip) -> None:
+def keys(cls: type) -> tuple[str, ...]:
+    """The keys the table of cls may hold: its fields but those the loader fills in."""
+    return tuple(
+        name
+        for name, hint in _hints(cls).items()
+        if not any(isinstance(m, Filled) for m in getattr(hint, "__metadata__", ()))
+    )
+
+
+def tables(cls: type) -> dict[str, tuple[type, bool]]:
+    """The keys of cls that hold tables of their own: {key: (the table's class, whether the
+    key holds a table of named ones, as targets.NAME)}."""
+    found = {}
+    for name, hint in _hints(cls).items():
+        named = typing.get_origin(hint) is Mapping
+        options = typing.get_args(hint) if named or isinstance(hint, types.UnionType) else (hint,)
+        table = next((o for o in options if isinstance(o, type) and issubclass(o, Struct)), None)
+        if table is not None:
+            found[name] = (table, named)
+    return found
+
+
+def _known(cls: type, table: Mapping, where: str) -> None:
     """Every key first: a typo explains the errors it causes elsewhere."""
-    known = {f.name for f in fields(cls)} - set(skip)
+    known = set(keys(cls))
     for key in table:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -1114,13 +1108,9 @@ def _ruled(hint: object, value: object):
             yield from _ruled(args[1], item)
 
 
-_hint_cache: dict[type, dict] = {}
-
-
 def _hints(cls: type) -> dict:
-    if cls not in _hint_cache:  # evaluates every annotation: once per class
-        _hint_cache[cls] = typing.get_type_hints(cls, include_extras=True)
-    return _hint_cache[cls]
+    """The declared type of each field of cls (objects already: see the module's doc)."""
+    return inspect.get_annotations(cls)
 
 
 def _describe(hint: object) -> str:

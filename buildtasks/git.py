@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from buildtasks.shell import Shell
 
 
-@dataclass(frozen=True)
-class GitState:
+class GitState(msgspec.Struct, frozen=True):
     sha: str = ""
     branch: str = ""
     dirty: bool = False
@@ -59,24 +59,28 @@ def toplevel(sh: Shell, root: Path) -> Path | None:
 
 
 def _read_state(sh: Shell, root: Path) -> GitState:
-
-    def git(*args: str) -> str:
-        return query(sh, root, *args)
-
-    # One status call says HEAD, the branch and whether the tree is dirty.
-    status = git("status", "--porcelain=v2", "--branch", "--untracked-files=normal")
+    # Three reads side by side: the status says HEAD, the branch and whether the tree is
+    # dirty; the others say HEAD's time and the remote (both fail harmlessly without HEAD).
+    git = ["git", "-C", str(root)]
+    status, epoch, remote = (
+        result.stdout.strip() if result.returncode == 0 else ""
+        for result in sh.queries(
+            [*git, "status", "--porcelain=v2", "--branch", "--untracked-files=normal"],
+            [*git, "show", "-s", "--format=%ct", "HEAD"],
+            [*git, "remote", "get-url", "origin"],
+        )
+    )
     headers = dict(line[2:].split(" ", 1) for line in status.splitlines() if line.startswith("# "))
     sha = headers.get("branch.oid", "")
     if not sha or sha == "(initial)":
         return GitState()
     branch = headers.get("branch.head", "")
-    epoch = git("show", "-s", "--format=%ct", "HEAD")
     return GitState(
         sha=sha,
         branch="HEAD" if branch == "(detached)" else branch,  # as `rev-parse --abbrev-ref`
         dirty=any(not line.startswith("# ") for line in status.splitlines()),
         commit_time=datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        remote_url=without_credentials(git("remote", "get-url", "origin")),
+        remote_url=without_credentials(remote),
     )
 
 

@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from buildtasks.backup import sets
 from buildtasks.backup.sets import parse_location
 from buildtasks.config import Settings
@@ -174,8 +176,8 @@ def _migrate(settings: Settings, sh: Runtime, current: Outcome) -> Outcome:
 
 def _backup(settings: Settings, sh: Runtime) -> str:
     """A set of the database alone (partial: restored with `inv restore --id`)."""
-    only_db = dataclasses.replace(
+    only_db = msgspec.structs.replace(
         settings.backup, sqlite=(_db(settings).sqlite,), files=(), redis={}, quiesce=()
     )
-    made = sets.create(dataclasses.replace(settings, backup=only_db), sh, only=("sqlite",))
+    made = sets.create(msgspec.structs.replace(settings, backup=only_db), sh, only=("sqlite",))
     return made.id

@@ -7,28 +7,24 @@ its type, its default and what it does (the comments beside the fields in config
 from __future__ import annotations
 
 import ast
-import dataclasses
 import inspect
 import sys
 
+import msgspec
+
 from buildtasks import config
 
-TABLES = (
-    ("tool.buildtasks", config.Settings),
-    ("tool.buildtasks.targets.NAME", config.Target),
-    ("tool.buildtasks.proto", config.ProtoSettings),
-    ("tool.buildtasks.stack", config.StackSettings),
-    ("tool.buildtasks.integration", config.IntegrationSettings),
-    ("tool.buildtasks.db", config.DbSettings),
-    ("tool.buildtasks.backup", config.BackupSettings),
-    ("tool.buildtasks.backup.offsite", config.OffsiteSettings),
-    ("tool.buildtasks.release", config.ReleaseSettings),
-    ("tool.buildtasks.publish", config.PublishSettings),
-    ("tool.buildtasks.cache", config.CacheSettings),
-    ("tool.buildtasks.ci", config.CiSettings),
-)
-NOT_KEYS = {"root", "dotenv", "name", "targets", "proto", "stack", "integration", "db"}
-NOT_KEYS |= {"backup", "release", "cache", "ci", "offsite", "publish"}
+
+def tables(name: str, cls: type) -> list[tuple[str, type]]:
+    """(table, class) for the table of cls and every table nested in it, as the schema
+    declares them."""
+    found = [(name, cls)]
+    for key, (table, named) in config.tables(cls).items():
+        found += tables(f"{name}.{key}.NAME" if named else f"{name}.{key}", table)
+    return found
+
+
+TABLES = tables("tool.buildtasks", config.Settings)
 
 EXAMPLE = """\
 ## A multi-service layout
@@ -102,10 +98,10 @@ def comments(cls: type) -> dict[str, str]:
     return found
 
 
-def _default(item: dataclasses.Field) -> str:
-    if item.default is not dataclasses.MISSING:
+def _default(item: msgspec.structs.FieldInfo) -> str:
+    if item.default is not msgspec.NODEFAULT:
         value = item.default
-    elif item.default_factory is not dataclasses.MISSING:
+    elif item.default_factory is not msgspec.NODEFAULT:
         value = item.default_factory()
     else:
         return "required"
@@ -128,8 +124,9 @@ def documented_keys() -> list[tuple[str, str, str, str, str]]:
     for table, cls in TABLES:
         notes = comments(cls)
         hints = config._hints(cls)
-        for item in dataclasses.fields(cls):
-            if item.name in NOT_KEYS:
+        keys = set(config.keys(cls)) - set(config.tables(cls))
+        for item in msgspec.structs.fields(cls):
+            if item.name not in keys:
                 continue
             kind = config._describe(hints[item.name])
             rows.append((table, item.name, kind, _default(item), notes.get(item.name, "")))

@@ -12,14 +12,20 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlparse
 
-from buildtasks import atomic, engines, git
+from buildtasks import atomic, engines, git, lazy
 from buildtasks.config import Settings
 from buildtasks.docker.build import secret_variable
-from buildtasks.docker.engine import Engine
 from buildtasks.shell import Shell
+
+if TYPE_CHECKING:
+    from buildtasks.docker.engine import Engine
+
+# Loaded with the engine itself: a rebuild that finds its image in the build record never
+# asks the engine.
+docker_engine = lazy.module("buildtasks.docker.engine")
 
 
 def secret_values(settings: Settings) -> frozenset[str]:
@@ -55,7 +61,7 @@ class Runtime(Shell):
         """The one engine connection of this invocation, opened on first use."""
         with self._engine_lock:
             if self._engine is None:
-                self._engine = Engine(self, self.profile)
+                self._engine = docker_engine.Engine(self, self.profile)
             return self._engine
 
     def derive(self, settings: Settings) -> Runtime:

@@ -124,6 +124,30 @@ class Shell:
             result.returncode,
         )
 
+    def queries(self, *argvs: Sequence[str]) -> list[subprocess.CompletedProcess[str]]:
+        """Run read-only commands side by side, each as ``run(argv, query=True,
+        check=False)`` would: for reads that do not wait for each other's answer."""
+        options = {"env": {**os.environ, **self.env}, "text": True,
+                   "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}  # fmt: skip
+        started = []
+        for argv in argvs:
+            try:
+                started.append(subprocess.Popen(list(argv), **options))
+            except FileNotFoundError:
+                started.append(None)
+        results = []
+        for argv, process in zip(argvs, started, strict=True):
+            if process is None:
+                results.append(
+                    subprocess.CompletedProcess(list(argv), 127, "", f"{argv[0]}: not found")
+                )
+                continue
+            stdout, stderr = process.communicate()
+            results.append(
+                subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
+            )
+        return results
+
     def output(self, argv: Sequence[str], *, check: bool = True) -> str:
         """stdout of a read-only query, stripped."""
         return self.run(argv, query=True, check=check).stdout.strip()

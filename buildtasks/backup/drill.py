@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from buildtasks.backup import manifest, offsite, probe, redis, restore, sets
 from buildtasks.config import Settings
 from buildtasks.docker import compose
@@ -144,10 +146,10 @@ def throwaway(settings: Settings, sh: Shell, scratch: Path) -> Settings:
             lines += [f"  {json.dumps(service)}:", *entry]
     override = scratch / "buildtasks-drill.yml"
     override.write_text("\n".join(lines if len(lines) > 1 else ["services: {}"]) + "\n")
-    stack = dataclasses.replace(
+    stack = msgspec.structs.replace(
         settings.stack, project=name, compose=(*settings.stack.compose, str(override))
     )
-    return dataclasses.replace(settings, stack=stack)
+    return msgspec.structs.replace(settings, stack=stack)
 
 
 def run(settings: Settings, sh: Runtime, where: str = "") -> Report:

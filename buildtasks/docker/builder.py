@@ -6,9 +6,11 @@ import json
 import os
 import shlex
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from buildtasks import lfs
 from buildtasks.config import build_order
@@ -31,8 +33,7 @@ CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
 DEBIAN_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-@dataclass(frozen=True)
-class Built:
+class Built(msgspec.Struct, frozen=True):
     target: str
     ref: str
     digest: str
@@ -176,7 +177,7 @@ def _finish(rt: Runtime, build_plan: BuildPlan, metadata: dict, check: bool) -> 
     facts = None
     if not build_plan.push:
         facts = builds.known_facts(settings.root, metadata) or rt.engine.image(ref)
-        facts = replace(facts, ref=ref)
+        facts = msgspec.structs.replace(facts, ref=ref)
     # What prune may remove; pushes too, as the containerd store keeps the pushed image
     # (an id the engine does not list is never a candidate).
     builds.record(settings.root, build_plan.target, revision, metadata, facts)

@@ -18,14 +18,14 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import msgspec
 
 from buildtasks.docker.checks import ImageFacts
 
 
-@dataclass(frozen=True)
-class BuildRecord:
+class BuildRecord(msgspec.Struct, frozen=True):
     ids: tuple[str, ...]  # the digests the engine may list the image under
     target: str
     revision: str  # the git commit it was built from ('' outside git)
@@ -70,7 +70,7 @@ def known_facts(root: Path, metadata: dict) -> ImageFacts | None:
                 facts = ImageFacts(**entry.facts)
             except TypeError:
                 return None  # written by another version: inspect again
-            return ImageFacts(**{**asdict(facts), "healthcheck": tuple(facts.healthcheck)})
+            return msgspec.structs.replace(facts, healthcheck=tuple(facts.healthcheck))
     return None
 
 
@@ -83,7 +83,11 @@ def record(
     if not ids:
         return False
     entry = BuildRecord(
-        ids, target, revision, time.time_ns(), asdict(facts) if facts is not None else None
+        ids,
+        target,
+        revision,
+        time.time_ns(),
+        msgspec.structs.asdict(facts) if facts is not None else None,
     )
     try:
         with _locked(root):
@@ -116,7 +120,7 @@ def _write(root: Path, records: list[BuildRecord]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".builds-")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump([asdict(r) for r in records], handle)
+            json.dump([msgspec.structs.asdict(r) for r in records], handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from buildtasks.config import parse_size
 
 
-@dataclass(frozen=True)
-class ImageFacts:
+class ImageFacts(msgspec.Struct, frozen=True):
     """What the checks need from an image's inspect data."""
 
     ref: str

@@ -3,17 +3,21 @@ Many Requests (after its Retry-After). Auth errors (401, 403) are never retried.
 
 from __future__ import annotations
 
-import http.client
 import re
 import time
-import urllib.error
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
+
+from buildtasks import lazy
 from buildtasks.config import Settings
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
+
+# Only a failed request is classified with these: a run where nothing fails never loads them.
+http_client = lazy.module("http.client")
+urllib_error = lazy.module("urllib.error")
 
 T = TypeVar("T")
 
@@ -33,8 +37,7 @@ TRANSIENT = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(msgspec.Struct, frozen=True):
     retries: int = 4  # attempts after the first
     delay: float = 2.0  # seconds before the first retry, doubled for each next one
 
@@ -97,14 +100,14 @@ def run(sh: Shell, policy: Policy, what: str, argv: Sequence[str], **kwargs):
 
 def http_transient(exc: Exception) -> Transient | None:
     """The Transient a urllib failure stands for, or None when it is not one."""
-    if isinstance(exc, urllib.error.HTTPError):
+    if isinstance(exc, urllib_error.HTTPError):
         if exc.code == 429 or exc.code >= 500:
             after = exc.headers.get("Retry-After", "") if exc.headers else ""
             return Transient(f"HTTP {exc.code}", float(after) if after.isdigit() else 0.0)
         return None
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, ConnectionResetError | BrokenPipeError | TimeoutError) or isinstance(
-        exc, http.client.RemoteDisconnected | http.client.IncompleteRead | ConnectionResetError
+        exc, http_client.RemoteDisconnected | http_client.IncompleteRead | ConnectionResetError
     ):
         return Transient(f"connection failed ({reason})")
     return None

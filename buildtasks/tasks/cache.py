@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
+import msgspec
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
@@ -65,7 +65,7 @@ def prune(c: Context, build_cache=False, until="", keep_storage="", all_=False, 
     project = sh.settings
     overrides = {k: v for k, v in (("until", until), ("keep_storage", keep_storage)) if v}
     cache = config.replaced(project.cache, project.root, **overrides)
-    project = dataclasses.replace(project, cache=cache)
+    project = msgspec.structs.replace(project, cache=cache)
     if (build_cache or all_) and sh.profile.name != "docker":
         raise EngineError(
             f"{sh.profile.name} has no BuildKit cache to prune; drop --build-cache/--all "

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import msgspec
 from invoke import Context, task
 
 from buildtasks import lazy
@@ -98,7 +99,7 @@ def release(
     flow.preflight(project, sh, plan, allow_empty_changelog, allow_breaking)
     if sh.dry:
         # The push the release makes: the new version in the labels, the staging tag.
-        released = sh.derive(dataclasses.replace(project, version=plan.new))
+        released = sh.derive(msgspec.structs.replace(project, version=plan.new))
         for name in plan.image_tags:
             flow.push_target(released, name, flow.PENDING_COMMIT)
         print(f"nothing changed (dry run); `inv release --bump ...` makes release {plan.new}")

@@ -1,6 +1,6 @@
-import dataclasses
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from buildtasks import config
@@ -112,7 +112,7 @@ def test_request_overrides_and_push_uses_configured_platforms(monkeypatch):
 
 def test_dirty_tree_and_branch_templates(monkeypatch):
     project = settings(monkeypatch)
-    dirty = GitState(**{**GIT.__dict__, "dirty": True})
+    dirty = msgspec.structs.replace(GIT, dirty=True)
     build = plan(project, project.targets["dev"], dirty, "FROM python:3.11\n", now="unused")
     assert build.tags == ("reg:5000/team/svc:dev", "reg:5000/team/svc:feature-x-0123456-dirty")
     assert build.platforms == ()
@@ -200,7 +200,7 @@ def test_registry_cache_preset_and_attestations(monkeypatch):
     ("off", "--provenance=false", "type=provenance,disabled=true"),
 ])  # fmt: skip
 def test_publish_provenance_mode_applies_to_pushes_only(monkeypatch, mode, push_flag, bake):
-    project = dataclasses.replace(
+    project = msgspec.structs.replace(
         settings(monkeypatch), publish=config.PublishSettings(provenance=mode)
     )
     target = project.targets["dev"]

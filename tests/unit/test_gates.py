@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 from pathlib import Path
 
+import msgspec
 import pytest
 import yaml
 
@@ -60,7 +60,7 @@ def test_user_and_healthcheck_are_read_through_the_stages_the_final_one_builds_o
 def test_the_targets_stage_is_the_final_one_and_its_checks_decide():
     text = "FROM a AS runtime\nUSER 1000\nHEALTHCHECK CMD x\nFROM a AS debug\n"
     assert codes(text) == [(4, "buildtasks/non-root"), (4, "buildtasks/healthcheck")]
-    assert codes(text, dataclasses.replace(STRICT, stage="runtime")) == []
+    assert codes(text, msgspec.structs.replace(STRICT, stage="runtime")) == []
     assert codes(text, Target(name="dev")) == []  # dev asks for no checks
     assert codes("FROM a AS x\nFROM x AS y\nFROM y AS x\n", STRICT)  # a loop ends
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from invoke import Config, Context
 
 from buildtasks import config
-from buildtasks import runtime as runtime_module
+from buildtasks.docker import engine as engine_module
 from buildtasks.docker.engine import Engine
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
@@ -102,7 +102,7 @@ def _at_once(ask, count: int = 8) -> list:
 
 
 def test_threads_asking_at_once_share_one_engine_connected_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtime_module, "Engine", _SlowEngine)
+    monkeypatch.setattr(engine_module, "Engine", _SlowEngine)
     _SlowEngine.made = 0
     rt = Runtime(config.load(project(tmp_path)))
     engines = _at_once(lambda: rt.engine)
@@ -144,7 +144,8 @@ def test_listing_the_tasks_loads_no_domain_module_and_no_sdk(tmp_path):
     assert "buildtasks.tasks" in loaded  # the probe did build the collection
     heavy = {"docker", "redis", "tomlkit", "urllib.request", "tarfile", "sqlite3",
              "buildtasks.stack", "buildtasks.runtime", "buildtasks.docker.engine",
-             "buildtasks.backup.sets", "buildtasks.release.flow", "buildtasks.proto"}  # fmt: skip
+             "buildtasks.backup.sets", "buildtasks.release.flow", "buildtasks.proto",
+             "buildtasks.git", "buildtasks.shell"}  # fmt: skip
     assert heavy & loaded == set()
 
 

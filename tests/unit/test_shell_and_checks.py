@@ -1,5 +1,9 @@
+import os
+import subprocess
+
 import pytest
 
+from buildtasks import git
 from buildtasks.docker.checks import ImageFacts, parse_size, runs_as_root, violations
 from buildtasks.errors import CommandError, ConfigError
 from buildtasks.shell import Shell, redact
@@ -23,6 +27,42 @@ def test_failed_command_error_is_one_redacted_line():
     assert error.value.returncode == 3
     with pytest.raises(CommandError, match="no-such-tool: command not found"):
         sh.run(["no-such-tool"])
+
+
+def test_queries_run_side_by_side_and_answer_in_order_even_under_dry_run(capfd):
+    sh = Shell(dry=True)
+    first, missing, failed = sh.queries(
+        ["sh", "-c", "sleep 0.2; echo first"], ["no-such-tool"], ["sh", "-c", "echo no >&2; exit 4"]
+    )
+    assert (first.returncode, first.stdout) == (0, "first\n")
+    assert (missing.returncode, missing.stderr) == (127, "no-such-tool: not found")
+    assert (failed.returncode, failed.stderr) == (4, "no\n")
+    assert capfd.readouterr().err == ""  # reads are not echoed
+
+
+def test_git_state_reads_head_branch_dirtiness_time_and_remote(tmp_path):
+    def run(*args: str) -> None:
+        env = {**os.environ, "GIT_COMMITTER_DATE": "@86400 +0000"}
+        subprocess.run(
+            ["git", "-C", str(tmp_path), *args], check=True, capture_output=True, env=env
+        )
+
+    run("init", "-q", "-b", "main")
+    assert git.state(Shell(), tmp_path) == git.GitState()  # no commit yet
+    git.forget()
+    run("remote", "add", "origin", "https://user:token@example.test/team/app.git")
+    (tmp_path / "a.txt").write_text("a\n")
+    run("add", "a.txt")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+    sha = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()  # fmt: skip
+    (tmp_path / "b.txt").write_text("untracked\n")
+    state = git.state(Shell(), tmp_path)
+    git.forget()
+    assert state == git.GitState(
+        sha=sha, branch="main", dirty=True, commit_time="1970-01-02T00:00:00Z",
+        remote_url="https://example.test/team/app.git",
+    )  # fmt: skip
 
 
 def test_parse_size():
