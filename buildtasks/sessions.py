@@ -13,10 +13,14 @@ from pathlib import Path
 
 import nox
 
-from buildtasks import config, stack
-from buildtasks.docker.engine import quiet_sdk_loggers, remove_project
+from buildtasks import lazy
 from buildtasks.errors import BuildtasksError, ConfigError
-from buildtasks.runtime import Runtime
+
+# Loaded when a session runs: every nox command loads the noxfile, listing sessions included.
+config = lazy.module("buildtasks.config")
+stack = lazy.module("buildtasks.stack")
+docker_engine = lazy.module("buildtasks.docker.engine")
+runtime = lazy.module("buildtasks.runtime")
 
 
 def integration_session(
@@ -48,12 +52,12 @@ def integration_session(
     to install (default: the project's test requirements, see test_requirements)."""
 
     def run(session: nox.Session) -> None:
-        quiet_sdk_loggers()
+        docker_engine.quiet_sdk_loggers()
 
         in_container = "--in-container" in session.posargs
         posargs = [arg for arg in session.posargs if arg != "--in-container"]
         try:
-            rt = stack.use_stack_images(Runtime(config.load(root)))
+            rt = runtime.Runtime(config.load(root))
             settings = rt.settings
             chosen = settings.integration
             packages = test_requirements(settings) if install is None else list(install)
@@ -74,7 +78,7 @@ def integration_session(
                         f"target with pytest; targets: {', '.join(settings.targets)}"
                     )
                 build.append(runner)
-                runner_image = rt.env[stack.image_variable(runner)]
+                runner_image = stack.image_variables(rt)[stack.image_variable(runner)]
             options = stack.IntegrationOptions(
                 session=name,
                 files=tuple(compose or chosen.compose or settings.stack.compose),
@@ -95,14 +99,14 @@ def integration_session(
             session.error(str(exc))
 
     def clean(session: nox.Session) -> None:
-        quiet_sdk_loggers()
+        docker_engine.quiet_sdk_loggers()
         try:
             settings = config.load(root)
             prefix = f"{stack.stack_compose(settings).project}-{name}"
-            engine = Runtime(settings).engine
+            engine = runtime.Runtime(settings).engine
             orphans = stack.orphaned_projects(engine, prefix, name)
             for project in orphans:
-                for item in remove_project(engine, project):
+                for item in docker_engine.remove_project(engine, project):
                     session.log(f"removed {item}")
             session.log(f"{len(orphans)} orphaned {name} stack(s) removed")
         except BuildtasksError as exc:
