@@ -674,10 +674,6 @@ class Settings(Struct, frozen=True):
     ci: CiSettings = CiSettings()
     dotenv: Annotated[Mapping[str, str], Filled()] = field(default_factory=dict)  # merged .env
 
-    @property
-    def context_dir(self) -> Path:
-        return self.root / self.context
-
     def context_of(self, target: Target) -> Path:
         """The build context of target: its own, else the project's."""
         return self.root / (target.context or self.context)

@@ -55,7 +55,7 @@ build_args = { PYTHON = "3.11" }
     settings = config.load(root)
     assert settings.image == "svc"
     assert settings.version == "1.2.3"
-    assert settings.context_dir == root / "app"
+    assert settings.context_of(settings.targets["dev"]) == root / "app"
     assert settings.targets["prod"] == Target(
         name="prod",
         dockerfile="Dockerfile.prod",
