@@ -66,11 +66,12 @@ def known_facts(root: Path, metadata: dict) -> ImageFacts | None:
     ids = set(ids_from_metadata(metadata))
     for entry in reversed(load(root)):
         if ids & set(entry.ids) and isinstance(entry.facts, dict):
-            try:
-                facts = ImageFacts(**entry.facts)
-            except TypeError:
+            if set(entry.facts) != set(ImageFacts.__struct_fields__):
                 return None  # written by another version: inspect again
-            return msgspec.structs.replace(facts, healthcheck=tuple(facts.healthcheck))
+            try:
+                return msgspec.convert(entry.facts, ImageFacts)
+            except msgspec.ValidationError:
+                return None  # damaged: inspect again
     return None
 
 

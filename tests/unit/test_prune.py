@@ -284,3 +284,8 @@ def test_facts_of_another_shape_are_inspected_again(tmp_path, monkeypatch):
     entries[0]["facts"] = {"ref": "x", "owner": "root"}  # not what this version writes
     path.write_text(json.dumps(entries))
     assert builds.known_facts(tmp_path, {"containerimage.digest": "sha256:m"}) is None
+    whole = {"ref": "x", "user": "1000", "healthcheck": ["CMD", "true"], "size": 1}
+    for damaged in ({**whole, "uncompressed_size": "2"}, whole):  # a wrong type, a field short
+        entries[0]["facts"] = damaged
+        path.write_text(json.dumps(entries))
+        assert builds.known_facts(tmp_path, {"containerimage.digest": "sha256:m"}) is None
