@@ -13,9 +13,10 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
+import msgspec
 
 from buildtasks.config import Settings
 from buildtasks.errors import ConfigError, EngineError
@@ -26,8 +27,7 @@ ROOTFUL_PODMAN_SOCKET = "unix:///run/podman/podman.sock"
 LOOPBACK = ("127.0.0.1", "0.0.0.0", "localhost", "::1", "::", "[::1]", "[::]")
 
 
-@dataclass(frozen=True)
-class EngineProfile:
+class EngineProfile(msgspec.Struct, frozen=True):
     name: str  # docker or podman: the CLI that builds and pushes
     host: str = ""  # the API address (DOCKER_HOST); "" is the docker CLI's own default
     context: str = ""  # the docker context the CLI uses, when one is configured

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from buildtasks.config import Settings
 from buildtasks.docker import builder, compose
-from buildtasks.docker.build import BuildRequest, render_tags, template_values
+from buildtasks.docker.build import AS_CONFIGURED, render_tags, template_values
 from buildtasks.docker.builds import state_file
 from buildtasks.docker.compose import PROJECT_LABEL, Compose, stack_compose
 from buildtasks.docker.engine import (
@@ -73,7 +73,7 @@ def build_targets(rt: Runtime, targets: tuple[str, ...]) -> list[str]:
     if not targets:
         return []
     try:
-        build_plans = builder.plans(rt, list(targets), BuildRequest())
+        build_plans = builder.plans(rt, list(targets), AS_CONFIGURED)
         summaries = [built.summary() for built in builder.run(rt, build_plans, False)]
     except CommandError as exc:
         raise BuildFailed(f"image build failed, the stack was not started: {exc}") from None

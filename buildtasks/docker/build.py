@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import msgspec
 
 from buildtasks.config import TEMPLATE_FIELDS, Settings, Target
 from buildtasks.docker.dockerfile import base_images, mirror_args, mirror_contexts
@@ -19,19 +20,20 @@ IMAGE_LABEL = "io.buildtasks.image"
 TARGET_LABEL = "io.buildtasks.target"
 
 
-@dataclass(frozen=True)
-class BuildRequest:
+class BuildRequest(msgspec.Struct, frozen=True):
     """What the user asked for on the command line; empty values mean "as configured"."""
 
     tags: tuple[str, ...] = ()
     platforms: tuple[str, ...] = ()
-    build_args: Mapping[str, str] = field(default_factory=dict)
+    build_args: Mapping[str, str] = msgspec.field(default_factory=dict)
     push: bool = False
     no_cache: bool = False
 
 
-@dataclass(frozen=True)
-class BuildPlan:
+AS_CONFIGURED = BuildRequest()  # nothing asked on the command line
+
+
+class BuildPlan(msgspec.Struct, frozen=True):
     """Everything one image build needs, ready to become argv or a bake target."""
 
     target: str
@@ -51,7 +53,7 @@ class BuildPlan:
     attest: tuple[str, ...] = ()
     provenance: str = "off"  # the provenance mode: min, max or off
     # the mirrored images of FROM ${ARG} lines, as build arguments (see podman_argvs)
-    mirror_args: Mapping[str, str] = field(default_factory=dict)
+    mirror_args: Mapping[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def needs_bake(self) -> bool:
@@ -165,7 +167,7 @@ def plan(
     target: Target,
     git: GitState,
     dockerfile_text: str,
-    request: BuildRequest = BuildRequest(),
+    request: BuildRequest = AS_CONFIGURED,
     *,
     ca_bundle: str = "",
     now: str = "",
@@ -272,7 +274,7 @@ def podman_argvs(build: BuildPlan, iid_dir: str) -> list[list[str]]:
     if build.attest:
         raise EngineError(f"podman build cannot attest ({', '.join(build.attest)}); drop `attest`")
     names = [] if build.push else _tag_flags(build)
-    build = replace(build, build_args={**build.build_args, **build.mirror_args})
+    build = msgspec.structs.replace(build, build_args={**build.build_args, **build.mirror_args})
     # docker format: the OCI image config has no HEALTHCHECK, podman would drop it.
     # --pull=always: podman 4.3 keeps one image per name, so after a build for another
     # platform it would build FROM that platform's base (warning only); the pull picks ours.
@@ -286,7 +288,7 @@ def podman_argvs(build: BuildPlan, iid_dir: str) -> list[list[str]]:
         [
             "podman",
             "build",
-            *_common_flags(replace(build, platforms=one), names),
+            *_common_flags(msgspec.structs.replace(build, platforms=one), names),
             *flags,
             "--iidfile",
             f"{iid_dir}/iid-{number}",

@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import tempfile
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def plans(rt: Runtime, names: list[str], request: BuildRequest) -> list[BuildPla
     result = []
     for name in build_order(settings.targets, names):
         target = settings.targets[name]
-        wanted = request if name in names else replace(request, tags=())
+        wanted = request if name in names else msgspec.structs.replace(request, tags=())
         _, text = read_dockerfile(settings, target)
         build = plan(settings, target, state, text, wanted, ca_bundle=ca_bundle, now=now)
         _require_env_secrets(build, settings.environment)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import msgspec
 
 from buildtasks.docker import builder, registry, retry
 from buildtasks.docker.build import BuildPlan, BuildRequest
@@ -97,7 +99,7 @@ def _with_base_platforms(plans: list[BuildPlan]) -> list[BuildPlan]:
         for source in build_plan.contexts.values():
             if source.startswith("target:"):
                 needed.setdefault(source.removeprefix("target:"), set()).update(platforms)
-        result.append(replace(build_plan, platforms=platforms))
+        result.append(msgspec.structs.replace(build_plan, platforms=platforms))
     return result[::-1]
 
 
@@ -106,7 +108,7 @@ def _from_pushed(build_plan: BuildPlan, pushed: list[Pushed]) -> BuildPlan:
     by digest: what the registry holds is what the image is built FROM."""
     refs = {f"target:{p.target}": f"docker-image://{p.ref}" for p in pushed}
     contexts = {name: refs.get(source, source) for name, source in build_plan.contexts.items()}
-    return replace(build_plan, contexts=contexts)
+    return msgspec.structs.replace(build_plan, contexts=contexts)
 
 
 def write_digests(rt: Runtime, path: Path, pushed: list[Pushed]) -> bool:

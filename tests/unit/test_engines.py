@@ -4,9 +4,9 @@ import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from buildtasks import config
@@ -89,7 +89,7 @@ def test_podman_builds_each_platform_with_the_mirror_as_contexts_and_arguments(m
     assert "python:3.11-slim=docker-image://reg:5000/mirror/python:3.11-slim" in first
     assert "id=token,env=TOKEN_VALUE" in first  # secrets stay BuildKit secrets
     assert first[first.index("--cache-from") + 1] == "reg:5000/team/svc-buildcache-prod"
-    (local,) = podman_argvs(replace(build, push=False, platforms=()), "/tmp/ids")
+    (local,) = podman_argvs(msgspec.structs.replace(build, push=False, platforms=()), "/tmp/ids")
     assert local[local.index("--tag") + 1] == "reg:5000/team/svc:prod"
     assert "--platform" not in local
 
