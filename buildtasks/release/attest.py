@@ -107,9 +107,9 @@ def images_of(sh: Shell, reference: str, manifest: dict) -> dict[str, str]:
 def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> None:
     """Attach a signed SBOM to each platform image at reference (repository@digest; its raw
     manifest when the caller read it already), the platforms side by side, while one
-    cosign call signs every platform image and the index, each by digest (signatures and
-    attestations are separate artifacts, so neither waits for the other); nothing when
-    signing is off."""
+    cosign call signs every platform image and the index, each by digest, once the SBOMs'
+    contents are read (signatures and attestations are separate artifacts, so neither waits
+    for the other); nothing when signing is off."""
     settings, sh = rt.settings, rt
     publish = settings.publish
     if publish.sign != "cosign":
@@ -132,6 +132,8 @@ def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> No
                 "--predicate", str(predicate), f"{repository}@{image}"]  # fmt: skip
         retry.run(sh, policy, f"attesting the SBOM of {repository}@{image}", argv, input="")
 
+    # What the SBOMs list is read first: an image whose packages cannot be read is not signed.
+    found = inventory.packages(rt, policy, repository, images) if publish.sbom else {}
     with (
         tempfile.TemporaryDirectory(prefix="buildtasks-sbom-") as tmp,
         ThreadPoolExecutor(len(images) + 1) as pool,
@@ -139,9 +141,7 @@ def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> No
         what = f"signing {len(signed)} digests of {repository}"
         running = [pool.submit(retry.run, sh, policy, what, ["cosign", "sign", *key, *signed],
                                input="")]  # fmt: skip
-        if publish.sbom:
-            found = inventory.packages(rt, policy, repository, images)
-            running += [pool.submit(attach, p, image, found[p], tmp) for p, image in images.items()]
+        running += [pool.submit(attach, p, images[p], found[p], tmp) for p in found]
         for done in running:
             done.result()
 
@@ -224,7 +224,7 @@ def _sbom_verdict(output: str, digest: str, platform: str) -> tuple[bool, str]:
         named = {
             p.get("name"): p.get("value")
             for p in (properties if isinstance(properties, list) else ())
-            if isinstance(p, dict)
+            if isinstance(p, dict) and isinstance(p.get("name"), str)
         }
         components = predicate.get("components") or []
         if (
@@ -246,6 +246,6 @@ def _statement(line: str) -> dict:
     try:
         envelope = json.loads(line)
         statement = json.loads(base64.b64decode(envelope.get("payload", "")))
-    except (ValueError, AttributeError, binascii.Error):
+    except (ValueError, TypeError, AttributeError, binascii.Error):
         return {}
     return statement if isinstance(statement, dict) else {}

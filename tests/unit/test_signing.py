@@ -13,8 +13,9 @@ import pytest
 from buildtasks import config
 from buildtasks.docker import registry, retry
 from buildtasks.errors import BuildtasksError, ConfigError
-from buildtasks.release import sbom
+from buildtasks.release import attest, inventory, sbom
 from buildtasks.release.attest import CYCLONEDX, _sbom_verdict
+from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 
 STATUS = b"""Package: bash
@@ -204,6 +205,7 @@ def test_the_sbom_verdict_names_a_document_of_another_platform_or_format():
         envelope(["not", "a", "statement"]),
         "not json",
         json.dumps({"payload": "%%%"}),
+        json.dumps({"payload": 5}),
         "",
     ],
 )
@@ -217,6 +219,7 @@ def test_the_sbom_verdict_finds_no_statement_in_an_empty_foreign_or_malformed_on
         {"metadata": "x"},
         {"metadata": {"component": {"properties": ["x", 3]}}},
         {"metadata": {"component": {"properties": "x"}}},
+        {"metadata": {"component": {"properties": [{"name": ["x"], "value": "y"}]}}},
         {"components": 7},
     ],
 )
@@ -228,3 +231,28 @@ def test_the_sbom_verdict_of_a_malformed_predicate_is_a_verdict_not_a_traceback(
 def test_an_attestation_whose_predicate_is_not_a_mapping_is_not_this_images_sbom():
     line = envelope({**statement(), "predicate": ["x"]})
     assert verdict(line) == (False, "the attested document is not this image's CycloneDX SBOM")
+
+
+def test_an_image_whose_packages_cannot_be_read_is_not_signed(tmp_path, monkeypatch):
+    (tmp_path / "cosign.key").write_text("key\n")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.buildtasks]\nimage = "127.0.0.1:5000/app"\n[tool.buildtasks.targets.web]\n'
+        '[tool.buildtasks.publish]\nsign = "cosign"\nkey = "cosign.key"\n'
+    )
+    ran = []
+    monkeypatch.setattr(retry, "run", lambda sh, policy, what, argv, **kw: ran.append(argv))
+
+    def unreadable(*args):
+        raise BuildtasksError("reading 127.0.0.1:5000/app@sha256:… failed: 503 after 3 tries")
+
+    monkeypatch.setattr(inventory, "packages", unreadable)
+    rt = Runtime(config.load(tmp_path))
+    manifest = {
+        "mediaType": registry.INDEX_TYPES[0],
+        "manifests": [
+            {"digest": "sha256:" + "a" * 64, "platform": {"os": "linux", "architecture": "amd64"}}
+        ],
+    }
+    with pytest.raises(BuildtasksError, match="503"):
+        attest.sign_pushed(rt, "127.0.0.1:5000/app@sha256:" + "b" * 64, manifest)
+    assert ran == []  # no cosign sign, no attestation
