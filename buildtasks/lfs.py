@@ -44,6 +44,18 @@ def _up_to_checkout(root: Path) -> list[Path]:
     return found
 
 
+def _lfs_attributes(sh: Shell, root: Path) -> Path | None:
+    """The first .gitattributes that routes files through LFS: in root or above it up to
+    the checkout's top, else any git tracks below root (a directory of assets may carry
+    its own); None when there is none."""
+    above = next((d / ".gitattributes" for d in _up_to_checkout(root) if uses_lfs(d)), None)
+    if above is not None:
+        return above
+    listed = git.query(sh, root, "ls-files", "-z", "--", ":(glob)**/.gitattributes")
+    below = (root / name for name in listed.split("\0") if name)
+    return next((path for path in below if uses_lfs(path.parent)), None)
+
+
 def is_pointer(path: Path) -> bool:
     try:
         with path.open("rb") as handle:
@@ -56,9 +68,9 @@ def is_pointer(path: Path) -> bool:
 def require_content(sh: Shell, root: Path, contexts: Iterable[Path]) -> None:
     """`git lfs pull`, then fail with one line naming the first LFS-tracked file inside the
     build contexts that is still a pointer. Nothing to do for a project without LFS, which
-    a .gitattributes in the project root or above it, up to the repository's top, says."""
+    a .gitattributes in the project, or above it up to the repository's top, says."""
     root = Path(root).resolve()
-    attributes = next((d / ".gitattributes" for d in _up_to_checkout(root) if uses_lfs(d)), None)
+    attributes = _lfs_attributes(sh, root)
     top = git.toplevel(sh, root) if attributes else None  # git only where LFS is in use
     if top is None:
         return

@@ -123,6 +123,24 @@ def test_a_pointer_is_refused_in_a_project_below_its_repositorys_top(tmp_path):
         lfs.require_content(Shell(echo=False), top / "shop", [asset.parent.parent])
 
 
+def test_a_pointer_is_refused_where_only_a_nested_gitattributes_routes_it_through_lfs(tmp_path):
+    """No .gitattributes at the top: the directory of assets carries its own."""
+    top = tmp_path / "shop"
+    asset = top / "services/api/assets/banner.bin"
+    asset.parent.mkdir(parents=True)
+    asset.write_bytes(b"SHOP-ASSET-v1\n")
+    (asset.parent / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    git(top, "init", "-q", "-b", "main")
+    git(top, "lfs", "install", "--local")
+    git(top, "add", "-A")
+    git(top, "commit", "-qm", "shop")
+    shutil.rmtree(top / ".git/lfs/objects")  # the object is nowhere: a pull cannot help
+    asset.write_text(git(top, "show", "HEAD:services/api/assets/banner.bin") + "\n")
+    assert lfs.is_pointer(asset)
+    with pytest.raises(lfs.PointerFile, match=r"^services/api/assets/banner.bin is a Git LFS"):
+        lfs.require_content(Shell(echo=False), top, [asset.parent.parent])
+
+
 def test_build_orders_targets_and_rebuilds_the_base_only_when_it_changed(shop, engine):
     work, _, env, prefix = shop
     built = inv(work, env, "build")
