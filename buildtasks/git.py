@@ -79,9 +79,18 @@ def _read_state(sh: Shell, root: Path) -> GitState:
         sha=sha,
         branch="HEAD" if branch == "(detached)" else branch,  # as `rev-parse --abbrev-ref`
         dirty=any(not line.startswith("# ") for line in status.splitlines()),
-        commit_time=datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        commit_time=_utc(epoch),
         remote_url=without_credentials(remote),
     )
+
+
+def _utc(epoch: str) -> str:
+    """A commit time as ISO 8601 UTC; "" (the build's own time is used) when git gave none
+    or one beyond what a timestamp holds (a commit may say year 11476)."""
+    try:
+        return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return ""
 
 
 def without_credentials(url: str) -> str:

@@ -65,6 +65,17 @@ def test_git_state_reads_head_branch_dirtiness_time_and_remote(tmp_path):
     )  # fmt: skip
 
 
+def test_a_commit_dated_beyond_what_a_timestamp_holds_leaves_the_time_to_the_build(tmp_path):
+    env = {**os.environ, "GIT_COMMITTER_DATE": "@300000000000 +0000"}  # year 11476
+    for args in (("init", "-q", "-b", "main"), ("-c", "user.name=t", "-c", "user.email=t@t",
+                 "commit", "-q", "--allow-empty", "-m", "far")):  # fmt: skip
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                       env=env)  # fmt: skip
+    state = git.state(Shell(), tmp_path)
+    git.forget()
+    assert state.sha and state.commit_time == ""
+
+
 def test_parse_size():
     assert parse_size("250MB") == 250_000_000
     assert parse_size("1.5 GiB") == 1_610_612_736
