@@ -100,8 +100,10 @@ def images_of(sh: Shell, reference: str, manifest: dict) -> dict[str, str]:
     found = registry.platform_digests(manifest)
     if found:
         return found
-    (platform,) = registry.platforms(sh, reference, manifest)
-    return {platform: reference.rpartition("@")[2]}
+    named = registry.platforms(sh, reference, manifest)
+    if len(named) != 1:  # an index whose entries carry no valid digest
+        raise registry.RegistryError(f"{reference} names no platform image by a valid digest")
+    return {named[0]: reference.rpartition("@")[2]}
 
 
 def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> None:

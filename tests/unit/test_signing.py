@@ -256,3 +256,11 @@ def test_an_image_whose_packages_cannot_be_read_is_not_signed(tmp_path, monkeypa
     with pytest.raises(BuildtasksError, match="503"):
         attest.sign_pushed(rt, "127.0.0.1:5000/app@sha256:" + "b" * 64, manifest)
     assert ran == []  # no cosign sign, no attestation
+
+
+def test_an_index_naming_no_platform_image_by_a_valid_digest_is_one_error():
+    manifest = {"mediaType": registry.INDEX_TYPES[0], "manifests": [
+        {"digest": "sha256:short", "platform": {"os": "linux", "architecture": arch}}
+        for arch in ("amd64", "arm64")]}  # fmt: skip
+    with pytest.raises(registry.RegistryError, match="names no platform image by a valid"):
+        attest.images_of(Shell(), "127.0.0.1:5000/app@sha256:" + "b" * 64, manifest)
