@@ -62,7 +62,7 @@ def probe(host: str, timeout: float = 5.0) -> tuple[bool, bool, str]:
     reason = ""
     for scheme in schemes:
         try:
-            urllib.request.urlopen(f"{scheme}://{api}/v2/", timeout=timeout)
+            _OPENER.open(f"{scheme}://{api}/v2/", timeout=timeout)
             return True, False, f"{scheme}://{api} answers"
         except urllib.error.HTTPError as exc:
             if exc.code == 401:
@@ -269,6 +269,32 @@ def _basic_auth(host: str) -> str:
     return ""
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return (
+        parts.scheme,
+        parts.hostname or "",
+        parts.port or {"http": 80, "https": 443}.get(parts.scheme),
+    )
+
+
+class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
+    """Redirects keep our credentials only on the origin they were sent to: registries send
+    blob downloads to a CDN or object store (Docker Hub, GHCR, ECR), which must never get
+    the login or token, and neither must a plain-http hop of an https registry."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        request = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if request is not None and _origin(request.full_url) != _origin(req.full_url):
+            for name in ("Authorization", "Proxy-Authorization", "Cookie"):
+                request.remove_header(name)
+        return request
+
+
+# Every request that may carry credentials goes through this one opener.
+_OPENER = urllib.request.build_opener(_SameOriginCredentials)
+
+
 def _challenge_auth(challenge: str, host: str) -> str:
     """The Authorization header a 401's WWW-Authenticate challenge asks for ('' if none)."""
     basic = _basic_auth(host)
@@ -290,7 +316,7 @@ def _challenge_auth(challenge: str, host: str) -> str:
     request = urllib.request.Request(
         f"{fields['realm']}?{query}", headers={"Authorization": basic} if basic else {}
     )
-    with urllib.request.urlopen(request, timeout=30) as answer:
+    with _OPENER.open(request, timeout=30) as answer:
         body = json.loads(answer.read())
     token = body.get("token") or body.get("access_token") if isinstance(body, dict) else ""
     return f"Bearer {token}" if isinstance(token, str) and token else ""
@@ -305,7 +331,7 @@ def _call(
     if content_type:
         headers["Content-Type"] = content_type
     try:
-        return urllib.request.urlopen(
+        return _OPENER.open(
             urllib.request.Request(url, data, method=method, headers=headers), timeout=30
         )
     except urllib.error.HTTPError as exc:
@@ -317,7 +343,7 @@ def _call(
         if not authorization:
             raise
     headers["Authorization"] = authorization
-    return urllib.request.urlopen(
+    return _OPENER.open(
         urllib.request.Request(url, data, method=method, headers=headers), timeout=30
     )
 

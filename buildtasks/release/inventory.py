@@ -7,6 +7,7 @@ credential helper, a compression Python cannot read) are exported from the engin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -17,13 +18,14 @@ from buildtasks.docker import registry, retry
 from buildtasks.release import sbom
 from buildtasks.runtime import Runtime
 
-FORMAT = 1  # what an entry holds: a new one when sbom.layer records something else
+# An entry is trusted only when recorded the way sbom.layer records now: a change to what
+# it reads or records gives another FORMAT, so entries of an earlier one are read again.
+FORMAT = hashlib.sha256(repr(sbom.RECORDING).encode()).hexdigest()[:16]
 READABLE = {
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
 }
-_FIELDS = ({"name", "version", "location"}, {"name", "version", "arch"})
 
 
 def cache_dir() -> Path:
@@ -48,7 +50,7 @@ def _valid(read: object) -> bool:
             and isinstance(found, list)
             and all(
                 isinstance(p, dict)
-                and set(p) in _FIELDS
+                and set(p) == sbom.fields(path)
                 and all(isinstance(v, str) for v in p.values())
                 for p in found
             )

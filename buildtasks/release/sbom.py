@@ -20,12 +20,16 @@ _METADATA = re.compile(r"^(?P<dir>(?:.*/)?(?:site|dist)-packages)/[^/]+\.dist-in
 _DPKG = re.compile(r"^var/lib/dpkg/(?:status|status\.d/[^/.]+)$")
 
 
+# Any distribution's METADATA, wanted or not: a wanted one may be a hard link to it (uv
+# installs from its cache by hard links), so a layer reads these to resolve its links.
+_ANY_METADATA = re.compile(r"^(?:.*/)?[^/]+\.dist-info/METADATA$")
 _MAX_READ = 64 << 20  # bytes: a bigger "metadata" file is not one
-# A directory whose replacement by a file or link in a later layer takes wanted files with it.
-_HOLDS_WANTED = re.compile(
-    r"^(?:(?:.*/)?(?:site|dist)-packages(?:/[^/]+\.dist-info)?"
-    r"|var(?:/lib(?:/dpkg(?:/status\.d)?)?)?)$"
-)
+# What layer() records depends on these: records made with others are not to be trusted
+# (inventory keys its cache on them). The number goes up whenever layer(), packages() or
+# merge() change what a record means.
+RECORDING = (2, _METADATA.pattern, _DPKG.pattern, _ANY_METADATA.pattern, _MAX_READ)
+PYTHON_FIELDS = frozenset({"name", "version", "location"})
+DPKG_FIELDS = frozenset({"name", "version", "arch"})
 WHITEOUT = ".wh."  # .wh.NAME in a layer deletes NAME from the layers below (OCI image spec)
 OPAQUE = ".wh..wh..opq"  # in a directory: what the layers below hold there is hidden
 
@@ -34,10 +38,18 @@ def _clean(path: str) -> str:
     return path.removeprefix("./").strip("/")
 
 
+def fields(path: str) -> frozenset[str]:
+    """The fields of each package the file at path (relative to the image's root) records:
+    PYTHON_FIELDS or DPKG_FIELDS; none when the file does not feed the SBOM."""
+    path = _clean(path)
+    if _METADATA.match(path):
+        return PYTHON_FIELDS
+    return DPKG_FIELDS if _DPKG.match(path) else frozenset()
+
+
 def wanted(path: str) -> bool:
     """Whether the file at path (relative to the image's root) feeds the SBOM."""
-    path = _clean(path)
-    return bool(_METADATA.match(path) or _DPKG.match(path))
+    return bool(fields(path))
 
 
 Found = dict[str, list[dict]]  # path of a wanted file -> the packages it records
@@ -71,11 +83,13 @@ def layer(stream: BinaryIO) -> dict:
     """What one layer (a tar, compressed or not, read as a stream) means for the SBOM:
     {"files": Found of the wanted files it writes, "removed": paths whose content in the
     layers below it deletes, "opaque": directories whose content below it hides}. A wanted
-    path that holds no regular file records nothing but still hides what was below.
+    path that holds no regular file records nothing but still hides what was below; a hard
+    link records what its target (earlier in the same tar) does at the link's own place.
     ValueError when the stream is not a tar."""
     files: Found = {}
     removed: list[str] = []
     opaque: list[str] = []
+    linkable: dict[str, bytes] = {}  # what this layer's files that a link may need hold
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
@@ -87,24 +101,40 @@ def layer(stream: BinaryIO) -> dict:
                     continue  # the storage driver's own bookkeeping (aufs), not a deletion
                 elif name.startswith(WHITEOUT):
                     removed.append(f"{directory}/{name[len(WHITEOUT) :]}".lstrip("/"))
-                elif wanted(path):
-                    if member.isfile() and member.size <= _MAX_READ:
-                        files[path] = packages(path, tar.extractfile(member).read())
-                    else:  # a hard link to a file this layer wrote, or not a file at all
-                        files[path] = (
-                            files.get(_clean(member.linkname), []) if member.islnk() else []
-                        )
-                elif not member.isdir() and _HOLDS_WANTED.match(path):
-                    removed.append(path)
+                elif member.isdir():  # it merges with a directory below
+                    if wanted(path):
+                        files[path] = []
+                else:
+                    data = None
+                    if (
+                        member.isfile()
+                        and member.size <= _MAX_READ
+                        and (_ANY_METADATA.match(path) or _DPKG.match(path))
+                    ):
+                        data = tar.extractfile(member).read()
+                        # a METADATA's headers end at its first blank line: its body (often
+                        # a whole README) is not kept for the links to it
+                        linkable[path] = data if _DPKG.match(path) else data.partition(b"\n\n")[0]
+                    elif member.islnk():
+                        data = linkable.get(_clean(member.linkname))
+                    if wanted(path):
+                        files[path] = [] if data is None else packages(path, data)
+                    else:
+                        # Whatever this path was below (a directory above site-packages
+                        # or var/lib/dpkg, say), this file or link replaces it and all it
+                        # held. Every such path is kept, as layers are read apart: which
+                        # one held wanted files is known only when merging. The cost is
+                        # each path that is not a directory in the layer's cache entry.
+                        removed.append(path)
     except (tarfile.TarError, zlib.error, EOFError) as exc:
         raise ValueError(f"not a readable layer ({exc})") from None
     return {"files": files, "removed": removed, "opaque": opaque}
 
 
-def _outside(found: Found, directory: str) -> Found:
-    """found without the paths under directory ("" is the root)."""
-    prefix = f"{directory}/" if directory else ""
-    return {path: value for path, value in found.items() if not path.startswith(prefix)}
+def _ancestors(path: str) -> set[str]:
+    """The directories above path, the root ("") included."""
+    parts = path.split("/")
+    return {"/".join(parts[:end]) for end in range(len(parts))}
 
 
 def merge(layers: Iterable[dict]) -> Found:
@@ -112,11 +142,13 @@ def merge(layers: Iterable[dict]) -> Found:
     deletions and opaque directories apply to the layers below it, then its files."""
     found: Found = {}
     for read in layers:
-        for path in read["removed"]:
-            found = _outside(found, path)
-            found.pop(path, None)
-        for directory in read["opaque"]:
-            found = _outside(found, directory)
+        removed = set(read["removed"])
+        above = removed | set(read["opaque"])
+        found = {
+            path: value
+            for path, value in found.items()
+            if path not in removed and not _ancestors(path) & above
+        }
         found.update(read["files"])
     return found
 

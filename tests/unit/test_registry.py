@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import threading
 import urllib.parse
+import urllib.request
 
 import pytest
 
+from buildtasks.docker import retry
 from buildtasks.docker.registry import (
     RegistryError,
     _api_base,
+    _SameOriginCredentials,
     index_platforms,
     is_loopback,
     platform_name,
+    read_blob,
     remove_tag,
     split_reference,
 )
@@ -237,3 +242,104 @@ def test_only_a_loopback_registry_is_spoken_to_over_http():
     assert _http("[::1]:5000/app:1") == ["--allow-http-registry"]
     assert _api_base("localhost.corp.com:5000") == "https://localhost.corp.com:5000/v2"
     assert _api_base("127.0.0.1:5000") == "http://127.0.0.1:5000/v2"
+
+
+class Redirecting(http.server.ThreadingHTTPServer):
+    """A server on address recording the Authorization of each request. With a location it
+    is a registry demanding a Basic login whose blob reads answer a redirect there (a path:
+    to itself, under /moved); without one, or under /moved, it serves the blob."""
+
+    def __init__(self, address: str, location: str = ""):
+        self.authorizations: list[str | None] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, code: int, body: bytes = b"", **headers: str) -> None:
+                self.send_response(code)
+                for name, value in headers.items():
+                    self.send_header(name.replace("_", "-"), value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                server.authorizations.append(self.headers.get("Authorization"))
+                if not location or self.path.startswith("/moved"):
+                    return self.answer(200, BLOB)
+                if not self.headers.get("Authorization"):
+                    return self.answer(401, WWW_Authenticate='Basic realm="r"')
+                target = location if "://" in location else f"{location}{self.path}"
+                self.answer(307, Location=f"{target}?signed=1")
+
+        super().__init__((address, 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"{self.server_address[0]}:{self.server_address[1]}"
+
+
+@pytest.fixture
+def redirecting(tmp_path, monkeypatch):
+    """start(address, location): a Redirecting server; one with a location is the registry
+    the docker CLI holds a login for."""
+    servers: list[Redirecting] = []
+
+    def start(address: str, location: str = "") -> Redirecting:
+        servers.append(Redirecting(address, location))
+        if location:
+            auths = {"auths": {servers[-1].host: {"auth": "dTpw"}}}
+            (tmp_path / "config.json").write_text(json.dumps(auths))
+            monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+BLOB = b"layer bytes"
+BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+
+
+def read(registry: Redirecting) -> bytes:
+    source = f"{registry.host}/app@{BLOB_DIGEST}"
+    return read_blob(Shell(), retry.Policy(retries=0, delay=0), source, lambda s: s.read())
+
+
+@pytest.mark.parametrize("cdn_address", ["127.0.0.2", "127.0.0.1"])  # another host; port
+def test_a_blob_redirected_to_another_origin_is_read_without_our_login(redirecting, cdn_address):
+    cdn = redirecting(cdn_address)
+    registry = redirecting("127.0.0.1", location=f"http://{cdn.host}/blob")
+    assert read(registry) == BLOB
+    assert registry.authorizations == [None, "Basic dTpw"]
+    assert cdn.authorizations == [None]
+
+
+def test_a_redirect_within_the_registry_keeps_the_login(redirecting):
+    registry = redirecting("127.0.0.1", location="/moved")
+    assert read(registry) == BLOB
+    assert registry.authorizations == [None, "Basic dTpw", "Basic dTpw"]
+
+
+@pytest.mark.parametrize(
+    ("target", "kept"),
+    [
+        ("https://registry.example.com/v2/b", True),
+        ("https://REGISTRY.example.com:443/v2/b", True),  # the same origin, spelled otherwise
+        ("http://registry.example.com/v2/b", False),  # from TLS to the clear
+        ("https://registry.example.com:8443/v2/b", False),
+        ("https://cdn.example.com/b", False),
+    ],
+)
+def test_credentials_follow_a_redirect_only_to_the_same_origin(target, kept):
+    sent = urllib.request.Request(
+        "https://registry.example.com/v2/a", headers={"Authorization": "Bearer t", "Accept": "x"}
+    )
+    redirected = _SameOriginCredentials().redirect_request(sent, None, 307, "", {}, target)
+    assert redirected.get_header("Authorization") == ("Bearer t" if kept else None)
+    assert redirected.get_header("Accept") == "x"

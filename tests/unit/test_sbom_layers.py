@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import io
 import json
+import re
 import tarfile
 import threading
 
@@ -111,6 +112,39 @@ def test_a_link_in_place_of_the_packages_directory_takes_its_distributions_with_
     assert python(image(base, linked)) == [("grpcio", "1.85.1"), ("grpcio", "1.85.1")]
 
 
+@pytest.mark.parametrize("above", ["opt/venv/lib", "opt/venv", "opt", SITE])
+@pytest.mark.parametrize("replacement", ["->/usr/lib/python3", b"not a directory"])
+def test_a_file_or_link_in_place_of_a_directory_above_takes_what_it_held(above, replacement):
+    base = layer_tar(dist("grpcio", "1.60.0"), ("opt/other/keep.txt", b"x"))
+    assert python(image(base, layer_tar((above, replacement)))) == []
+    # its own layer's files under it are not taken, nor what a later layer puts back
+    again = layer_tar((above, None), dist("redis", "5.2.1"))
+    assert python(image(base, layer_tar((above, replacement)), again)) == [("redis", "5.2.1")]
+
+
+def test_a_file_or_link_in_place_of_a_directory_above_dpkg_takes_its_status():
+    base = layer_tar(("var/lib/dpkg/status", status(("bash", "5.2"))))
+    for above in ("var", "var/lib", "var/lib/dpkg"):
+        assert sbom.dpkg_packages(image(base, layer_tar((above, "->/usr/var")))) == []
+    # a file beside it, a directory over it, a file named like it elsewhere take nothing
+    for kept in [("var/lib/other", b"x"), ("var/lib", None), ("usr/var/lib", b"x")]:
+        assert [p["name"] for p in sbom.dpkg_packages(image(base, layer_tar(kept)))] == ["bash"]
+
+
+def test_a_metadata_hard_linked_to_a_file_outside_site_packages_is_listed():
+    # uv installs from its cache by hard links: the file first, the installed link after it
+    cached = "root/.cache/uv/archive-v0/abc/grpcio-1.85.1.dist-info/METADATA"
+    installed = f"{SITE}/grpcio-1.85.1.dist-info/METADATA"
+    read = sbom.layer(io.BytesIO(layer_tar((cached, metadata("grpcio", "1.85.1")),
+                                           (installed, f"=>{cached}"))))  # fmt: skip
+    assert read["files"] == {
+        installed: [{"name": "grpcio", "version": "1.85.1", "location": f"/{SITE}"}]
+    }  # the cache's own file is no wanted path: it is not recorded
+    # a link to a file the layer did not hold (or one too big to read) records nothing
+    dangling = layer_tar((installed, f"=>{cached}"))
+    assert python(image(layer_tar(dist("grpcio", "1.85.1")), dangling)) == []
+
+
 def test_layers_are_read_compressed_or_not_and_anything_else_is_refused():
     plain = layer_tar(("./" + dist("redis", "5.2.1")[0], metadata("redis", "5.2.1")),
                       compress=False)  # fmt: skip
@@ -207,13 +241,19 @@ def test_each_distinct_layer_is_read_once_and_then_from_the_cache(blobs, rt):
 @pytest.mark.parametrize("damage", [
     lambda text: text[: len(text) // 2],  # cut short
     lambda text: "not json",
-    lambda text: text.replace('"format": 1', '"format": 0'),  # another version's
+    lambda text: text.replace(inventory.FORMAT, "0"),  # recorded another way
+    lambda text: text.replace('"format": "', '"format": 1, "was": "'),  # before FORMAT was one
     lambda text: text.replace('"removed": []', '"removed": [7]'),
     lambda text: text.replace('"files": {', '"files": {"etc/passwd": [], '),  # not read
     lambda text: text.replace('"location"', '"where"'),
+    # each file's own shape: a dpkg package where a distribution is, and the other way
+    lambda text: re.sub(r'"location": "[^"]*"', '"arch": "amd64"', text),
+    lambda text: text.replace('"arch"', '"location"'),
 ])  # fmt: skip
 def test_a_damaged_cache_entry_is_ignored_and_read_again(blobs, rt, damage):
-    digest = blobs.add(layer_tar(dist("grpcio", "1.85.1")))
+    digest = blobs.add(
+        layer_tar(dist("grpcio", "1.85.1"), ("var/lib/dpkg/status", status(("bash", "5.2"))))
+    )
     entry = inventory.cache_dir() / f"{digest.removeprefix('sha256:')}.json"
     first = inventory.layer(rt, POLICY, blobs.repository, digest)
     assert json.loads(entry.read_text())["layer"] == first
