@@ -9,9 +9,11 @@ import re
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 from urllib.parse import quote
 
 from buildtasks import lazy
@@ -20,6 +22,7 @@ from buildtasks.engines import EngineProfile
 from buildtasks.errors import EngineError
 from buildtasks.shell import Shell
 
+T = TypeVar("T")
 docker = lazy.module("docker")  # the SDK: loaded when the engine is first asked
 
 ENGINE_FIX = (
@@ -176,13 +179,13 @@ class Engine:
             for chunk in stream:
                 handle.write(chunk)
 
-    def image_files(self, image: str, platform: str, keep) -> dict[str, bytes]:
-        """The regular files of image (its platform's filesystem) whose path keep accepts,
-        read from an export of a container that is created, never started, then removed;
-        {} under --dry. The image is pulled when the engine does not hold it."""
+    def read_export(self, image: str, platform: str, consume: Callable[[BinaryIO], T]) -> T | None:
+        """consume(stream) over the tar of image's filesystem (its platform's), exported from
+        a container that is created, never started, then removed; None under --dry. The
+        image is pulled when the engine does not hold it."""
         announced = ["docker", "create", "--platform", platform, image, "&&", "docker", "export"]
         if not self.change(announced):
-            return {}
+            return None
         create = {"image": image, "command": ["/buildtasks-export"], "platform": platform,
                   "network_disabled": True}  # fmt: skip
         try:
@@ -195,19 +198,13 @@ class Engine:
         except docker.errors.ImageNotFound:
             self.client.images.pull(image, platform=platform)
             container = self.client.containers.create(**create)
-        files = {}
         try:
-            stream = io.BufferedReader(_Chunks(container.export()), 1 << 20)
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    if member.isfile() and member.size <= _MAX_READ and keep(member.name):
-                        files[member.name.removeprefix("./")] = tar.extractfile(member).read()
+            return consume(io.BufferedReader(_Chunks(container.export()), 1 << 20))
         finally:
             container.remove(force=True, v=True)
             if not known:  # only the reference goes; the content stays with its tags
                 with contextlib.suppress(docker.errors.APIError):
                     self.client.api.remove_image(image, noprune=True)
-        return files
 
     def run_helper(
         self, image: str, volumes_from: str, script: str, inputs: Path, timeout: int = 600
@@ -241,9 +238,6 @@ class Engine:
         if code != 0:
             raise EngineError(f"restore helper failed (exit {code}): {output[-500:]}")
         return output
-
-
-_MAX_READ = 64 << 20  # bytes: a bigger "metadata" file is not one
 
 
 class _Chunks(io.RawIOBase):

@@ -111,13 +111,16 @@ def packages(
         rt.note(f"cannot read the layers of {repository} from the registry ({exc}); "
                 "exporting each image from the engine instead")  # fmt: skip
         with ThreadPoolExecutor(len(images)) as pool:
-            exports = {
+            exports = {  # one flattened layer each: what it holds is the image's filesystem
                 platform: pool.submit(
-                    rt.engine.image_files, f"{repository}@{digest}", platform, sbom.wanted
+                    rt.engine.read_export, f"{repository}@{digest}", platform, sbom.layer
                 )
                 for platform, digest in images.items()
             }
-            return {platform: sbom.of_files(files.result()) for platform, files in exports.items()}
+            return {
+                platform: sbom.merge([read.result()]) if read.result() else {}
+                for platform, read in exports.items()
+            }
     return {
         platform: sbom.merge(read[digest] for _, digest in found)
         for platform, found in layers.items()

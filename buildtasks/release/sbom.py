@@ -10,7 +10,7 @@ import tarfile
 import urllib.parse
 import uuid
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import BinaryIO
 
 # Files the SBOM reads: a distribution's METADATA directly in a packages directory (vendored
@@ -72,11 +72,6 @@ def packages(path: str, data: bytes) -> list[dict]:
             found.append({"name": fields["Package"], "version": fields.get("Version", ""),
                           "arch": fields.get("Architecture", "")})  # fmt: skip
     return found
-
-
-def of_files(files: Mapping[str, bytes]) -> Found:
-    """What the wanted files among files (path -> content, from the image's root) record."""
-    return {_clean(path): packages(path, data) for path, data in files.items() if wanted(path)}
 
 
 def layer(stream: BinaryIO) -> dict:

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from buildtasks import config
+from buildtasks.docker import retry
 from buildtasks.platforms import native
+from buildtasks.release import inventory, sbom
+from buildtasks.runtime import Runtime
 from tests.conftest import remove_images, run_cli, run_once
 from tests.faultproxy import Fault, FaultProxy
 from tests.integration.test_release import (
@@ -168,6 +172,20 @@ def test_sbom_attestation_lists_what_pip_lists_in_each_platform_image(engine, si
         arch = platform.split("/")[1]
         assert debs and all(c["purl"].endswith(f"?arch={arch}") or "arch=all" in c["purl"]
                             for c in debs)  # fmt: skip
+
+
+def test_the_engine_export_gives_what_the_registrys_layers_give(signed, tmp_path, monkeypatch):
+    """The SBOM's fallback (an image whose layers the registry cannot serve us) reads the
+    same packages from an export of the image as the layers give."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no layer read earlier counts
+    image, index = signed["image"], staged(signed)
+    rt = Runtime(config.load(signed["project"]))
+    images = platform_digests(f"{image}@{index}")
+    layered = inventory.packages(rt, retry.Policy.of(rt.settings), image, images)
+    for platform, digest in images.items():
+        exported = sbom.merge([rt.engine.read_export(f"{image}@{digest}", platform, sbom.layer)])
+        assert exported == layered[platform]
+        assert sbom.python_packages(exported) and sbom.dpkg_packages(exported)
 
 
 def test_provenance_is_attached_to_each_platform_image(signed):

@@ -153,11 +153,6 @@ def test_layers_are_read_compressed_or_not_and_anything_else_is_refused():
         sbom.layer(io.BytesIO(b"\x28\xb5\x2f\xfd" + b"zstd frames" * 100))
 
 
-def test_the_layers_give_what_the_image_files_give():
-    files = dict([dist("grpcio", "1.85.1"), ("var/lib/dpkg/status", status(("bash", "5.2")))])
-    assert image(layer_tar(*files.items())) == sbom.of_files(files)
-
-
 # The cache and the registry reads, against a registry on loopback serving blobs and
 # manifests by digest (and counting what it is asked for).
 

@@ -17,6 +17,7 @@ from buildtasks.release import attest, inventory, sbom
 from buildtasks.release.attest import CYCLONEDX, _sbom_verdict
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
+from tests.unit.test_sbom_layers import image, layer_tar
 
 STATUS = b"""Package: bash
 Status: install ok installed
@@ -57,7 +58,8 @@ def test_wanted_files():
 
 
 def test_document_lists_installed_python_and_debian_packages():
-    bom = sbom.document(sbom.of_files(FILES), image="reg/app", version="1.2.0", digest="sha256:ab",
+    found = image(layer_tar(*FILES.items()))
+    bom = sbom.document(found, image="reg/app", version="1.2.0", digest="sha256:ab",
                         platform="linux/arm64", tool_version="9", timestamp="T")  # fmt: skip
     assert bom["bomFormat"] == "CycloneDX" and bom["specVersion"] == "1.5"
     assert bom["metadata"]["component"]["bom-ref"] == "reg/app@sha256:ab"
