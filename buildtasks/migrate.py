@@ -40,13 +40,26 @@ if not PAYLOAD and not os.path.exists(sys.argv[1]):
     sys.exit(0)
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 before = db.execute("PRAGMA user_version").fetchone()[0]
-result = {"before": before, "applied": [], "exists": True}
+result = {"before": before, "applied": [], "skipped": [], "exists": True}
+# Inside each file's write transaction: a file another run applied meanwhile (the version
+# already reached it) aborts, untouched, instead of being applied twice.
+if PAYLOAD:
+    db.executescript(
+        "CREATE TEMP TABLE buildtasks_applying(number);"
+        "CREATE TEMP TRIGGER buildtasks_once BEFORE INSERT ON buildtasks_applying "
+        "WHEN NEW.number <= (SELECT user_version FROM pragma_user_version) "
+        "BEGIN SELECT RAISE(ABORT, 'buildtasks: applied meanwhile'); END;"
+    )
 for number, name, sql in PAYLOAD:
     try:
-        db.executescript(f"BEGIN IMMEDIATE;\\n{sql}\\n;PRAGMA user_version = {number};COMMIT;")
+        db.executescript(f"BEGIN IMMEDIATE;INSERT INTO buildtasks_applying VALUES ({number});"
+                         f"\\n{sql}\\n;PRAGMA user_version = {number};COMMIT;")
     except sqlite3.Error as exc:
         if db.in_transaction:
             db.execute("ROLLBACK")
+        if str(exc) == "buildtasks: applied meanwhile":
+            result["skipped"].append(name)
+            continue
         result["error"] = f"{name}: {exc}"
         break
     result["applied"].append(name)
@@ -163,7 +176,9 @@ def _migrate(settings: Settings, sh: Runtime, current: Outcome) -> Outcome:
         current,
         after=found["after"],
         applied=tuple(found["applied"]),
-        pending=tuple(m.name for m in files if m.name not in found["applied"]),
+        pending=tuple(
+            m.name for m in files if m.name not in (*found["applied"], *found["skipped"])
+        ),
         exists=True,
     )
     if found.get("error"):
