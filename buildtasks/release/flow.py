@@ -217,9 +217,30 @@ def preflight(
         for wanted in platforms_of(settings, name):
             problems += _platform_problem(wanted)
     problems += attest.signing_problems(settings, sh)
+    _refuse(f"release {plan.new} cannot start", problems)
+
+
+def _refuse(what: str, problems: list[str]) -> None:
     if problems:
         listing = "".join(f"\n  - {p}" for p in dict.fromkeys(problems))
-        raise PreflightFailed(f"release {plan.new} cannot start:{listing}\nnothing was changed")
+        raise PreflightFailed(f"{what}:{listing}\nnothing was changed")
+
+
+def resume(settings: Settings, sh: Runtime) -> Progress:
+    """Finish the release that stopped, once what its remaining registry steps need holds:
+    push access to its images and, before signing, a key that signs."""
+    progress = load_progress(settings)
+    problems = []
+    if "promote" not in progress.done:
+        for references in progress.image_tags.values():
+            try:
+                registry.require_push_access(sh, retry.Policy.of(settings), references[0])
+            except registry.RegistryError as exc:
+                problems.append(str(exc))
+    if "sign" not in progress.done:
+        problems += attest.signing_problems(settings, sh)
+    _refuse(f"release {progress.version} cannot resume", problems)
+    return run(settings, sh, progress)
 
 
 def _platform_problem(wanted: str) -> list[str]:

@@ -73,7 +73,7 @@ def release(
     sh = runtime(c)
     project = sh.settings
     if resume:
-        progress = flow.run(project, sh, flow.load_progress(project))
+        progress = flow.resume(project, sh)
         print(f"released {progress.version} ({progress.tag})")
         return
     plan = flow.make_plan(project, bump, version)

@@ -301,6 +301,13 @@ def test_release_stopped_at_signing_resumes_without_rebuilding(proxied):
     assert "the images are published" in failed.stderr
     progress = json.loads((project / ".git/buildtasks-release.json").read_text())
     assert progress["done"] == ["commit", "images"]
+    # A resume whose key cannot sign is refused before it touches anything.
+    refused = run_cli(["buildtasks", "release", "--resume"], cwd=project,
+                      env={**env, "COSIGN_PASSWORD": "wrong"})  # fmt: skip
+    assert refused.returncode != 0
+    assert "release 0.2.0 cannot resume:" in refused.stderr, refused.stderr[-2000:]
+    assert "nothing was changed" in refused.stderr and "Traceback" not in refused.stderr
+    assert json.loads((project / ".git/buildtasks-release.json").read_text()) == progress
     # The promotion's own tag writes meet a 503 and a 429 (with Retry-After): retried.
     proxy.faults = [Fault(503, 1, "PUT", r"/manifests/0\.2\.0$"),
                     Fault(429, 1, "PUT", r"/manifests/0\.2$")]  # fmt: skip
