@@ -104,21 +104,28 @@ def test_a_pointer_whose_object_is_missing_is_refused_naming_the_file(shop, tmp_
     assert "Traceback" not in refused.stderr
 
 
+def pointer_left_in(top: Path, asset: str, attributes: str) -> Path:
+    """A repository at top whose LFS file asset (routed through LFS by the .gitattributes
+    in directory attributes) is a pointer whose object is nowhere: a pull cannot help."""
+    path = top / asset
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"SHOP-ASSET-v1\n")
+    (top / attributes / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
+    git(top, "init", "-q", "-b", "main")
+    git(top, "lfs", "install", "--local")
+    git(top, "add", "-A")
+    git(top, "commit", "-qm", "assets")
+    shutil.rmtree(top / ".git/lfs/objects")
+    path.write_text(git(top, "show", f"HEAD:{asset}") + "\n")
+    assert lfs.is_pointer(path)
+    return path
+
+
 def test_a_pointer_is_refused_in_a_project_below_its_repositorys_top(tmp_path):
     """A monorepo: .gitattributes at the top, the project in a subdirectory; `git lfs
     ls-files` names files from the top."""
     top = tmp_path / "mono"
-    asset = top / "shop/services/api/assets/banner.bin"
-    asset.parent.mkdir(parents=True)
-    asset.write_bytes(b"SHOP-ASSET-v1\n")
-    (top / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
-    git(top, "init", "-q", "-b", "main")
-    git(top, "lfs", "install", "--local")
-    git(top, "add", "-A")
-    git(top, "commit", "-qm", "mono")
-    shutil.rmtree(top / ".git/lfs/objects")  # the object is nowhere: a pull cannot help
-    asset.write_text(git(top, "show", "HEAD:shop/services/api/assets/banner.bin") + "\n")
-    assert lfs.is_pointer(asset)
+    asset = pointer_left_in(top, "shop/services/api/assets/banner.bin", ".")
     with pytest.raises(lfs.PointerFile, match=r"^services/api/assets/banner.bin is a Git LFS"):
         lfs.require_content(Shell(echo=False), top / "shop", [asset.parent.parent])
 
@@ -126,17 +133,7 @@ def test_a_pointer_is_refused_in_a_project_below_its_repositorys_top(tmp_path):
 def test_a_pointer_is_refused_where_only_a_nested_gitattributes_routes_it_through_lfs(tmp_path):
     """No .gitattributes at the top: the directory of assets carries its own."""
     top = tmp_path / "shop"
-    asset = top / "services/api/assets/banner.bin"
-    asset.parent.mkdir(parents=True)
-    asset.write_bytes(b"SHOP-ASSET-v1\n")
-    (asset.parent / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
-    git(top, "init", "-q", "-b", "main")
-    git(top, "lfs", "install", "--local")
-    git(top, "add", "-A")
-    git(top, "commit", "-qm", "shop")
-    shutil.rmtree(top / ".git/lfs/objects")  # the object is nowhere: a pull cannot help
-    asset.write_text(git(top, "show", "HEAD:services/api/assets/banner.bin") + "\n")
-    assert lfs.is_pointer(asset)
+    asset = pointer_left_in(top, "services/api/assets/banner.bin", "services/api/assets")
     with pytest.raises(lfs.PointerFile, match=r"^services/api/assets/banner.bin is a Git LFS"):
         lfs.require_content(Shell(echo=False), top, [asset.parent.parent])
 

@@ -106,6 +106,21 @@ def test_a_missing_docker_cli_points_at_the_engine_install_docs(tmp_path):
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 
+class Answering(http.server.BaseHTTPRequestHandler):
+    """A quiet handler with one way to answer: code, body and headers (_ for -)."""
+
+    def log_message(self, *args):
+        pass
+
+    def answer(self, code: int, body: bytes = b"", **headers: str) -> None:
+        self.send_response(code)
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 class FakeRegistry:
     def __init__(self, tags: dict[str, str], realm_host: str = ""):
         self.tags, self.realm_host = tags, realm_host
@@ -113,18 +128,7 @@ class FakeRegistry:
         self.token_requests: list[str | None] = []  # the Authorization each token request sent
         fake = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def answer(self, code: int, body: bytes = b"", **headers: str) -> None:
-                self.send_response(code)
-                for name, value in headers.items():
-                    self.send_header(name.replace("_", "-"), value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(Answering):
             def allowed(self) -> bool:
                 if not fake.realm_host or self.headers.get("Authorization") == "Bearer tok":
                     return True
@@ -253,18 +257,7 @@ class Redirecting(http.server.ThreadingHTTPServer):
         self.authorizations: list[str | None] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def answer(self, code: int, body: bytes = b"", **headers: str) -> None:
-                self.send_response(code)
-                for name, value in headers.items():
-                    self.send_header(name.replace("_", "-"), value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
+        class Handler(Answering):
             def do_GET(self):
                 server.authorizations.append(self.headers.get("Authorization"))
                 if not location or self.path.startswith("/moved"):
