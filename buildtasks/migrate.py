@@ -41,23 +41,25 @@ if not PAYLOAD and not os.path.exists(sys.argv[1]):
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 before = db.execute("PRAGMA user_version").fetchone()[0]
 result = {"before": before, "applied": [], "skipped": [], "exists": True}
-# Inside each file's write transaction: a file another run applied meanwhile (the version
-# already reached it) aborts, untouched, instead of being applied twice.
-if PAYLOAD:
-    db.executescript(
-        "CREATE TEMP TABLE buildtasks_applying(number);"
-        "CREATE TEMP TRIGGER buildtasks_once BEFORE INSERT ON buildtasks_applying "
-        "WHEN NEW.number <= (SELECT user_version FROM pragma_user_version) "
-        "BEGIN SELECT RAISE(ABORT, 'buildtasks: applied meanwhile'); END;"
-    )
+meanwhile = []  # files another run applied since the pending ones were read
+
+def once(number, version):
+    # first in each file's write transaction: a file whose number the version already
+    # reached was applied by another run meanwhile; abort it, untouched
+    if number <= version:
+        meanwhile.append(number)
+        raise ValueError("applied meanwhile")
+    return 0
+db.create_function("buildtasks_once", 2, once)
 for number, name, sql in PAYLOAD:
     try:
-        db.executescript(f"BEGIN IMMEDIATE;INSERT INTO buildtasks_applying VALUES ({number});"
-                         f"\\n{sql}\\n;PRAGMA user_version = {number};COMMIT;")
+        db.executescript(f"BEGIN IMMEDIATE;SELECT buildtasks_once({number}, user_version) "
+                         f"FROM pragma_user_version;\\n{sql}\\n;"
+                         f"PRAGMA user_version = {number};COMMIT;")
     except sqlite3.Error as exc:
         if db.in_transaction:
             db.execute("ROLLBACK")
-        if str(exc) == "buildtasks: applied meanwhile":
+        if meanwhile[-1:] == [number]:
             result["skipped"].append(name)
             continue
         result["error"] = f"{name}: {exc}"

@@ -41,3 +41,12 @@ def test_a_failing_file_stops_the_run_and_is_rolled_back(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT name FROM log").fetchall() == [("0001",)]
     db.close()
+
+
+def test_a_file_that_sets_temporary_storage_applies(tmp_path):
+    """The guard opens no temporary database, where SQLite refuses temp_store changes
+    inside a transaction."""
+    sql = "PRAGMA temp_store = MEMORY;\nCREATE TABLE big (x);"
+    found = migrate._run(Shell(echo=False), [sys.executable, "-", str(tmp_path / "jobs.db")],
+                         [[1, "0001_big.sql", sql]], query=False)  # fmt: skip
+    assert (found["applied"], found.get("error")) == (["0001_big.sql"], None)
