@@ -263,8 +263,9 @@ class _Chunks(io.RawIOBase):
 
 def run_in(container, argv: list[str], user: str = "") -> tuple[int, str]:
     """Run argv in a running container: its exit code and output. When the container
-    runtime fails to start the process ("OCI runtime exec failed: ... read init-p:
-    connection reset by peer", seen under load), argv never ran, so it is run again."""
+    runtime fails before it starts the process ("OCI runtime exec failed: ... unable to
+    start container process: read init-p: connection reset by peer", seen under load),
+    argv never ran, so it is run again."""
     for attempt in range(1, _EXEC_ATTEMPTS + 1):
         code, output = container.exec_run(argv, user=user, demux=False)
         text = (output or b"").decode(errors="replace").strip()
@@ -274,7 +275,11 @@ def run_in(container, argv: list[str], user: str = "") -> tuple[int, str]:
 
 
 _EXEC_ATTEMPTS = 3
-_RUNTIME_FAILURE = re.compile(r"(Error: )?OCI runtime (exec failed|error)")
+# runc's failures before it execs the command ("unable to start container process: ...");
+# one after (writing its pid file) reads "OCI runtime exec failed" too, with the command run
+_RUNTIME_FAILURE = re.compile(
+    r"(Error: )?OCI runtime (exec failed|error): .*unable to start container process"
+)
 
 
 def quiet_sdk_loggers() -> None:

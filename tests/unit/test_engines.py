@@ -142,6 +142,13 @@ def test_exec_gives_up_after_three_runtime_failures():
     assert text.startswith("OCI runtime exec failed")
 
 
+def test_a_runtime_failure_after_the_command_started_is_not_run_again():
+    after_exec = b"OCI runtime exec failed: exec failed: write pid file: no space left on device"
+    container = ScriptedContainer((126, after_exec))
+    assert run_in(container, ["redis-cli", "BGSAVE"])[0] == 126
+    assert container.calls == 1
+
+
 def test_a_command_that_ran_and_failed_is_not_run_again():
     container = ScriptedContainer((1, b"ERR wrong number of arguments"))
     assert run_in(container, ["redis-cli", "SET"]) == (1, "ERR wrong number of arguments")
