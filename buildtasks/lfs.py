@@ -51,8 +51,10 @@ def _lfs_attributes(sh: Shell, root: Path) -> Path | None:
     above = next((d / ".gitattributes" for d in _up_to_checkout(root) if uses_lfs(d)), None)
     if above is not None:
         return above
-    listed = git.query(sh, root, "ls-files", "-z", "--", ":(glob)**/.gitattributes")
-    below = (root / name for name in listed.split("\0") if name)
+    argv = ["git", "-C", str(root), "ls-files", "-z", "--", ":(glob)**/.gitattributes"]
+    listed = sh.run(argv, query=True, check=False)  # unstripped: a name may start with a space
+    names = listed.stdout.split("\0") if listed.returncode == 0 else []
+    below = (root / name for name in names if name)
     return next((path for path in below if uses_lfs(path.parent)), None)
 
 

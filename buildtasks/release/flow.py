@@ -227,10 +227,17 @@ def _refuse(what: str, problems: list[str]) -> None:
 
 
 def resume(settings: Settings, sh: Runtime) -> Progress:
-    """Finish the release that stopped, once what its remaining registry steps need holds:
-    push access to its images and, before signing, a key that signs."""
+    """Finish the release that stopped, once what its remaining steps need holds: the
+    release commit checked out, unchanged, and the engine able to build every platform
+    while images remain to build; push access to its images until they are promoted; a
+    key that signs until they are signed."""
     progress = load_progress(settings)
     problems = []
+    if "commit" in progress.done and "images" not in progress.done:
+        require_release_commit(settings, sh, progress)
+        problems += [p for name in progress.image_tags if name not in progress.digests
+                     for wanted in platforms_of(settings, name)
+                     for p in _platform_problem(wanted)]  # fmt: skip
     if "promote" not in progress.done:
         for references in progress.image_tags.values():
             try:
@@ -319,9 +326,8 @@ def start(settings: Settings, sh: Runtime, plan: Plan) -> Progress:
 
 
 def run(settings: Settings, sh: Runtime, progress: Progress) -> Progress:
-    """Carry out the release from wherever progress says it stopped."""
-    if "commit" in progress.done and "images" not in progress.done:  # resumed: nothing undone
-        require_release_commit(settings, sh, progress)
+    """Carry out the release from wherever progress says it stopped (a resumed one is
+    checked by resume first)."""
     try:
         publish_images(settings, sh, progress)
     except BaseException:
