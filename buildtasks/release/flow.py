@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,6 +177,17 @@ def preflight(
     allow_breaking: bool = False,
 ) -> None:  # fmt: skip
     """Every reason the release cannot start, reported together."""
+    # the key's check (cosign signs and verifies a blob) runs beside the others
+    with ThreadPoolExecutor(1) as pool:
+        signing = pool.submit(attest.signing_problems, settings, sh)
+        problems = _start_problems(settings, sh, plan, allow_empty_changelog, allow_breaking)
+        problems += signing.result()
+    _refuse(f"release {plan.new} cannot start", problems)
+
+
+def _start_problems(
+    settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: bool, allow_breaking: bool
+) -> list[str]:
     release = settings.release
     problems = []
     branch = _out(sh, settings, "rev-parse", "--abbrev-ref", "HEAD")
@@ -216,8 +228,7 @@ def preflight(
             problems.append(str(exc))
         for wanted in platforms_of(settings, name):
             problems += _platform_problem(wanted)
-    problems += attest.signing_problems(settings, sh)
-    _refuse(f"release {plan.new} cannot start", problems)
+    return problems
 
 
 def _refuse(what: str, problems: list[str]) -> None:
