@@ -384,7 +384,9 @@ def test_one_run_removes_a_stopped_stack_container_and_the_image_only_it_used(
         container.wait(timeout=60)
         result = cli(project, "prune")
         removed = [(kind, name) for kind, name, _ in listed(result.stdout, "removed")]
-        assert removed == [("container", f"{stack}-api-{marker}"), ("image-tag", f"{repo}:v1")]
+        assert removed == [("container", f"{stack}-api-{marker}"), ("image-tag", f"{repo}:v1")], (
+            result.stdout + result.stderr[-2000:]
+        )
         assert listed(cli(project, "--dry", "prune").stdout, "would remove") == []
     finally:
         if container is not None:
