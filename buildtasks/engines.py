@@ -92,10 +92,19 @@ def _installed() -> str:
     return next((name for name in ENGINES if shutil.which(name)), "docker")
 
 
+def docker_config_dir(environ: Mapping[str, str]) -> Path:
+    """The docker CLI's configuration directory: $DOCKER_CONFIG, unless empty, else ~/.docker."""
+    return Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+
+
 def context_host(name: str, environ: Mapping[str, str]) -> str:
     """The docker endpoint of a docker context, read from the CLI's context store."""
-    config_dir = Path(environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
-    meta = config_dir / "contexts/meta" / hashlib.sha256(name.encode()).hexdigest() / "meta.json"
+    meta = (
+        docker_config_dir(environ)
+        / "contexts/meta"
+        / hashlib.sha256(name.encode()).hexdigest()
+        / "meta.json"
+    )
     fix = f"create it (docker context create {name} --docker host=ssh://USER@HOST) or fix it"
     try:
         host = json.loads(meta.read_text())["Endpoints"]["docker"]["Host"]

@@ -14,11 +14,11 @@ import urllib.parse
 import urllib.request
 import urllib.response
 from collections.abc import Callable
-from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from buildtasks.docker import retry
 from buildtasks.docker.dockerfile import registry_of
+from buildtasks.engines import docker_config_dir
 from buildtasks.errors import BuildtasksError
 from buildtasks.shell import Shell
 
@@ -74,9 +74,8 @@ def probe(host: str, timeout: float = 5.0) -> tuple[bool, bool, str]:
 
 
 def _docker_config() -> dict:
-    config_dir = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker"))
     try:
-        config = json.loads((config_dir / "config.json").read_text())
+        config = json.loads((docker_config_dir(os.environ) / "config.json").read_text())
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
