@@ -43,10 +43,7 @@ class Finding:
         return f"{status} {self.name:<15} {self.detail}{fix}"
 
 
-SIGNING_FIX = (
-    "bash scripts/install-cosign; `cosign generate-key-pair`; set COSIGN_PASSWORD "
-    "(environment or .env)"
-)
+SIGNING_FIX = "`cosign generate-key-pair` makes a pair; set COSIGN_PASSWORD (environment or .env)"
 
 
 def engine_findings(rt: Runtime) -> list[Finding]:
@@ -132,7 +129,14 @@ def diagnose(rt: Runtime) -> list[Finding]:
             state = "logged in" if login else "not logged in"
             findings.append(Finding("registry login", login, state, f"docker login {host}"))
     if settings.publish.sign:  # pushes sign: the key must sign, checked as pre-flight does
-        problems = signing_problems(settings, sh)
-        detail = problems[0] if problems else f"{settings.publish.key} signs and verifies"
+        problems = signing_problems(settings)
+        detail = (
+            problems[0]
+            if problems
+            else (
+                f"{settings.publish.key} opens with COSIGN_PASSWORD and matches "
+                f"{settings.publish.public_key}"
+            )
+        )
         findings.append(Finding("signing", not problems, detail, SIGNING_FIX))
     return findings

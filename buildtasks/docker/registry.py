@@ -187,6 +187,10 @@ def platform_digests(manifest: dict) -> dict[str, str]:
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
+def is_digest(value: str) -> bool:
+    return bool(_DIGEST.fullmatch(value))
+
+
 def repository_of(reference: str) -> str:
     """The repository of repository[:tag][@digest]."""
     name = reference.partition("@")[0]
@@ -491,6 +495,81 @@ def image_layers(sh: Shell, policy: retry.Policy, source: str) -> list[tuple[str
             raise RegistryError(f"{source} names a layer without a valid digest")
         layers.append((media_type if isinstance(media_type, str) else "", digest))
     return layers
+
+
+def tag_manifest(sh: Shell, policy: retry.Policy, repository: str, tag: str) -> dict | None:
+    """The JSON object the registry holds at repository:tag (None when there is no such
+    tag): an artifact to add to, whose contents the caller checks."""
+    host, path, _ = split_reference(f"{repository}:x")
+
+    def fetch() -> bytes | None:
+        try:
+            with _call(host, "GET", f"/{path}/manifests/{urllib.parse.quote(tag)}") as answer:
+                return answer.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    body = _retried(sh, policy, f"reading {repository}:{tag}", fetch)
+    if body is None:
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise RegistryError(f"the registry's manifest at {repository}:{tag} is not a JSON object")
+    return document
+
+
+def put_artifact(
+    sh: Shell, policy: retry.Policy, repository: str, tag: str, blobs: list[bytes],
+    manifest: bytes, media_type: str,
+) -> None:  # fmt: skip
+    """Upload the blobs the registry lacks, then the manifest under tag (one change,
+    skipped in a dry run); transient errors are retried as policy allows."""
+    host, path, _ = split_reference(f"{repository}:x")
+    url = f"{_api_base(host)}/{path}/manifests/{tag}"
+    if not sh.change(["PUT", url, f"<{len(blobs)} blobs + manifest>"]):
+        return
+    for blob in blobs:
+        digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
+        _retried(sh, policy, f"uploading {digest} to {repository}",
+                 lambda b=blob, d=digest: _upload(host, path, b, d))  # fmt: skip
+    _retried(
+        sh,
+        policy,
+        f"writing {repository}:{tag}",
+        lambda: _call(
+            host, "PUT", f"/{path}/manifests/{urllib.parse.quote(tag)}", manifest, media_type
+        ).close(),
+    )
+
+
+def _upload(host: str, path: str, blob: bytes, digest: str) -> None:
+    """One blob pushed monolithically (POST, then PUT with its digest), unless the
+    repository holds it already."""
+    try:
+        _call(host, "HEAD", f"/{path}/blobs/{digest}").close()
+        return
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+    with _call(host, "POST", f"/{path}/blobs/uploads/", b"") as started:
+        location = started.headers.get("Location", "")
+    base = _api_base(host)
+    target = urllib.parse.urljoin(f"{base}/", location)
+    if (
+        not location
+        or _origin(target) != _origin(base)
+        or not urllib.parse.urlsplit(target).path.startswith("/v2/")
+    ):
+        raise RegistryError(f"registry {host} named no upload location on itself ({location!r})")
+    parts = urllib.parse.urlsplit(target)
+    query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("digest", digest)])
+    _call(host, "PUT", f"{parts.path[len('/v2') :]}?{query}", blob,
+          "application/octet-stream").close()  # fmt: skip
 
 
 class _Checked(io.RawIOBase):

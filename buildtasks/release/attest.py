@@ -1,9 +1,10 @@
-"""cosign: every pushed digest signed by digest (each platform image and the index), a
-CycloneDX SBOM per platform image attached as a signed attestation, and all of it verified
-against the public key. Key-based and offline: nothing is uploaded to a transparency log
-(`--tlog-upload=false`; verification passes `--insecure-ignore-tlog`), Fulcio is never
-asked, and registries on loopback are spoken to over plain http (`--allow-http-registry`).
-The key's password reaches cosign as COSIGN_PASSWORD in its environment, never in argv."""
+"""Signing: every pushed digest signed by digest (each platform image and the index), a
+CycloneDX SBOM per platform image attached as a signed attestation, in cosign's formats
+(signing.py makes them in this process, with the key decrypted once), and all of it
+verified with cosign against the public key. Key-based and offline: nothing goes to a
+transparency log (verification passes `--insecure-ignore-tlog`), Fulcio is never asked,
+and registries on loopback are spoken to over plain http (`--allow-http-registry`). The
+key's password is read from COSIGN_PASSWORD and never leaves this process."""
 
 from __future__ import annotations
 
@@ -11,26 +12,20 @@ import base64
 import binascii
 import json
 import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from buildtasks.config import Settings
 from buildtasks.docker import registry, retry
-from buildtasks.errors import BuildtasksError
-from buildtasks.release import inventory, sbom
+from buildtasks.release import inventory, sbom, signing
+from buildtasks.release.signing import Signer, SigningError
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 from buildtasks.version import __version__
 
 PASSWORD = "COSIGN_PASSWORD"
 CYCLONEDX = "https://cyclonedx.org/bom"
-
-
-class SigningError(BuildtasksError):
-    """The signing key cannot be used, or cosign refused."""
 
 
 def _key(settings: Settings, key: str) -> str:
@@ -43,14 +38,22 @@ def _http(reference: str) -> list[str]:
     return ["--allow-http-registry"] if loopback else []
 
 
-def signing_problems(settings: Settings, sh: Shell) -> list[str]:
-    """Why the configured key cannot sign, found by signing and verifying a blob (nothing
-    is uploaded); [] when it can or signing is off."""
+def _key_text(settings: Settings, name: str, key: str) -> str:
+    """The PEM text of publish.<name>: the variable env://VAR names, or the file."""
+    if key.startswith("env://"):
+        return settings.environment.get(key[6:], "")
+    try:
+        return (settings.root / key).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SigningError(f"publish.{name}: cannot read {key} ({exc})") from None
+
+
+def signing_key(settings: Settings) -> tuple[Signer | None, list[str]]:
+    """(the key that signs, decrypted and checked against publish.public_key, []) or (None,
+    why it cannot); (None, []) when signing is off."""
     publish = settings.publish
     if publish.sign != "cosign":
-        return []
-    if not shutil.which("cosign"):
-        return ["cosign not found; install it (bash scripts/install-cosign) or set publish.sign"]
+        return None, []
     problems = []
     for name, key in (("key", publish.key), ("public_key", publish.public_key)):
         if not key.startswith("env://") and not (settings.root / key).is_file():
@@ -60,31 +63,34 @@ def signing_problems(settings: Settings, sh: Shell) -> list[str]:
         elif key.startswith("env://") and not settings.environment.get(key[6:]):
             problems.append(f"publish.{name}: ${key[6:]} is not set")
     if PASSWORD not in settings.environment:
-        problems.append(f"{PASSWORD} is not set; cosign needs the signing key's password from it")
+        problems.append(f"{PASSWORD} is not set; it holds the signing key's password")
     if problems:
-        return problems
-    with tempfile.TemporaryDirectory(prefix="buildtasks-sign-") as tmp:
-        blob, signature = Path(tmp, "blob"), Path(tmp, "blob.sig")
-        blob.write_text("buildtasks signing check\n")
-        signed = sh.run(["cosign", "sign-blob", "--key", _key(settings, publish.key),
-                         "--tlog-upload=false", "--yes", "--output-signature", str(signature),
-                         str(blob)], query=True, check=False, input="")  # fmt: skip
-        if signed.returncode != 0:
-            return [f"the signing key {publish.key} cannot sign ({_reason(sh, signed)}); "
-                    f"check {PASSWORD}"]  # fmt: skip
-        verified = sh.run(["cosign", "verify-blob", "--key", _key(settings, publish.public_key),
-                           "--insecure-ignore-tlog", "--signature", str(signature), str(blob)],
-                          query=True, check=False)  # fmt: skip
-        if verified.returncode != 0:
-            return [f"publish.public_key {publish.public_key} does not verify what "
-                    f"{publish.key} signs; configure the matching pair"]  # fmt: skip
-    return []
+        return None, problems
+    try:
+        signer = signing.load_key(
+            _key_text(settings, "key", publish.key), settings.environment[PASSWORD],
+            f"publish.key {publish.key}",
+        )  # fmt: skip
+        public = _key_text(settings, "public_key", publish.public_key)
+    except SigningError as exc:
+        return None, [str(exc)]
+    if not signer.matches(public):
+        return None, [f"publish.public_key {publish.public_key} is not the public half of "
+                      f"{publish.key}; configure the matching pair"]  # fmt: skip
+    return signer, []
 
 
-def require_signing(rt: Runtime) -> None:
-    problems = signing_problems(rt.settings, rt)
+def signing_problems(settings: Settings) -> list[str]:
+    """Why the configured key cannot sign ([] when it can or signing is off)."""
+    return signing_key(settings)[1]
+
+
+def require_signing(rt: Runtime) -> Signer | None:
+    """The key that signs (None when signing is off); SigningError when it cannot."""
+    signer, problems = signing_key(rt.settings)
     if problems:
         raise SigningError(f"cannot sign: {'; '.join(problems)}; nothing was built")
+    return signer
 
 
 def _reason(sh: Shell, result) -> str:
@@ -106,46 +112,90 @@ def images_of(sh: Shell, reference: str, manifest: dict) -> dict[str, str]:
     return {named[0]: reference.rpartition("@")[2]}
 
 
-def sign_pushed(rt: Runtime, reference: str, manifest: dict | None = None) -> None:
-    """Attach a signed SBOM to each platform image at reference (repository@digest; its raw
-    manifest when the caller read it already), the platforms side by side, while one
-    cosign call signs every platform image and the index, each by digest, once the SBOMs'
-    contents are read (signatures and attestations are separate artifacts, so neither waits
-    for the other); nothing when signing is off."""
-    settings, sh = rt.settings, rt
-    publish = settings.publish
-    if publish.sign != "cosign":
+def sign_pushed(
+    rt: Runtime, reference: str, signer: Signer | None, manifest: dict | None = None
+) -> None:
+    """Sign every platform image at reference (repository@digest; its raw manifest when
+    the caller read it already) and the index, each by digest, and attach a signed SBOM
+    to each platform image, once the SBOMs' contents are read; nothing without a signer
+    (signing off)."""
+    if signer is None:
         return
+    settings, sh = rt.settings, rt
     policy = retry.Policy.of(settings)
     repository, _, digest = reference.rpartition("@")
     images = images_of(sh, reference, manifest or registry.raw_manifest(sh, reference))
-    key = ["--key", _key(settings, publish.key), "--tlog-upload=false", "--yes", *_http(reference)]
-    signed = [f"{repository}@{d}" for d in dict.fromkeys([*images.values(), digest])]
-
-    def attach(platform: str, image: str, found: sbom.Found, tmp: str) -> None:
-        bom = sbom.document(
-            found, image=repository, version=settings.version, digest=image, platform=platform,
-            tool_version=__version__, timestamp=datetime.now(UTC).isoformat(),
-        )  # fmt: skip
-        predicate = Path(tmp, f"{image.replace(':', '-')}.cdx.json")
-        if not sh.dry:
-            predicate.write_text(json.dumps(bom))
-        argv = ["cosign", "attest", *key, "--replace", "--type", "cyclonedx",
-                "--predicate", str(predicate), f"{repository}@{image}"]  # fmt: skip
-        retry.run(sh, policy, f"attesting the SBOM of {repository}@{image}", argv, input="")
-
     # What the SBOMs list is read first: an image whose packages cannot be read is not signed.
-    found = inventory.packages(rt, policy, repository, images) if publish.sbom else {}
-    with (
-        tempfile.TemporaryDirectory(prefix="buildtasks-sbom-") as tmp,
-        ThreadPoolExecutor(len(images) + 1) as pool,
-    ):
-        what = f"signing {len(signed)} digests of {repository}"
-        running = [pool.submit(retry.run, sh, policy, what, ["cosign", "sign", *key, *signed],
-                               input="")]  # fmt: skip
-        running += [pool.submit(attach, p, images[p], found[p], tmp) for p in found]
+    found = inventory.packages(rt, policy, repository, images) if settings.publish.sbom else {}
+    timestamp = datetime.now(UTC).isoformat()
+
+    def sign(image: str) -> None:
+        layer = signing.image_signature(signer, repository, image)
+        tag = signing.artifact_tag(image, "sig")
+        held = _layers(registry.tag_manifest(sh, policy, repository, tag), f"{repository}:{tag}")
+        if not any(_signed_by(signer, layer, held_layer) for held_layer in held):
+            _write(sh, policy, repository, tag, [*held, layer.descriptor()], layer.body)
+
+    def attach(platform: str) -> None:
+        image = images[platform]
+        bom = sbom.document(
+            found[platform], image=repository, version=settings.version, digest=image,
+            platform=platform, tool_version=__version__, timestamp=timestamp,
+        )  # fmt: skip
+        layer = signing.attestation(signer, repository, image, CYCLONEDX, bom)
+        tag = signing.artifact_tag(image, "att")
+        held = _layers(registry.tag_manifest(sh, policy, repository, tag), f"{repository}:{tag}")
+        # the image's SBOM replaces any earlier one, as `cosign attest --replace` does
+        kept = [h for h in held if h.get("annotations", {}).get("predicateType") != CYCLONEDX]
+        _write(sh, policy, repository, tag, [*kept, layer.descriptor()], layer.body)
+
+    signed = list(dict.fromkeys([*images.values(), digest]))
+    with ThreadPoolExecutor(len(signed) + len(found)) as pool:
+        running = [pool.submit(sign, image) for image in signed]
+        running += [pool.submit(attach, platform) for platform in found]
         for done in running:
             done.result()
+
+
+def _layers(manifest: dict | None, where: str) -> list[dict]:
+    """The layer descriptors of the signature or attestation artifact at where (none when
+    there is none), well-formed ones only: the registry's answer is input."""
+    if manifest is None:
+        return []
+    layers = manifest.get("layers")
+    if manifest.get("mediaType", signing.OCI_MANIFEST) != signing.OCI_MANIFEST or not isinstance(
+        layers, list
+    ):
+        raise registry.RegistryError(
+            f"{where} holds no signature artifact; remove it and sign again"
+        )
+    return [
+        layer
+        for layer in layers
+        if isinstance(layer, dict)
+        and isinstance(layer.get("mediaType"), str)
+        and isinstance(layer.get("size"), int)
+        and isinstance(layer.get("digest"), str)
+        and registry.is_digest(layer["digest"])
+        and isinstance(layer.get("annotations", {}), dict)
+    ]
+
+
+def _signed_by(signer: Signer, layer: signing.Layer, held: dict) -> bool:
+    """Whether a held signature layer is this payload signed with this key already."""
+    try:
+        signature = base64.b64decode(held["annotations"][signing.SIGNATURE_ANNOTATION])
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return False
+    return held["digest"] == layer.digest and signer.verifies(layer.body, signature)
+
+
+def _write(
+    sh: Shell, policy: retry.Policy, repository: str, tag: str, layers: list[dict], body: bytes
+) -> None:
+    config, manifest = signing.artifact(layers)
+    registry.put_artifact(sh, policy, repository, tag, [body, config], manifest,
+                          signing.OCI_MANIFEST)  # fmt: skip
 
 
 @dataclass(frozen=True)

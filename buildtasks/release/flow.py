@@ -17,6 +17,7 @@ from buildtasks.docker import registry, retry
 from buildtasks.errors import BuildtasksError
 from buildtasks.platforms import can_build
 from buildtasks.release import attest, changelog, publish, version
+from buildtasks.release.signing import Signer
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
 
@@ -175,14 +176,16 @@ def make_plan(settings: Settings, bump: str = "", explicit: str = "") -> Plan:
 def preflight(
     settings: Settings, sh: Shell, plan: Plan, allow_empty_changelog: bool,
     allow_breaking: bool = False,
-) -> None:  # fmt: skip
-    """Every reason the release cannot start, reported together."""
-    # the key's check (cosign signs and verifies a blob) runs beside the others
+) -> Signer | None:  # fmt: skip
+    """Every reason the release cannot start, reported together; the key that will sign
+    (None when signing is off)."""
+    # the key is decrypted (scrypt, outside the GIL) beside the other checks
     with ThreadPoolExecutor(1) as pool:
-        signing = pool.submit(attest.signing_problems, settings, sh)
+        signing = pool.submit(attest.signing_key, settings)
         problems = _start_problems(settings, sh, plan, allow_empty_changelog, allow_breaking)
-        problems += signing.result()
-    _refuse(f"release {plan.new} cannot start", problems)
+        signer, key_problems = signing.result()
+    _refuse(f"release {plan.new} cannot start", problems + key_problems)
+    return signer
 
 
 def _start_problems(
@@ -243,7 +246,7 @@ def resume(settings: Settings, sh: Runtime) -> Progress:
     while images remain to build; push access to its images until they are promoted; a
     key that signs until they are signed."""
     progress = load_progress(settings)
-    problems = []
+    problems, signer = [], None
     if "commit" in progress.done and "images" not in progress.done:
         require_release_commit(settings, sh, progress)
         problems += [p for name in progress.image_tags if name not in progress.digests
@@ -256,9 +259,10 @@ def resume(settings: Settings, sh: Runtime) -> Progress:
             except registry.RegistryError as exc:
                 problems.append(str(exc))
     if "sign" not in progress.done:
-        problems += attest.signing_problems(settings, sh)
+        signer, key_problems = attest.signing_key(settings)
+        problems += key_problems
     _refuse(f"release {progress.version} cannot resume", problems)
-    return run(settings, sh, progress)
+    return run(settings, sh, progress, signer)
 
 
 def _platform_problem(wanted: str) -> list[str]:
@@ -321,8 +325,8 @@ def require_release_commit(settings: Settings, sh: Shell, progress: Progress) ->
         )
 
 
-def start(settings: Settings, sh: Runtime, plan: Plan) -> Progress:
-    """Record what the release will do, then do it."""
+def start(settings: Settings, sh: Runtime, plan: Plan, signer: Signer | None) -> Progress:
+    """Record what the release will do, then do it, signing with signer (None: unsigned)."""
     progress = Progress(
         version=plan.new,
         tag=plan.tag,
@@ -333,14 +337,14 @@ def start(settings: Settings, sh: Runtime, plan: Plan) -> Progress:
             str(plan.changelog_file): plan.changelog_text,
         },
     )
-    return run(settings, sh, progress)
+    return run(settings, sh, progress, signer)
 
 
-def run(settings: Settings, sh: Runtime, progress: Progress) -> Progress:
+def run(settings: Settings, sh: Runtime, progress: Progress, signer: Signer | None) -> Progress:
     """Carry out the release from wherever progress says it stopped (a resumed one is
     checked by resume first)."""
     try:
-        publish_images(settings, sh, progress)
+        publish_images(settings, sh, progress, signer)
     except BaseException:
         if "images" not in progress.done:  # nothing is public yet: undo the commit and tag
             rollback(settings, sh, progress)
@@ -366,7 +370,9 @@ def run(settings: Settings, sh: Runtime, progress: Progress) -> Progress:
     return progress
 
 
-def publish_images(settings: Settings, sh: Runtime, progress: Progress) -> None:
+def publish_images(
+    settings: Settings, sh: Runtime, progress: Progress, signer: Signer | None
+) -> None:
     """Commit and tag, push every target by its release-commit tag and verify it, then
     promote the digests to the release tags; each step recorded as it finishes."""
     if "commit" not in progress.done:
@@ -394,7 +400,7 @@ def publish_images(settings: Settings, sh: Runtime, progress: Progress) -> None:
     if "sign" not in progress.done:  # signing again adds nothing: safe to redo
         released = sh.derive(config.load(settings.root))
         for ref in progress.digests.values():
-            attest.sign_pushed(released, ref)
+            attest.sign_pushed(released, ref, signer)
         progress.done.append("sign")
         save(settings, sh, progress)
     if "promote" not in progress.done:  # tagging a digest is idempotent: safe to redo

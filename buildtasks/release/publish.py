@@ -56,7 +56,7 @@ def push(
         hosts = {registry.registry_host(p.tags[0]): p.tags[0] for p in plans}
         for tag in hosts.values():
             registry.require_push_access(rt, retry.Policy.of(rt.settings), tag)
-        attest.require_signing(rt)
+        signer = attest.require_signing(rt)
     pushed: list[Pushed] = []
     for build_plan in plans:
         build_plan = _from_pushed(build_plan, pushed)
@@ -75,7 +75,7 @@ def push(
                 f"(it holds {', '.join(found) or 'nothing'}); the push is incomplete"
             )
         if not release:
-            attest.sign_pushed(rt, reference, manifest)
+            attest.sign_pushed(rt, reference, signer, manifest)
         pushed.append(
             Pushed(
                 build_plan.target,

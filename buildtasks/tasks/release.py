@@ -96,7 +96,7 @@ def release(
             f"{flow.PENDING_COMMIT} stands for the release commit, which a dry run does not "
             "make; the real build's revision label is that commit too"
         )
-    flow.preflight(project, sh, plan, allow_empty_changelog, allow_breaking)
+    signer = flow.preflight(project, sh, plan, allow_empty_changelog, allow_breaking)
     if sh.dry:
         # The push the release makes: the new version in the labels, the staging tag.
         released = sh.derive(msgspec.structs.replace(project, version=plan.new))
@@ -104,7 +104,7 @@ def release(
             flow.push_target(released, name, flow.PENDING_COMMIT)
         print(f"nothing changed (dry run); `inv release --bump ...` makes release {plan.new}")
         return
-    progress = flow.start(project, sh, plan)
+    progress = flow.start(project, sh, plan, signer)
     for name, ref in progress.digests.items():
         print(f"{name}: {ref} tagged {', '.join(plan.image_tags[name])}")
     print(

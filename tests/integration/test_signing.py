@@ -10,15 +10,18 @@ import os
 import re
 import subprocess
 import threading
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from buildtasks import config
 from buildtasks.docker import retry
 from buildtasks.platforms import native
-from buildtasks.release import inventory, sbom
+from buildtasks.release import attest, inventory, sbom
 from buildtasks.runtime import Runtime
 from tests.conftest import remove_images, run_cli, run_once
 from tests.faultproxy import Fault, FaultProxy
@@ -144,7 +147,9 @@ def test_the_password_is_in_no_argv_and_no_output(signed):
     assert signed["scans"] > 10 and signed["argv_hits"] == []
     result = signed["result"]
     assert PASSWORD not in result.stdout + result.stderr
-    assert "cosign sign --key" in result.stderr  # the signing commands ran, echoed
+    # the signatures and attestations were written, each write echoed
+    for kind in ("sig", "att"):
+        assert re.search(rf"^PUT \S+/manifests/sha256-[0-9a-f]{{64}}\.{kind} ", result.stderr, re.M)
 
 
 def test_sbom_attestation_lists_what_pip_lists_in_each_platform_image(engine, signed):
@@ -325,6 +330,79 @@ def test_release_stopped_at_signing_resumes_without_rebuilding(proxied):
         )
 
 
+def artifact_layers(image: str, digest: str, kind: str) -> list[dict]:
+    """The layers of the signature (sig) or attestation (att) artifact of image@digest."""
+    host, _, path = image.partition("/")
+    tag = f"{digest.replace(':', '-')}.{kind}"
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    request = urllib.request.Request(f"http://{host}/v2/{path}/manifests/{tag}", headers=accept)
+    with urllib.request.urlopen(request) as answer:
+        return json.loads(answer.read())["layers"]
+
+
+def test_signing_again_adds_nothing_and_keeps_another_signers_signature(
+    proxied, tmp_path, monkeypatch
+):
+    _, project, image, keys = proxied
+    pushed = signed_push(project)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    ref = re.search(r"pushed (\S+@sha256:[0-9a-f]{64})", pushed.stdout).group(1)
+    digest = ref.rpartition("@")[2]
+    other = key_pair(tmp_path / "other", "other password")
+    cosigned = subprocess.run(
+        ["cosign", "sign", "--key", str(other[0]), "--tlog-upload=false", "--yes",
+         "--allow-http-registry", ref],
+        capture_output=True, text=True, env={**os.environ, "COSIGN_PASSWORD": "other password"},
+    )  # fmt: skip
+    assert cosigned.returncode == 0, cosigned.stderr
+    assert len(artifact_layers(image, digest, "sig")) == 2
+    monkeypatch.setenv("COSIGN_PASSWORD", PASSWORD)
+    rt = Runtime(config.load(project))
+    signer = attest.require_signing(rt)
+    for _ in range(2):
+        attest.sign_pushed(rt, ref, signer)
+    assert len(artifact_layers(image, digest, "sig")) == 2  # ours once, and the other's
+    (platform_image,) = platform_digests(ref).values()
+    (sbom_layer,) = artifact_layers(image, platform_image, "att")  # replaced, not added
+    assert sbom_layer["annotations"]["predicateType"] == attest.CYCLONEDX
+    for public in (keys[1], other[1]):
+        verified = cosign("verify", "--key", str(public), ref)
+        assert verified.returncode == 0, verified.stderr
+    attested = cosign("verify-attestation", "--key", str(keys[1]), "--type", "cyclonedx",
+                      f"{image}@{platform_image}")  # fmt: skip
+    assert attested.returncode == 0, attested.stderr
+
+
+def test_an_ed25519_key_imported_into_cosign_signs_what_cosign_verifies(proxied, tmp_path):
+    # cosign generate-key-pair makes the ECDSA P-256 keys the other tests sign with
+    project = proxied[1]
+    key = ed25519.Ed25519PrivateKey.generate()
+    plain = tmp_path / "plain.pem"
+    plain.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))  # fmt: skip
+    imported = subprocess.run(
+        ["cosign", "import-key-pair", "--key", str(plain), "--output-key-prefix",
+         str(tmp_path / "imported")],
+        capture_output=True, text=True, env={**os.environ, "COSIGN_PASSWORD": PASSWORD},
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    pair = (tmp_path / "imported.key", tmp_path / "imported.pub")
+    pyproject = project / "pyproject.toml"
+    text = re.sub(r"\n\[tool\.buildtasks\.publish\]\n.*", "", pyproject.read_text(), flags=re.S)
+    pyproject.write_text(text)
+    add_config(project, publish_table(pair))
+    pushed = signed_push(project)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    ref = re.search(r"pushed (\S+@sha256:[0-9a-f]{64})", pushed.stdout).group(1)
+    (platform_image,) = platform_digests(ref).values()
+    for signed in (ref, f"{ref.partition('@')[0]}@{platform_image}"):
+        verified = cosign("verify", "--key", str(pair[1]), signed)
+        assert verified.returncode == 0, verified.stderr
+    attested = cosign("verify-attestation", "--key", str(pair[1]), "--type", "cyclonedx", signed)
+    assert attested.returncode == 0, attested.stderr
+
+
 @pytest.mark.parametrize("problem", ["password", "missing key", "other public key"])
 def test_preflight_refuses_a_key_that_cannot_sign_before_building(engine, tmp_path, problem):
     path = f"test-{uuid.uuid4().hex[:8]}/small"
@@ -335,13 +413,14 @@ def test_preflight_refuses_a_key_that_cannot_sign_before_building(engine, tmp_pa
     elif problem == "other public key":
         keys = (keys[0], key_pair(tmp_path / "other")[1])
     add_config(project, publish_table(keys))
-    password = "wrong" if problem == "password" else PASSWORD
+    password = "not-the-passphrase-7f3" if problem == "password" else PASSWORD
     env = {"COSIGN_PASSWORD": password, **IDENTITY}
     result = run_cli(["buildtasks", "release", "--bump", "patch"], cwd=project, env=env)
     assert result.returncode == 1
     expected = {
-        "password": "the signing key", "missing key": "nowhere.key does not exist",
-        "other public key": "does not verify what",
+        "password": "does not open with COSIGN_PASSWORD",
+        "missing key": "nowhere.key does not exist",
+        "other public key": "is not the public half of",
     }[problem]  # fmt: skip
     assert expected in result.stderr and "nothing was changed" in result.stderr
     assert "docker buildx build" not in result.stderr

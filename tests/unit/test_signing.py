@@ -9,11 +9,12 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from buildtasks import config
 from buildtasks.docker import registry, retry
 from buildtasks.errors import BuildtasksError, ConfigError
-from buildtasks.release import attest, inventory, sbom
+from buildtasks.release import attest, inventory, sbom, signing
 from buildtasks.release.attest import CYCLONEDX, _sbom_verdict
 from buildtasks.runtime import Runtime
 from buildtasks.shell import Shell
@@ -236,13 +237,13 @@ def test_an_attestation_whose_predicate_is_not_a_mapping_is_not_this_images_sbom
 
 
 def test_an_image_whose_packages_cannot_be_read_is_not_signed(tmp_path, monkeypatch):
-    (tmp_path / "cosign.key").write_text("key\n")
     (tmp_path / "pyproject.toml").write_text(
         '[tool.buildtasks]\nimage = "127.0.0.1:5000/app"\n[tool.buildtasks.targets.web]\n'
         '[tool.buildtasks.publish]\nsign = "cosign"\nkey = "cosign.key"\n'
     )
-    ran = []
-    monkeypatch.setattr(retry, "run", lambda sh, policy, what, argv, **kw: ran.append(argv))
+    written = []
+    monkeypatch.setattr(registry, "put_artifact", lambda *args: written.append(args))
+    monkeypatch.setattr(registry, "tag_manifest", lambda *args: None)
 
     def unreadable(*args):
         raise BuildtasksError("reading 127.0.0.1:5000/app@sha256:… failed: 503 after 3 tries")
@@ -255,9 +256,10 @@ def test_an_image_whose_packages_cannot_be_read_is_not_signed(tmp_path, monkeypa
             {"digest": "sha256:" + "a" * 64, "platform": {"os": "linux", "architecture": "amd64"}}
         ],
     }
+    signer = signing.Signer(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(BuildtasksError, match="503"):
-        attest.sign_pushed(rt, "127.0.0.1:5000/app@sha256:" + "b" * 64, manifest)
-    assert ran == []  # no cosign sign, no attestation
+        attest.sign_pushed(rt, "127.0.0.1:5000/app@sha256:" + "b" * 64, signer, manifest)
+    assert written == []  # no signature, no attestation
 
 
 def test_an_index_naming_no_platform_image_by_a_valid_digest_is_one_error():
