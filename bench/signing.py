@@ -105,7 +105,7 @@ def remove_local_images(prefix: str) -> None:
         subprocess.run(["docker", "image", "rm", "--force", *ours], capture_output=True)
 
 
-def main(rounds: int = 3) -> None:
+def main(rounds: int = 5) -> None:
     root = Path(tempfile.mkdtemp(prefix="buildtasks-bench-sign-"))
     keys = root / "keys"
     keys.mkdir()

@@ -476,16 +476,25 @@ def _manifest(sh: Shell, policy: retry.Policy, source: str) -> tuple[bytes, str]
     return body, media_type
 
 
+def manifest_at(sh: Shell, policy: retry.Policy, source: str) -> dict:
+    """The manifest at source (repository@digest) as a JSON object, read over the registry
+    API (no CLI process) and checked against its digest."""
+    body, _ = _manifest(sh, policy, source)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise RegistryError(f"the registry's manifest at {source} is not a JSON object")
+    return document
+
+
 def image_layers(sh: Shell, policy: retry.Policy, source: str) -> list[tuple[str, str]]:
     """(media type, digest) of each layer of the image manifest at source
     (repository@digest), bottom layer first."""
-    body, _ = _manifest(sh, policy, source)
-    try:
-        manifest = json.loads(body)
-    except ValueError:
-        manifest = None
-    kind = manifest.get("mediaType", "") if isinstance(manifest, dict) else ""
-    if not isinstance(manifest, dict) or (kind and kind not in IMAGE_TYPES):
+    manifest = manifest_at(sh, policy, source)
+    kind = manifest.get("mediaType", "")
+    if kind and kind not in IMAGE_TYPES:
         raise RegistryError(f"{source} is not an image manifest")
     layers = []
     for layer in manifest.get("layers") or []:

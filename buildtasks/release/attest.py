@@ -124,7 +124,7 @@ def sign_pushed(
     settings, sh = rt.settings, rt
     policy = retry.Policy.of(settings)
     repository, _, digest = reference.rpartition("@")
-    images = images_of(sh, reference, manifest or registry.raw_manifest(sh, reference))
+    images = images_of(sh, reference, manifest or registry.manifest_at(sh, policy, reference))
     # What the SBOMs list is read first: an image whose packages cannot be read is not signed.
     found = inventory.packages(rt, policy, repository, images) if settings.publish.sbom else {}
     timestamp = datetime.now(UTC).isoformat()
