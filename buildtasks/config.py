@@ -53,17 +53,18 @@ _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REPOSITORY = re.compile(_NAME)
-# Compiled on first use (re keeps it): only a wrong image or a tag template that names a
-# repository needs it, and compiling it costs more than the rest of a load's patterns.
+# The patterns below are compiled on first use (re keeps them): a listing whose
+# configuration sets no tags, build arguments or off-site repository never needs them.
+# _REFERENCE: only a wrong image or a tag template that names a repository needs it, and
+# compiling it costs more than the rest of a load's patterns.
 _REFERENCE = rf"(?P<name>{_NAME})(?::{_TAG})?(?:@{_DIGEST})?"
-_TAG_NAME = re.compile(_TAG)
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # build argument and variable names
-_RESTIC_REPOSITORY = re.compile(r"(?:rest:https?://|sftp:|s3:|b2:)\S+")
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"  # build argument and variable names
+_RESTIC_REPOSITORY = r"(?:rest:https?://|sftp:|s3:|b2:)\S+"
 
 
 def is_tag(text: str) -> bool:
     """Whether text is a valid image tag (letters, digits, _ . -, not first; <= 128)."""
-    return bool(_TAG_NAME.fullmatch(text))
+    return bool(re.fullmatch(_TAG, text))
 
 
 _SIZE_UNITS = {
@@ -165,7 +166,7 @@ def _optional_data_path(value: str, ctx: _Context) -> str | None:
 
 
 def _env_name(value: str, _: _Context) -> str | None:
-    if _IDENTIFIER.fullmatch(value):
+    if re.fullmatch(_IDENTIFIER, value):
         return None
     return "is not an environment variable name"
 
@@ -256,7 +257,7 @@ def _tag_template(value: str, _: _Context) -> str | None:
         if "/" not in match.group("name") and tag[1:].isdigit():
             return "looks like a registry HOST:PORT, not a tag; write HOST:PORT/REPO:TAG"
         return None
-    if _TAG_NAME.fullmatch(rendered):
+    if re.fullmatch(_TAG, rendered):
         return None
     return "is not a tag: letters, digits, _ . - (not first), at most 128 characters"
 
@@ -293,7 +294,7 @@ def _secret(value: str, ctx: _Context) -> str | None:
         return f"is not a secret; {forms}"
     if not sep or source == "ca-bundle":
         return None
-    if kind == "env" and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", detail):
+    if kind == "env" and re.fullmatch(_IDENTIFIER, detail):
         return None
     if kind == "file":
         return _project_path(detail, ctx)
@@ -345,7 +346,7 @@ def _optional_word(value: str, ctx: _Context) -> str | None:
 
 
 def _arg_name(value: str, _: _Context) -> str | None:
-    if _IDENTIFIER.fullmatch(value):
+    if re.fullmatch(_IDENTIFIER, value):
         return None
     return "is not a build argument name"
 
@@ -487,7 +488,7 @@ class StackSettings(Struct, frozen=True):
 
 
 def _repository_url(value: str, _: _Context) -> str | None:
-    if not value or _RESTIC_REPOSITORY.fullmatch(value):
+    if not value or re.fullmatch(_RESTIC_REPOSITORY, value):
         return None
     return (
         "is not an off-site restic repository; write rest:http(s)://..., sftp:..., s3:... or b2:..."
@@ -593,14 +594,11 @@ class ReleaseSettings(Struct, frozen=True):
     tag_prefix: Annotated[str, Rule(_optional_word)] = "v"
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def _signing_key(value: str, ctx: _Context) -> str | None:
     """A key file in the project, an absolute path, or env://VAR (cosign reads the key PEM
     from that variable); never the key itself."""
     if value.startswith("env://"):
-        return None if _ENV_NAME.fullmatch(value[6:]) else "names no variable after env://"
+        return None if re.fullmatch(_IDENTIFIER, value[6:]) else "names no variable after env://"
     if "PRIVATE KEY" in value:
         return "holds a key, not where to find one; write its path or env://VAR"
     return _data_path(value, ctx)
