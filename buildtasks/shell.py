@@ -43,6 +43,13 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _line(text: str) -> None:
+    """One line to stderr in one write: threads that echo at once (parallel signing) must
+    not run their lines together, as print's separate write of the newline lets them."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 @dataclass
 class Shell:
     dry: bool = False
@@ -63,14 +70,14 @@ class Shell:
 
     def note(self, message: str) -> None:
         """Progress from domain code: to stderr, redacted, so stdout stays for results."""
-        print(redact(message, self.secrets), file=sys.stderr, flush=True)
+        _line(redact(message, self.secrets))
 
     def change(self, argv: Sequence[str]) -> bool:
         """Announce a change to the world as the command that makes it (echoed, redacted);
         False under dry-run, where the caller must skip it. Commands run here use it, and
         so does work done in-process that stands for a command (protoc)."""
         if self.echo:
-            print(("[dry] " if self.dry else "") + self.show(argv), file=sys.stderr, flush=True)
+            _line(("[dry] " if self.dry else "") + self.show(argv))
         return not self.dry
 
     def run(

@@ -34,6 +34,16 @@ def registry_host(reference: str) -> str:
     return registry_of(reference) or "docker.io"
 
 
+def canonical_repository(repository: str) -> str:
+    """The repository's full name, as signatures name it (cosign's identity): Docker Hub's
+    written out as index.docker.io, with library/ for its official images."""
+    host = registry_of(repository)
+    if host not in ("", "docker.io", "index.docker.io"):
+        return repository
+    path = repository[len(host) + 1 :] if host else repository
+    return f"index.docker.io/{path if '/' in path else f'library/{path}'}"
+
+
 def is_loopback(host: str) -> bool:
     """Whether a registry host (NAME, NAME:PORT or [V6]:PORT) is this machine: exactly
     localhost, an address in 127.0.0.0/8 or ::1; not a name that only starts like one
@@ -76,7 +86,7 @@ def probe(host: str, timeout: float = 5.0) -> tuple[bool, bool, str]:
 def _docker_config() -> dict:
     try:
         config = json.loads((docker_config_dir(os.environ) / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return config if isinstance(config, dict) else {}
 
@@ -134,12 +144,29 @@ def _inspect(sh: Shell, reference: str, *flags: str) -> dict:
             f"cannot read {reference} back from the registry: "
             f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}"
         )
+    return _object(result.stdout, f"the registry's answer for {reference}")
+
+
+# Registries refuse manifests over 4 MiB; a larger answer is read no further.
+MAX_DOCUMENT = 4 << 20
+
+
+def _body(answer, where: str) -> bytes:
+    body = answer.read(MAX_DOCUMENT + 1)
+    if len(body) > MAX_DOCUMENT:
+        raise RegistryError(f"{where}: the registry answered with over 4 MiB; not a manifest")
+    return body
+
+
+def _object(text: str | bytes, where: str) -> dict:
+    """The JSON object text holds: the registry's answers are input, so anything else
+    (including nesting too deep to parse) is one RegistryError."""
     try:
-        document = json.loads(result.stdout)
-    except ValueError:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):
-        raise RegistryError(f"the registry's answer for {reference} is not a JSON object")
+        raise RegistryError(f"{where} is not a JSON object")
     return document
 
 
@@ -320,8 +347,8 @@ def _challenge_auth(challenge: str, host: str) -> str:
         f"{fields['realm']}?{query}", headers={"Authorization": basic} if basic else {}
     )
     with _OPENER.open(request, timeout=30) as answer:
-        body = json.loads(answer.read())
-    token = body.get("token") or body.get("access_token") if isinstance(body, dict) else ""
+        body = _object(_body(answer, "token service"), "the token service's answer")
+    token = body.get("token") or body.get("access_token")
     return f"Bearer {token}" if isinstance(token, str) and token else ""
 
 
@@ -396,10 +423,10 @@ def _tags(host: str, path: str) -> list[str]:
     while page and page not in seen:
         seen.add(page)
         with _call(host, "GET", page) as answer:
-            listing = json.loads(answer.read())
+            listing = _object(answer.read(), f"the tag list of {host}/{path}")
             page = _next_page(answer.headers.get("Link", ""))
-        tags = listing.get("tags") if isinstance(listing, dict) else None
-        found += [t for t in tags or [] if isinstance(t, str)]
+        tags = listing.get("tags")
+        found += [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
     return found
 
 
@@ -468,7 +495,7 @@ def _manifest(sh: Shell, policy: retry.Policy, source: str) -> tuple[bytes, str]
 
     def fetch() -> tuple[bytes, str]:
         with _call(host, "GET", f"/{path}/manifests/{digest}") as answer:
-            return answer.read(), answer.headers.get("Content-Type", "")
+            return _body(answer, source), answer.headers.get("Content-Type", "")
 
     body, media_type = _retried(sh, policy, f"reading {source}", fetch)
     if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
@@ -480,13 +507,7 @@ def manifest_at(sh: Shell, policy: retry.Policy, source: str) -> dict:
     """The manifest at source (repository@digest) as a JSON object, read over the registry
     API (no CLI process) and checked against its digest."""
     body, _ = _manifest(sh, policy, source)
-    try:
-        document = json.loads(body)
-    except ValueError:
-        document = None
-    if not isinstance(document, dict):
-        raise RegistryError(f"the registry's manifest at {source} is not a JSON object")
-    return document
+    return _object(body, f"the registry's manifest at {source}")
 
 
 def image_layers(sh: Shell, policy: retry.Policy, source: str) -> list[tuple[str, str]]:
@@ -514,7 +535,7 @@ def tag_manifest(sh: Shell, policy: retry.Policy, repository: str, tag: str) -> 
     def fetch() -> bytes | None:
         try:
             with _call(host, "GET", f"/{path}/manifests/{urllib.parse.quote(tag)}") as answer:
-                return answer.read()
+                return _body(answer, f"{repository}:{tag}")
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
@@ -523,13 +544,7 @@ def tag_manifest(sh: Shell, policy: retry.Policy, repository: str, tag: str) -> 
     body = _retried(sh, policy, f"reading {repository}:{tag}", fetch)
     if body is None:
         return None
-    try:
-        document = json.loads(body)
-    except ValueError:
-        document = None
-    if not isinstance(document, dict):
-        raise RegistryError(f"the registry's manifest at {repository}:{tag} is not a JSON object")
-    return document
+    return _object(body, f"the registry's manifest at {repository}:{tag}")
 
 
 def put_artifact(

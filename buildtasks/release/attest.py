@@ -128,13 +128,14 @@ def sign_pushed(
     # What the SBOMs list is read first: an image whose packages cannot be read is not signed.
     found = inventory.packages(rt, policy, repository, images) if settings.publish.sbom else {}
     timestamp = datetime.now(UTC).isoformat()
+    identity = registry.canonical_repository(repository)  # the name cosign signs with
 
     def sign(image: str) -> None:
-        layer = signing.image_signature(signer, repository, image)
+        layer = signing.image_signature(signer, identity, image)
         tag = signing.artifact_tag(image, "sig")
-        held = _layers(registry.tag_manifest(sh, policy, repository, tag), f"{repository}:{tag}")
+        held, kind = _held(sh, policy, repository, tag)
         if not any(_signed_by(signer, layer, held_layer) for held_layer in held):
-            _write(sh, policy, repository, tag, [*held, layer.descriptor()], layer.body)
+            _write(sh, policy, repository, tag, [*held, layer.descriptor()], layer.body, kind)
 
     def attach(platform: str) -> None:
         image = images[platform]
@@ -142,12 +143,12 @@ def sign_pushed(
             found[platform], image=repository, version=settings.version, digest=image,
             platform=platform, tool_version=__version__, timestamp=timestamp,
         )  # fmt: skip
-        layer = signing.attestation(signer, repository, image, CYCLONEDX, bom)
+        layer = signing.attestation(signer, identity, image, CYCLONEDX, bom)
         tag = signing.artifact_tag(image, "att")
-        held = _layers(registry.tag_manifest(sh, policy, repository, tag), f"{repository}:{tag}")
+        held, kind = _held(sh, policy, repository, tag)
         # the image's SBOM replaces any earlier one, as `cosign attest --replace` does
         kept = [h for h in held if h.get("annotations", {}).get("predicateType") != CYCLONEDX]
-        _write(sh, policy, repository, tag, [*kept, layer.descriptor()], layer.body)
+        _write(sh, policy, repository, tag, [*kept, layer.descriptor()], layer.body, kind)
 
     signed = list(dict.fromkeys([*images.values(), digest]))
     with ThreadPoolExecutor(len(signed) + len(found)) as pool:
@@ -157,17 +158,22 @@ def sign_pushed(
             done.result()
 
 
-def _layers(manifest: dict | None, where: str) -> list[dict]:
-    """The layer descriptors of the signature or attestation artifact at where (none when
-    there is none), well-formed ones only: the registry's answer is input."""
+def _held(sh: Shell, policy: retry.Policy, repository: str, tag: str) -> tuple[list[dict], str]:
+    """(layer descriptors, manifest media type) of the signature or attestation artifact at
+    repository:tag (none, OCI, when there is none), well-formed layers only: the registry's
+    answer is input. Other signers' layers are kept, in the media type they chose."""
+    manifest = registry.tag_manifest(sh, policy, repository, tag)
     if manifest is None:
-        return []
-    layers = manifest.get("layers")
-    if manifest.get("mediaType", signing.OCI_MANIFEST) != signing.OCI_MANIFEST or not isinstance(
-        layers, list
+        return [], signing.OCI_MANIFEST
+    kind, layers = manifest.get("mediaType", signing.OCI_MANIFEST), manifest.get("layers")
+    if (
+        not isinstance(kind, str)
+        or kind not in signing.ARTIFACT_CONFIG
+        or not isinstance(layers, list)
     ):
         raise registry.RegistryError(
-            f"{where} holds no signature artifact; remove it and sign again"
+            f"{repository}:{tag} holds {str(kind)[:80]}, not a signature artifact; "
+            "buildtasks adds signatures to no other kind of manifest"
         )
     return [
         layer
@@ -178,7 +184,7 @@ def _layers(manifest: dict | None, where: str) -> list[dict]:
         and isinstance(layer.get("digest"), str)
         and registry.is_digest(layer["digest"])
         and isinstance(layer.get("annotations", {}), dict)
-    ]
+    ], kind
 
 
 def _signed_by(signer: Signer, layer: signing.Layer, held: dict) -> bool:
@@ -191,11 +197,11 @@ def _signed_by(signer: Signer, layer: signing.Layer, held: dict) -> bool:
 
 
 def _write(
-    sh: Shell, policy: retry.Policy, repository: str, tag: str, layers: list[dict], body: bytes
-) -> None:
-    config, manifest = signing.artifact(layers)
-    registry.put_artifact(sh, policy, repository, tag, [body, config], manifest,
-                          signing.OCI_MANIFEST)  # fmt: skip
+    sh: Shell, policy: retry.Policy, repository: str, tag: str, layers: list[dict], body: bytes,
+    kind: str,
+) -> None:  # fmt: skip
+    config, manifest = signing.artifact(layers, kind)
+    registry.put_artifact(sh, policy, repository, tag, [body, config], manifest, kind)
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,18 @@ SCRYPT = (
     {"N": 1 << 16, "r": 8, "p": 1},
     {"N": 1 << 17, "r": 8, "p": 1},
 )
+MAX_KEY_TEXT = 64 * 1024  # a key file cosign writes is under 1 KiB
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 DSSE = "application/vnd.dsse.envelope.v1+json"
 IN_TOTO = "application/vnd.in-toto+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+# the config media type of an artifact, by its manifest's media type
+ARTIFACT_CONFIG = {
+    OCI_MANIFEST: "application/vnd.oci.image.config.v1+json",
+    DOCKER_MANIFEST: "application/vnd.docker.container.image.v1+json",
+}
 
 
 class SigningError(BuildtasksError):
@@ -92,6 +99,8 @@ def load_key(text: str, password: str, what: str) -> Signer:
     """The key of a cosign private key file's text, decrypted with password; what names
     the key in errors. A wrong password, a tampered file or an unknown format is one
     SigningError."""
+    if len(text) > MAX_KEY_TEXT:
+        raise SigningError(f"{what} is not a cosign private key (over {MAX_KEY_TEXT} characters)")
     try:
         sealed = json.loads(_pem_body(text, PRIVATE_PEM, what))
         kdf, cipher = sealed["kdf"], sealed["cipher"]
@@ -99,14 +108,15 @@ def load_key(text: str, password: str, what: str) -> Signer:
         salt, nonce = base64.b64decode(kdf["salt"]), base64.b64decode(cipher["nonce"])
         ciphertext = base64.b64decode(sealed["ciphertext"])
         known = kdf["name"] == "scrypt" and cipher["name"] == "nacl/secretbox"
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
         raise SigningError(f"{what} is not a cosign private key (its sealed JSON)") from None
     exact = isinstance(params, dict) and all(type(v) is int for v in params.values())
     if not known or not exact or params not in SCRYPT or len(nonce) != SecretBox.NONCE_SIZE:
         raise SigningError(f"{what} is sealed in a way cosign does not write")
+    # the variable's bytes, as cosign reads them, even when they are not UTF-8
     secret = hashlib.scrypt(
-        password.encode(), salt=salt, n=params["N"], r=params["r"], p=params["p"],
-        maxmem=1 << 28, dklen=SecretBox.KEY_SIZE,
+        password.encode("utf-8", "surrogateescape"), salt=salt, n=params["N"], r=params["r"],
+        p=params["p"], maxmem=1 << 28, dklen=SecretBox.KEY_SIZE,
     )  # fmt: skip
     try:
         der = SecretBox(secret).decrypt(ciphertext, nonce)
@@ -114,7 +124,7 @@ def load_key(text: str, password: str, what: str) -> Signer:
         raise SigningError(f"{what} does not open with COSIGN_PASSWORD (wrong password)") from None
     try:
         key = serialization.load_der_private_key(der, password=None)
-    except (ValueError, UnsupportedAlgorithm):
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # TypeError: a sealed, encrypted key
         raise SigningError(f"{what} holds no private key cosign can sign with") from None
     p256 = isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
     if not (p256 or isinstance(key, ed25519.Ed25519PrivateKey)):
@@ -186,9 +196,10 @@ def artifact_tag(digest: str, kind: str) -> str:
     return f"{digest.replace(':', '-')}.{kind}"
 
 
-def artifact(layers: list[dict]) -> tuple[bytes, bytes]:
+def artifact(layers: list[dict], media_type: str = OCI_MANIFEST) -> tuple[bytes, bytes]:
     """(config, manifest) of a signature or attestation artifact holding the layers
-    (descriptors), in the shape cosign writes."""
+    (descriptors), in the shape cosign writes: an OCI manifest, or a Docker one where the
+    tag holds one already (cosign's COSIGN_DOCKER_MEDIA_TYPES, for registries without OCI)."""
     config = _json({
         "architecture": "", "created": "0001-01-01T00:00:00Z",
         "history": [{"created": "0001-01-01T00:00:00Z"} for _ in layers], "os": "",
@@ -197,8 +208,8 @@ def artifact(layers: list[dict]) -> tuple[bytes, bytes]:
     })  # fmt: skip
     manifest = _json({
         "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
+        "mediaType": media_type,
+        "config": {"mediaType": ARTIFACT_CONFIG[media_type], "size": len(config),
                    "digest": f"sha256:{hashlib.sha256(config).hexdigest()}"},
         "layers": layers,
     })  # fmt: skip

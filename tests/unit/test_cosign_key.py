@@ -185,3 +185,34 @@ def test_the_artifact_config_names_every_layer_and_the_manifest_its_config():
     assert document["layers"] == layers and document["mediaType"] == signing.OCI_MANIFEST
     assert document["config"]["digest"] == "sha256:" + hashlib.sha256(config).hexdigest()
     assert signing.artifact_tag(DIGEST, "sig") == f"sha256-{'ab' * 32}.sig"
+
+
+def test_a_password_that_is_not_utf8_opens_the_key_sealed_with_its_bytes():
+    """cosign reads COSIGN_PASSWORD as bytes; Python hands undecodable bytes of the
+    environment over as surrogates, which must become the same bytes again."""
+    raw = b"p\xffw"
+    salt, nonce = b"s" * 32, b"n" * SecretBox.NONCE_SIZE
+    secret = hashlib.scrypt(raw, salt=salt, n=LEGACY["N"], r=8, p=1, maxmem=1 << 28, dklen=32)
+    der = EC_KEY.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())  # fmt: skip
+    body = {
+        "kdf": {"name": "scrypt", "params": LEGACY, "salt": base64.b64encode(salt).decode()},
+        "cipher": {"name": "nacl/secretbox", "nonce": base64.b64encode(nonce).decode()},
+        "ciphertext": base64.b64encode(SecretBox(secret).encrypt(der, nonce).ciphertext).decode(),
+    }
+    text = pem(json.dumps(body).encode(), signing.PRIVATE_PEM[0])
+    signer = signing.load_key(text, raw.decode("utf-8", "surrogateescape"), "publish.key k")
+    assert signer.matches(public_pem(EC_KEY))
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "its sealed JSON"),
+        (b"{" * 60_000, "over 65536 characters"),
+    ],
+    ids=["nested", "oversized"],
+)
+def test_a_hostile_sealed_body_is_one_line(body, error):
+    with pytest.raises(SigningError, match=error):
+        signing.load_key(pem(body, signing.PRIVATE_PEM[0]), PASSWORD, "publish.key k")

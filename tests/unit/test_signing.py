@@ -268,3 +268,79 @@ def test_an_index_naming_no_platform_image_by_a_valid_digest_is_one_error():
         for arch in ("amd64", "arm64")]}  # fmt: skip
     with pytest.raises(registry.RegistryError, match="names no platform image by a valid"):
         attest.images_of(Shell(), "127.0.0.1:5000/app@sha256:" + "b" * 64, manifest)
+
+
+def _signing_runtime(tmp_path, monkeypatch, held: dict | None) -> tuple[Runtime, list]:
+    """A runtime signing for 127.0.0.1:5000/app whose registry holds `held` at every
+    signature tag; what would be written is collected instead."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.buildtasks]\nimage = "127.0.0.1:5000/app"\n[tool.buildtasks.targets.web]\n'
+        '[tool.buildtasks.publish]\nsign = "cosign"\nkey = "cosign.key"\nsbom = false\n'
+    )
+    written = []
+    monkeypatch.setattr(registry, "put_artifact", lambda *args: written.append(args))
+    monkeypatch.setattr(registry, "tag_manifest", lambda *args: held)
+    return Runtime(config.load(tmp_path)), written
+
+
+ONE_IMAGE = {"mediaType": registry.IMAGE_TYPES[0], "config": {}, "layers": []}
+
+
+def test_a_signature_tag_cosign_wrote_with_docker_media_types_keeps_them(tmp_path, monkeypatch):
+    theirs = {"mediaType": signing.DOCKER_MANIFEST, "layers": [{
+        "mediaType": signing.SIMPLE_SIGNING, "size": 3, "digest": "sha256:" + "c" * 64,
+        "annotations": {signing.SIGNATURE_ANNOTATION: "c2ln"}}]}  # fmt: skip
+    rt, written = _signing_runtime(tmp_path, monkeypatch, theirs)
+    signer = signing.Signer(ec.generate_private_key(ec.SECP256R1()))
+    monkeypatch.setattr(registry, "platforms", lambda *args: ["linux/amd64"])
+    attest.sign_pushed(rt, "127.0.0.1:5000/app@sha256:" + "b" * 64, signer, ONE_IMAGE)
+    (call,) = written
+    *_, manifest, media_type = call
+    document = json.loads(manifest)
+    assert media_type == document["mediaType"] == signing.DOCKER_MANIFEST
+    assert document["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+    assert document["layers"][0] == theirs["layers"][0]  # the other signer's stays
+    assert len(document["layers"]) == 2
+
+
+@pytest.mark.parametrize("held", [
+    {"mediaType": registry.INDEX_TYPES[0], "manifests": []},
+    {"mediaType": ["x"] * 3, "layers": []},
+    {"mediaType": signing.OCI_MANIFEST, "layers": "not a list"},
+])  # fmt: skip
+def test_a_signature_tag_holding_another_kind_of_manifest_is_one_error(tmp_path, monkeypatch, held):
+    rt, written = _signing_runtime(tmp_path, monkeypatch, held)
+    signer = signing.Signer(ec.generate_private_key(ec.SECP256R1()))
+    monkeypatch.setattr(registry, "platforms", lambda *args: ["linux/amd64"])
+    with pytest.raises(registry.RegistryError, match="not a signature artifact"):
+        attest.sign_pushed(rt, "127.0.0.1:5000/app@sha256:" + "b" * 64, signer, ONE_IMAGE)
+    assert written == []
+
+
+@pytest.mark.parametrize(("repository", "identity"), [
+    ("org/app", "index.docker.io/org/app"),
+    ("busybox", "index.docker.io/library/busybox"),
+    ("docker.io/org/app", "index.docker.io/org/app"),
+    ("docker.io/busybox", "index.docker.io/library/busybox"),
+    ("index.docker.io/org/app", "index.docker.io/org/app"),
+    ("127.0.0.1:5000/org/app", "127.0.0.1:5000/org/app"),
+    ("localhost/app", "localhost/app"),
+    ("ghcr.io/org/app", "ghcr.io/org/app"),
+])  # fmt: skip
+def test_signatures_name_the_repository_as_cosign_does(repository, identity):
+    assert registry.canonical_repository(repository) == identity
+
+
+@pytest.mark.parametrize("answer", [b"[" * 100_000, b'{"a":' * 100_000, b"\xff", b"[]", b"3"])
+def test_registry_answers_that_are_no_json_object_are_one_error(answer):
+    with pytest.raises(registry.RegistryError, match="is not a JSON object"):
+        registry._object(answer, "the answer")
+
+
+def test_a_registry_answer_over_the_manifest_limit_is_refused_unread():
+    class Endless:
+        def read(self, size=-1):
+            return b" " * size
+
+    with pytest.raises(registry.RegistryError, match="over 4 MiB"):
+        registry._body(Endless(), "127.0.0.1:5000/app:x")
