@@ -9,9 +9,12 @@ import sys
 
 from invoke import Argument, Collection, Program
 
-from buildtasks import __version__, config, namespace
+from buildtasks import __version__, lazy, namespace
 from buildtasks.engines import ENGINE_VARIABLE
+from buildtasks.errors import ConfigError
 from buildtasks.tasks import init
+
+config = lazy.module("buildtasks.config")
 
 
 class BuildtasksProgram(Program):
@@ -42,7 +45,7 @@ def _namespace(args: list[str]) -> Collection:
     if "init" in args:
         try:
             config.load(".")
-        except config.ConfigError:
+        except ConfigError:
             return Collection(init.init)
     return namespace()
 

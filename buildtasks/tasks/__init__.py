@@ -6,7 +6,7 @@ from pathlib import Path
 
 from invoke import Collection
 
-from buildtasks.config import Settings
+from buildtasks.listing import Shape
 from buildtasks.tasks import (
     backup,
     build,
@@ -22,9 +22,9 @@ from buildtasks.tasks import (
 )
 
 
-def collection(settings: Settings) -> Collection:
+def collection(shape: Shape) -> Collection:
     ns = Collection()
-    for target in settings.targets.values():
+    for target in shape.targets:
         ns.add_task(build.target_task(target), name=f"build-{target.name}")
     ns.add_task(build.build_all, name="build")
     ns.add_task(doctor.doctor, name="doctor")
@@ -41,9 +41,9 @@ def collection(settings: Settings) -> Collection:
     ns.add_task(cache.prune)
     ns.add_task(backup.restore)
     ns.add_task(db.clean_storage)
-    if settings.db is not None:
+    if shape.db:
         ns.add_collection(db.collection)
-    if settings.proto is not None:
+    if shape.proto:
         ns.add_collection(proto.collection)
-    ns.configure({"buildtasks": {"root": str(Path(settings.root))}})
+    ns.configure({"buildtasks": {"root": str(Path(shape.root))}})
     return ns

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from buildtasks import config, lazy
+from buildtasks import lazy
 from buildtasks.errors import ConfigError
 from buildtasks.tasks.common import one_line_errors, runtime
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from buildtasks.runtime import Runtime
 
 checks = lazy.module("buildtasks.docker.checks")
+config = lazy.module("buildtasks.config")
 drilling = lazy.module("buildtasks.backup.drill")
 freshness = lazy.module("buildtasks.backup.freshness")
 manifest = lazy.module("buildtasks.backup.manifest")

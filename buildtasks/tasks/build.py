@@ -3,8 +3,8 @@ from __future__ import annotations
 from invoke import Context, Task, task
 
 from buildtasks import lazy
-from buildtasks.config import Target
 from buildtasks.errors import ConfigError
+from buildtasks.listing import TargetShape
 from buildtasks.tasks.common import one_line_errors, runtime
 
 builder = lazy.module("buildtasks.docker.builder")
@@ -48,7 +48,7 @@ def _request(tag, platform, push, no_cache, build_arg):
     return docker_build.BuildRequest(tuple(tag or ()), platforms, build_args, push, no_cache)
 
 
-def target_task(target: Target) -> Task:
+def target_task(target: TargetShape) -> Task:
     """The `build-<name>` task of one configured target."""
 
     @one_line_errors

@@ -3,11 +3,10 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-import msgspec
 from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
-from buildtasks import config, lazy
+from buildtasks import lazy
 from buildtasks.errors import EngineError
 from buildtasks.tasks.common import one_line_errors, runtime
 
@@ -15,6 +14,8 @@ if TYPE_CHECKING:
     from buildtasks.runtime import Runtime
 
 checks = lazy.module("buildtasks.docker.checks")
+config = lazy.module("buildtasks.config")
+msgspec = lazy.module("msgspec")
 pruning = lazy.module("buildtasks.docker.prune")
 
 

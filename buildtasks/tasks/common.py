@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING
 from invoke import Context
 from invoke.exceptions import Exit
 
-from buildtasks import config, lazy
+from buildtasks import lazy
 from buildtasks.errors import BuildtasksError, CommandError
 
 if TYPE_CHECKING:
     from buildtasks.runtime import Runtime
 
+config = lazy.module("buildtasks.config")
 git = lazy.module("buildtasks.git")  # with the shell it runs: paid for when a task runs
 runtimes = lazy.module("buildtasks.runtime")
 

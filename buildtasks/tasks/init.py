@@ -6,9 +6,10 @@ from pathlib import Path
 
 from invoke import Context, task
 
-from buildtasks import config, lazy
+from buildtasks import lazy
 from buildtasks.tasks.common import one_line_errors
 
+config = lazy.module("buildtasks.config")
 scaffold = lazy.module("buildtasks.scaffold")
 runtimes = lazy.module("buildtasks.runtime")
 

@@ -6,10 +6,10 @@ from invoke import Collection, Context, task
 from invoke.exceptions import Exit
 
 from buildtasks import lazy
-from buildtasks.config import Settings
 from buildtasks.tasks.common import one_line_errors, runtime
 
 if TYPE_CHECKING:
+    from buildtasks.config import Settings
     from buildtasks.proto import ProtoOptions
     from buildtasks.runtime import Runtime
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import msgspec
 from invoke import Context, task
 
 from buildtasks import lazy
@@ -12,6 +11,7 @@ from buildtasks.tasks.build import ShortFlagTask
 from buildtasks.tasks.common import one_line_errors, runtime
 
 flow = lazy.module("buildtasks.release.flow")
+msgspec = lazy.module("msgspec")
 publish = lazy.module("buildtasks.release.publish")
 attest = lazy.module("buildtasks.release.attest")
 

@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from invoke import Config, Context
 
-from buildtasks import config
+from buildtasks import config, listing
 from buildtasks.config import CHECKS, DEFAULT_TAGS, Target
 from buildtasks.errors import ConfigError
 from buildtasks.tasks import collection
@@ -572,7 +572,7 @@ def test_an_integer_too_long_for_python_is_one_config_error(tmp_path):
 def test_tasks_reuse_the_settings_the_namespace_loaded(tmp_path):
     root = write_project(tmp_path, '[tool.buildtasks]\nimage = "x"\n[tool.buildtasks.targets.a]\n')
     loaded = config.load(root)
-    namespace = collection(loaded)
+    namespace = collection(listing.of(loaded))
     context = Context(Config(overrides=namespace.configuration()))
     rt = runtime(context)
     assert rt.settings is loaded  # one parse per process, not one per task

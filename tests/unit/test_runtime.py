@@ -12,7 +12,7 @@ from pathlib import Path
 
 from invoke import Config, Context
 
-from buildtasks import config
+from buildtasks import config, listing
 from buildtasks.docker import engine as engine_module
 from buildtasks.docker.engine import Engine
 from buildtasks.runtime import Runtime
@@ -120,7 +120,7 @@ def test_clients_asked_for_while_the_engine_warms_up_wait_for_that_one_connectio
 
 def test_tasks_of_one_invocation_share_one_runtime_until_the_settings_change(tmp_path):
     root = project(tmp_path)
-    context = Context(Config(overrides=collection(config.load(root)).configuration()))
+    context = Context(Config(overrides=collection(listing.of(config.load(root))).configuration()))
     first = runtime(context)
     assert runtime(context) is first
     (root / "pyproject.toml").write_text(

@@ -236,20 +236,29 @@ def test_an_attestation_whose_predicate_is_not_a_mapping_is_not_this_images_sbom
     assert verdict(line) == (False, "the attested document is not this image's CycloneDX SBOM")
 
 
-def test_an_image_whose_packages_cannot_be_read_is_not_signed(tmp_path, monkeypatch):
+def _signing_runtime(
+    tmp_path, monkeypatch, held: dict | None, sbom: bool = False
+) -> tuple[Runtime, list]:
+    """A runtime signing for 127.0.0.1:5000/app whose registry holds `held` at every
+    signature tag; what would be written is collected instead."""
     (tmp_path / "pyproject.toml").write_text(
         '[tool.buildtasks]\nimage = "127.0.0.1:5000/app"\n[tool.buildtasks.targets.web]\n'
         '[tool.buildtasks.publish]\nsign = "cosign"\nkey = "cosign.key"\n'
+        f"sbom = {str(sbom).lower()}\n"
     )
     written = []
     monkeypatch.setattr(registry, "put_artifact", lambda *args: written.append(args))
-    monkeypatch.setattr(registry, "tag_manifest", lambda *args: None)
+    monkeypatch.setattr(registry, "tag_manifest", lambda *args: held)
+    return Runtime(config.load(tmp_path)), written
+
+
+def test_an_image_whose_packages_cannot_be_read_is_not_signed(tmp_path, monkeypatch):
+    rt, written = _signing_runtime(tmp_path, monkeypatch, None, sbom=True)
 
     def unreadable(*args):
         raise BuildtasksError("reading 127.0.0.1:5000/app@sha256:… failed: 503 after 3 tries")
 
     monkeypatch.setattr(inventory, "packages", unreadable)
-    rt = Runtime(config.load(tmp_path))
     manifest = {
         "mediaType": registry.INDEX_TYPES[0],
         "manifests": [
@@ -268,19 +277,6 @@ def test_an_index_naming_no_platform_image_by_a_valid_digest_is_one_error():
         for arch in ("amd64", "arm64")]}  # fmt: skip
     with pytest.raises(registry.RegistryError, match="names no platform image by a valid"):
         attest.images_of(Shell(), "127.0.0.1:5000/app@sha256:" + "b" * 64, manifest)
-
-
-def _signing_runtime(tmp_path, monkeypatch, held: dict | None) -> tuple[Runtime, list]:
-    """A runtime signing for 127.0.0.1:5000/app whose registry holds `held` at every
-    signature tag; what would be written is collected instead."""
-    (tmp_path / "pyproject.toml").write_text(
-        '[tool.buildtasks]\nimage = "127.0.0.1:5000/app"\n[tool.buildtasks.targets.web]\n'
-        '[tool.buildtasks.publish]\nsign = "cosign"\nkey = "cosign.key"\nsbom = false\n'
-    )
-    written = []
-    monkeypatch.setattr(registry, "put_artifact", lambda *args: written.append(args))
-    monkeypatch.setattr(registry, "tag_manifest", lambda *args: held)
-    return Runtime(config.load(tmp_path)), written
 
 
 ONE_IMAGE = {"mediaType": registry.IMAGE_TYPES[0], "config": {}, "layers": []}
