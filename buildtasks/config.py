@@ -802,6 +802,12 @@ def load(root: str | os.PathLike[str] = ".") -> Settings:
     return settings
 
 
+def load_bytes(root: str | os.PathLike[str], data: bytes) -> Settings:
+    """The settings data (pyproject.toml's bytes) give the project in root, loaded afresh:
+    the caller knows exactly which bytes the settings come from."""
+    return _load(Path(root).resolve(), data, "pyproject.toml")
+
+
 def _load(root: Path, data: bytes, file: str) -> Settings:
     try:
         document = tomllib.loads(data.decode("utf-8"))
@@ -863,6 +869,13 @@ def parse(
         if not _TARGET_NAME.fullmatch(name):
             raise ConfigError(
                 f"{target_where}: target names are lowercase letters, digits, - and _"
+            )
+        # invoke names the task build-a-b for both a_b and a-b: one would be unreachable
+        twin = next((t for t in targets if t.replace("_", "-") == name.replace("_", "-")), "")
+        if twin:
+            raise ConfigError(
+                f"{target_where}: names the same task as target {twin!r} "
+                f"(build-{name.replace('_', '-')}); rename one of them"
             )
         target_table = _table(target_table, target_where)
         target_ctx = ctx

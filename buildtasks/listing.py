@@ -8,15 +8,17 @@ and the next listing uses it while these are unchanged:
 
 - pyproject.toml, byte for byte;
 - the files the load read (the .env files and the version file), by their stat, change
-  time included;
-- the environment, as a whole (a salted digest: the file holds no value of it);
+  time included, taken before the shape is read from them;
+- the environment, as a whole (a salted digest);
 - buildtasks itself (its version, and the stat of the modules that decide the shape).
 
 Anything else loads and checks the configuration again, with its one-line error. Checks
 that read other files (a path that must stay inside its root) run when a task runs, as
-every task loads the configuration. The cache holds no value from the environment or the
-.env files; damaged or foreign content is ignored, and a cache that cannot be written only
-costs the next listing its speed.
+every task loads the configuration. The cache holds what the task list shows (target
+names, their Dockerfiles, what they build FROM) and no other value of the environment or
+the .env files; content this module does not write is ignored, and a cache that cannot be
+read or written only costs the listing its speed. Like Python's bytecode cache, it is
+written whatever the invocation (`--dry` included): it changes nothing the project sees.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from buildtasks import lazy
+from buildtasks import atomic, dirs, lazy
 from buildtasks.version import __version__
 
 if TYPE_CHECKING:
@@ -38,8 +40,9 @@ if TYPE_CHECKING:
 
 config = lazy.module("buildtasks.config")
 
-FORMAT = 1
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # a target name, as the schema allows
+FORMAT = 2
+MAX_ENTRY = 1 << 20  # an entry is a few hundred bytes; anything larger is not ours
+_NAME = r"[a-z0-9][a-z0-9_-]*"  # a target name, as the schema allows
 # The modules whose change can change a shape: the schema and this one.
 _CODE = (Path(__file__).with_name("config.py"), Path(__file__))
 
@@ -72,33 +75,35 @@ def shape(root: str | os.PathLike[str] = ".") -> Shape:
     """The shape of the project in root: remembered when nothing it depends on changed,
     else from the configuration, loaded and checked (ConfigError when it is broken)."""
     root = Path(root).resolve()
+    path = cache_file(root)
     try:
         data = (root / "pyproject.toml").read_bytes()
     except OSError:
+        path = None
+    if path is None:
         return of(config.load(root))  # says what is wrong, in one line
-    path = cache_file(root)
     remembered = _remembered(path, root, data)
     if remembered is not None:
         return remembered
-    settings = config.load(root)
-    found = of(settings)
+    settings = config.load(root)  # what the tasks use; it names the files it reads
     reads = [root / name for name in settings.env_files] + [root / settings.release.version_file]
-    _remember(path, data, reads, found)
+    inputs = _inputs(os.urandom(16), data, reads)  # stamped before the shape is read...
+    found = of(config.load_bytes(root, data))  # ...from exactly the bytes digested
+    _remember(path, inputs, found)
     return found
 
 
-def cache_file(root: Path) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    key = hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    return base / "buildtasks" / f"listing-{key}.json"
+def cache_file(root: Path) -> Path | None:
+    base = dirs.cache_home()
+    return base / f"listing-{dirs.project_key(root)}.json" if base else None
 
 
 def _stamp(path: Path) -> list[int] | None:
     try:
-        stat = path.stat()
+        stats = path.stat()
     except (OSError, ValueError):
         return None
-    return [stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino]
+    return [stats.st_mtime_ns, stats.st_ctime_ns, stats.st_size, stats.st_ino]
 
 
 def _digest(salt: bytes, data: bytes) -> str:
@@ -115,6 +120,7 @@ def _inputs(salt: bytes, data: bytes, reads: list[Path]) -> dict:
     """What a remembered shape is valid for."""
     return {
         "format": FORMAT,
+        "salt": salt.hex(),
         "version": __version__,
         "code": [_stamp(path) for path in _CODE],
         "pyproject": _digest(salt, data),
@@ -123,50 +129,60 @@ def _inputs(salt: bytes, data: bytes, reads: list[Path]) -> dict:
     }
 
 
+def _read(path: Path) -> bytes:
+    """The cache file's bytes: a regular file of at most MAX_ENTRY, never a FIFO, a device
+    or a symlink (OSError otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as stream:
+        stats = os.fstat(fd)
+        if not stat.S_ISREG(stats.st_mode) or stats.st_size > MAX_ENTRY:
+            raise OSError(f"{path} is not a cache entry")
+        return stream.read(MAX_ENTRY)
+
+
 def _remembered(path: Path, root: Path, data: bytes) -> Shape | None:
     """The shape the cache holds for these inputs; None when there is none, it is for other
     inputs, or it is not what this module writes."""
     try:
-        entry = json.loads(path.read_bytes())
-        salt = bytes.fromhex(entry["salt"])
-        reads = [Path(p) for p, _ in entry["inputs"]["reads"]]
-        if entry["inputs"] != _inputs(salt, data, reads):
+        entry = json.loads(_read(path))
+        inputs = entry["inputs"]
+        reads = [Path(p) for p, _ in inputs["reads"]]
+        if inputs != _inputs(bytes.fromhex(inputs["salt"]), data, reads):
             return None
-        targets = tuple(
-            TargetShape(name, dockerfile, tuple(depends_on))
-            for name, dockerfile, depends_on in entry["targets"]
-        )
-        db, proto = entry["db"], entry["proto"]
+        return _checked(root, entry["targets"], entry["db"], entry["proto"])
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None
-    names = [t.name for t in targets] + [d for t in targets for d in t.depends_on]
-    if not all(isinstance(n, str) and _NAME.fullmatch(n) for n in names) or not all(
-        isinstance(t.dockerfile, str) for t in targets
-    ):
-        return None
-    if not (isinstance(db, bool) and isinstance(proto, bool)):
-        return None
-    return Shape(root, targets, db, proto)
 
 
-def _remember(path: Path, data: bytes, reads: list[Path], found: Shape) -> None:
+def _checked(root: Path, targets: object, db: object, proto: object) -> Shape | None:
+    """The shape an entry holds, if it is one this module could have written."""
+    if not (isinstance(targets, list) and isinstance(db, bool) and isinstance(proto, bool)):
+        return None
+    found = []
+    for target in targets:
+        name, dockerfile, depends_on = target
+        if not (isinstance(dockerfile, str) and dockerfile.isprintable()):
+            return None
+        if not (isinstance(depends_on, list) and all(isinstance(d, str) for d in depends_on)):
+            return None
+        found.append(TargetShape(name, dockerfile, tuple(depends_on)))
+    names = [t.name for t in found]
+    if not all(isinstance(n, str) and re.fullmatch(_NAME, n) for n in names):
+        return None
+    if len(set(names)) != len(names) or not {d for t in found for d in t.depends_on} <= set(names):
+        return None
+    return Shape(root, tuple(found), db, proto)
+
+
+def _remember(path: Path, inputs: dict, found: Shape) -> None:
     """Write the cache entry atomically, readable by this user only; a failure is
     ignored (the next listing loads the configuration again)."""
-    salt = os.urandom(16)
     entry = {
-        "salt": salt.hex(),
-        "inputs": _inputs(salt, data, reads),
+        "inputs": inputs,
         "targets": [[t.name, t.dockerfile, list(t.depends_on)] for t in found.targets],
         "db": found.db,
         "proto": found.proto,
     }
     with contextlib.suppress(OSError):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".listing-")
-        try:
-            with os.fdopen(fd, "w") as stream:
-                json.dump(entry, stream)
-            os.replace(temporary, path)
-        except OSError:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic.write_text(path, json.dumps(entry), mode=0o600)

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import msgspec
 
+from buildtasks import atomic, dirs
 from buildtasks.docker.checks import ImageFacts
 
 
@@ -36,9 +34,10 @@ class BuildRecord(msgspec.Struct, frozen=True):
 
 
 def state_file(root: Path) -> Path:
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local/state")
-    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
-    return base / "buildtasks" / f"builds-{key}.json"
+    base = dirs.state_home()
+    if base is None:
+        raise OSError("no state directory: set XDG_STATE_HOME or HOME")
+    return base / f"builds-{dirs.project_key(root.resolve())}.json"
 
 
 def load(root: Path) -> list[BuildRecord]:
@@ -101,9 +100,11 @@ def record(
 def forget(root: Path, ids: Iterable[str]) -> None:
     """Drop the records of images that are gone."""
     gone = set(ids)
-    if gone:
-        with _locked(root):
-            _write(root, [r for r in load(root) if not set(r.ids) & gone])
+    # a record that cannot be dropped is harmless: prune skips images that are gone
+    with contextlib.suppress(OSError):
+        if gone:
+            with _locked(root):
+                _write(root, [r for r in load(root) if not set(r.ids) & gone])
 
 
 @contextlib.contextmanager
@@ -117,15 +118,5 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def _write(root: Path, records: list[BuildRecord]) -> None:
-    path = state_file(root)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".builds-")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump([msgspec.structs.asdict(r) for r in records], handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    body = json.dumps([msgspec.structs.asdict(r) for r in records])
+    atomic.write_text(state_file(root), body, mode=0o600)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from buildtasks import dirs
 from buildtasks.docker import registry, retry
 from buildtasks.release import sbom
 from buildtasks.runtime import Runtime
@@ -28,9 +28,9 @@ READABLE = {
 }
 
 
-def cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "buildtasks" / "sbom-layers"
+def cache_dir() -> Path | None:
+    base = dirs.cache_home()
+    return base / "sbom-layers" if base else None
 
 
 def _strings(value: object) -> bool:
@@ -63,7 +63,7 @@ def cached(path: Path, digest: str) -> dict | None:
     """The layer recorded at path for digest; None when there is none that reads back whole."""
     try:
         entry = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(entry, dict) or (entry.get("format"), entry.get("digest")) != (
         FORMAT,
@@ -76,11 +76,14 @@ def cached(path: Path, digest: str) -> dict | None:
 def layer(rt: Runtime, policy: retry.Policy, repository: str, digest: str) -> dict:
     """sbom.layer of the layer blob repository@digest: from the cache, else read from the
     registry and cached. A cache that cannot be written only costs the next release a read."""
-    path = cache_dir() / f"{digest.removeprefix('sha256:')}.json"
-    read = cached(path, digest)
+    directory = cache_dir()
+    path = directory / f"{digest.removeprefix('sha256:')}.json" if directory else None
+    read = cached(path, digest) if path else None
     if read is not None:
         return read
     read = registry.read_blob(rt, policy, f"{repository}@{digest}", sbom.layer)
+    if path is None:  # no cache directory can be named: read again next time
+        return read
     try:
         if not path.parent.is_dir() and rt.change(["mkdir", "-p", str(path.parent)]):
             path.parent.mkdir(parents=True, exist_ok=True)

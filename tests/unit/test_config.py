@@ -587,3 +587,10 @@ def test_a_typo_is_reported_before_what_it_causes(tmp_path):
     assert str(error.value) == (
         "pyproject.toml: tool.buildtasks: unknown key `imgae` (did you mean `image`?)"
     )
+
+
+def test_targets_whose_task_names_would_collide_are_one_error(tmp_path):
+    table = "[tool.buildtasks.targets.a_b]\n[tool.buildtasks.targets.a-b]\n"
+    root = write_project(tmp_path, '[tool.buildtasks]\nimage = "x"\n' + table)
+    with pytest.raises(ConfigError, match=r"targets\.a-b: names the same task as target 'a_b'"):
+        config.load(root)

@@ -23,11 +23,15 @@ PASSWORD = "pässword"
 LEGACY = {"N": 1 << 15, "r": 8, "p": 1}  # the cheapest scrypt cosign accepts
 
 
-def sealed(key, password: str = PASSWORD, params: dict | None = None, label: str = "") -> str:
-    """key's PKCS#8 DER sealed as cosign seals it (scrypt, nacl/secretbox), as PEM."""
+def sealed(
+    key, password: str | bytes = PASSWORD, params: dict | None = None, label: str = ""
+) -> str:
+    """key's PKCS#8 DER sealed as cosign seals it (scrypt, nacl/secretbox), as PEM; a
+    password given as bytes is used as they are."""
     params = params or LEGACY
     salt, nonce = b"s" * 32, b"n" * SecretBox.NONCE_SIZE
-    secret = hashlib.scrypt(password.encode(), salt=salt, n=params["N"], r=params["r"],
+    raw = password if isinstance(password, bytes) else password.encode()
+    secret = hashlib.scrypt(raw, salt=salt, n=params["N"], r=params["r"],
                             p=params["p"], maxmem=1 << 28, dklen=32)  # fmt: skip
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())  # fmt: skip
@@ -191,16 +195,7 @@ def test_a_password_that_is_not_utf8_opens_the_key_sealed_with_its_bytes():
     """cosign reads COSIGN_PASSWORD as bytes; Python hands undecodable bytes of the
     environment over as surrogates, which must become the same bytes again."""
     raw = b"p\xffw"
-    salt, nonce = b"s" * 32, b"n" * SecretBox.NONCE_SIZE
-    secret = hashlib.scrypt(raw, salt=salt, n=LEGACY["N"], r=8, p=1, maxmem=1 << 28, dklen=32)
-    der = EC_KEY.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                               serialization.NoEncryption())  # fmt: skip
-    body = {
-        "kdf": {"name": "scrypt", "params": LEGACY, "salt": base64.b64encode(salt).decode()},
-        "cipher": {"name": "nacl/secretbox", "nonce": base64.b64encode(nonce).decode()},
-        "ciphertext": base64.b64encode(SecretBox(secret).encrypt(der, nonce).ciphertext).decode(),
-    }
-    text = pem(json.dumps(body).encode(), signing.PRIVATE_PEM[0])
+    text = sealed(EC_KEY, raw)
     signer = signing.load_key(text, raw.decode("utf-8", "surrogateescape"), "publish.key k")
     assert signer.matches(public_pem(EC_KEY))
 
