@@ -29,6 +29,7 @@ def listed(root: Path, cache: Path, **env: str) -> tuple[int, str, str, str]:
         capture_output=True,
         text=True,
         env={**os.environ, "XDG_CACHE_HOME": str(cache), **env},
+        timeout=60,  # a listing that hangs (a FIFO opened for reading) fails
     )
     lines = result.stdout.split("\n")
     return result.returncode, lines[0], lines[1] if len(lines) > 1 else "", result.stderr
