@@ -40,6 +40,16 @@ def write_text(path: Path, text: str, mode: int = 0o666) -> None:
     fsync_dir(path.parent)
 
 
+def stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """What says a file changed since: its mtime, its ctime (which no tool sets back), size
+    and inode; None when there is no such file."""
+    try:
+        found = path.stat()
+    except (OSError, ValueError):
+        return None
+    return (found.st_mtime_ns, found.st_ctime_ns, found.st_size, found.st_ino)
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -32,7 +32,7 @@ from typing import Annotated
 import msgspec
 from msgspec import NODEFAULT, Meta, Struct, field
 
-from buildtasks import lazy
+from buildtasks import atomic, lazy
 from buildtasks.errors import ConfigError
 
 dotenv = lazy.module("dotenv")
@@ -756,19 +756,11 @@ class _Loaded(Struct, frozen=True):
 
     data: bytes
     environ: tuple[tuple[str, str], ...]
-    reads: tuple[tuple[Path, tuple[int, int, int] | None], ...]
+    reads: tuple[tuple[Path, tuple[int, int, int, int] | None], ...]
     settings: Settings
 
 
 _loaded: dict[Path, _Loaded] = {}
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = path.stat()
-    except (OSError, ValueError):
-        return None
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 def load(root: str | os.PathLike[str] = ".") -> Settings:
@@ -793,12 +785,12 @@ def load(root: str | os.PathLike[str] = ".") -> Settings:
         cached
         and cached.data == data
         and cached.environ == environ
-        and all(_stamp(path) == stamp for path, stamp in cached.reads)
+        and all(atomic.stamp(path) == stamp for path, stamp in cached.reads)
     ):
         return cached.settings
     settings = _load(root, data, pyproject.name)
     reads = [root / name for name in settings.env_files] + [root / settings.release.version_file]
-    _loaded[root] = _Loaded(data, environ, tuple((p, _stamp(p)) for p in reads), settings)
+    _loaded[root] = _Loaded(data, environ, tuple((p, atomic.stamp(p)) for p in reads), settings)
     return settings
 
 

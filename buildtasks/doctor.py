@@ -130,13 +130,7 @@ def diagnose(rt: Runtime) -> list[Finding]:
             findings.append(Finding("registry login", login, state, f"docker login {host}"))
     if settings.publish.sign:  # pushes sign: the key must sign, checked as pre-flight does
         problems = signing_problems(settings)
-        detail = (
-            problems[0]
-            if problems
-            else (
-                f"{settings.publish.key} opens with COSIGN_PASSWORD and matches "
-                f"{settings.publish.public_key}"
-            )
-        )
+        opens = f"{settings.publish.key} opens with COSIGN_PASSWORD and matches "
+        detail = problems[0] if problems else opens + settings.publish.public_key
         findings.append(Finding("signing", not problems, detail, SIGNING_FIX))
     return findings

@@ -99,11 +99,8 @@ def cache_file(root: Path) -> Path | None:
 
 
 def _stamp(path: Path) -> list[int] | None:
-    try:
-        stats = path.stat()
-    except (OSError, ValueError):
-        return None
-    return [stats.st_mtime_ns, stats.st_ctime_ns, stats.st_size, stats.st_ino]
+    found = atomic.stamp(path)
+    return list(found) if found else None  # as it reads back from JSON
 
 
 def _digest(salt: bytes, data: bytes) -> str:

@@ -206,7 +206,7 @@ def platform_digests(manifest: dict) -> dict[str, str]:
     for entry in manifest.get("manifests") or []:
         platform = index_platforms({"manifests": [entry]})
         digest = entry.get("digest")
-        if platform and isinstance(digest, str) and _DIGEST.fullmatch(digest):
+        if platform and is_digest(digest):
             found[platform[0]] = digest
     return found
 
@@ -214,8 +214,9 @@ def platform_digests(manifest: dict) -> dict[str, str]:
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def is_digest(value: str) -> bool:
-    return bool(_DIGEST.fullmatch(value))
+def is_digest(value: object) -> bool:
+    """Whether value is a sha256 digest as the registry API writes one (answers are input)."""
+    return isinstance(value, str) and bool(_DIGEST.fullmatch(value))
 
 
 def repository_of(reference: str) -> str:
@@ -228,7 +229,7 @@ def repository_of(reference: str) -> str:
 def digest_of(sh: Shell, reference: str) -> str:
     """The digest the registry holds at reference (a tag or a digest)."""
     digest = _inspect(sh, reference, "--format", "{{json .Manifest}}").get("digest")
-    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+    if not is_digest(digest):
         raise RegistryError(f"the registry named no valid digest for {reference}")
     return digest
 
@@ -244,7 +245,7 @@ def provenance_of(sh: Shell, reference: str, manifest: dict) -> set[str]:
         subject, digest = annotations.get("vnd.docker.reference.digest"), entry.get("digest")
         if annotations.get("vnd.docker.reference.type") != "attestation-manifest":
             continue
-        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+        if not is_digest(digest):
             continue
         layers = _inspect(sh, f"{repository}@{digest}", "--raw").get("layers") or []
         types = {(layer.get("annotations") or {}).get("in-toto.io/predicate-type", "")
@@ -399,7 +400,7 @@ def _digest_of(host: str, path: str, tag: str) -> str:
         if exc.code == 404:
             return ""
         raise
-    if not _DIGEST.fullmatch(digest):
+    if not is_digest(digest):
         raise RegistryError(f"{host}/{path}:{tag}: the registry named no valid digest")
     return digest
 
@@ -477,14 +478,8 @@ def tag_digest(sh: Shell, policy: retry.Policy, source: str, tags: list[str]) ->
             raise RegistryError(f"{reference} is not in {repository}; tags stay in one repository")
         if not sh.change(["PUT", f"{_api_base(host)}/{path}/manifests/{tag}", f"<{digest}>"]):
             continue
-        _retried(
-            sh,
-            policy,
-            f"tagging {reference}",
-            lambda t=tag: _call(
-                host, "PUT", f"/{path}/manifests/{urllib.parse.quote(t)}", body, media_type
-            ).close(),
-        )
+        _retried(sh, policy, f"tagging {reference}",
+                 lambda t=tag: _put_manifest(host, path, t, body, media_type))  # fmt: skip
 
 
 def _manifest(sh: Shell, policy: retry.Policy, source: str) -> tuple[bytes, str]:
@@ -521,7 +516,7 @@ def image_layers(sh: Shell, policy: retry.Policy, source: str) -> list[tuple[str
     for layer in manifest.get("layers") or []:
         digest = layer.get("digest") if isinstance(layer, dict) else None
         media_type = layer.get("mediaType") if isinstance(layer, dict) else None
-        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+        if not is_digest(digest):
             raise RegistryError(f"{source} names a layer without a valid digest")
         layers.append((media_type if isinstance(media_type, str) else "", digest))
     return layers
@@ -561,14 +556,12 @@ def put_artifact(
         digest = f"sha256:{hashlib.sha256(blob).hexdigest()}"
         _retried(sh, policy, f"uploading {digest} to {repository}",
                  lambda b=blob, d=digest: _upload(host, path, b, d))  # fmt: skip
-    _retried(
-        sh,
-        policy,
-        f"writing {repository}:{tag}",
-        lambda: _call(
-            host, "PUT", f"/{path}/manifests/{urllib.parse.quote(tag)}", manifest, media_type
-        ).close(),
-    )
+    _retried(sh, policy, f"writing {repository}:{tag}",
+             lambda: _put_manifest(host, path, tag, manifest, media_type))  # fmt: skip
+
+
+def _put_manifest(host: str, path: str, tag: str, body: bytes, media_type: str) -> None:
+    _call(host, "PUT", f"/{path}/manifests/{urllib.parse.quote(tag)}", body, media_type).close()
 
 
 def _upload(host: str, path: str, blob: bytes, digest: str) -> None:

@@ -181,8 +181,7 @@ def _held(sh: Shell, policy: retry.Policy, repository: str, tag: str) -> tuple[l
         if isinstance(layer, dict)
         and isinstance(layer.get("mediaType"), str)
         and isinstance(layer.get("size"), int)
-        and isinstance(layer.get("digest"), str)
-        and registry.is_digest(layer["digest"])
+        and registry.is_digest(layer.get("digest"))
         and isinstance(layer.get("annotations", {}), dict)
     ], kind
 

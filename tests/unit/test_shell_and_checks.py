@@ -1,5 +1,6 @@
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -106,3 +107,19 @@ def test_violations_list_every_failed_check_in_order():
     ]
     good = ImageFacts(ref="x", user="1000:1000", healthcheck=("CMD", "true"), uncompressed_size=10)
     assert violations(good, ("non-root", "healthcheck", "size", "dockerignore"), "1MB", True) == []
+
+
+def test_an_echoed_line_is_one_write_so_threads_never_run_lines_together(monkeypatch):
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    Shell().change(["PUT", "http://127.0.0.1:5000/v2/app/manifests/x"])
+    Shell().note("progress")
+    assert writes == ["PUT http://127.0.0.1:5000/v2/app/manifests/x\n", "progress\n"]

@@ -340,3 +340,14 @@ def test_a_registry_answer_over_the_manifest_limit_is_refused_unread():
 
     with pytest.raises(registry.RegistryError, match="over 4 MiB"):
         registry._body(Endless(), "127.0.0.1:5000/app:x")
+
+
+def test_a_docker_hub_image_is_signed_under_the_name_cosign_gives_it(tmp_path, monkeypatch):
+    rt, written = _signing_runtime(tmp_path, monkeypatch, None)
+    signer = signing.Signer(ec.generate_private_key(ec.SECP256R1()))
+    monkeypatch.setattr(registry, "platforms", lambda *args: ["linux/amd64"])
+    attest.sign_pushed(rt, "org/app@sha256:" + "b" * 64, signer, ONE_IMAGE)
+    (call,) = written
+    payload = json.loads(call[4][0])  # the signature layer's blob
+    assert payload["critical"]["identity"]["docker-reference"] == "index.docker.io/org/app"
+    assert call[2] == "org/app"  # written where the image is, as configured
